@@ -1,0 +1,36 @@
+# One venv for everything; `make test` and `make demo` set it up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= export,dev
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+comma := ,
+
+# Released weights by default; point these at local folders when offline.
+UNET ?= alimama-creative/M3DDM-Video-Outpainting
+VAE ?= stable-diffusion-v1-5/stable-diffusion-v1-5
+ENGINES ?= engines
+
+.PHONY: setup test test-all demo clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+# Also the slow tests (full-size model on the meta device and with random weights).
+test-all: setup
+	$(PY) -m pytest -q -m 'not gpu'
+
+# Offline end to end on what the project makes itself: a small random checkpoint, a synthetic clip.
+demo: setup
+	$(PY) -m export.demo --out build/demo
+
+clean:
+	rm -rf build $(VENV) .pytest_cache

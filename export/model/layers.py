@@ -1,0 +1,222 @@
+"""Building blocks of the M3DDM pseudo-3D UNet, named as the official checkpoint names them.
+
+Activations are 5-D and channel-first, [N, C, F, H, W], as in the official model. Every conv runs
+as a Conv3d: a spatial 3x3 as kernel (1, 3, 3), the temporal k=3 conv as kernel (3, 1, 1). That
+needs no layout change between them (measured on the CPU: a (3, 1, 1) Conv3d is bit-identical to the
+official permute + Conv1d and 1.75x faster; a (1, 3, 3) Conv3d equals per-frame Conv2d).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Channels of every sinusoidal embedding input to the temporal-position MLPs (fixed in the model).
+TEMPORAL_POSITION_CHANNELS = 320
+TIME_MAX_PERIOD = 1000  # diffusion timestep and temporal position (spec 1.3)
+FPS_MAX_PERIOD = 30
+
+
+def sinusoid(values: torch.Tensor, channels: int, max_period: float,
+             flip_sin_to_cos: bool = True, freq_shift: float = 0.0) -> torch.Tensor:
+    """Sinusoidal embedding [N, channels] of N scalar values (spec 1.3)."""
+    half = channels // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=values.device)
+    freqs = torch.exp(exponent / (half - freq_shift))
+    args = values.float()[:, None] * freqs[None, :]
+    parts = [torch.cos(args), torch.sin(args)] if flip_sin_to_cos else [torch.sin(args), torch.cos(args)]
+    emb = torch.cat(parts, dim=-1)
+    if channels % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class EmbeddingMLP(nn.Module):
+    """Linear -> SiLU -> Linear; keys linear_1, linear_2."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, out_dim)
+        self.linear_2 = nn.Linear(out_dim, out_dim)
+
+    def forward(self, x):
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class Pseudo3DConv(nn.Module):
+    """A spatial 3x3 conv per frame followed by a temporal k=3 conv per pixel (zero-padded ends)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.spatial_conv = nn.Conv2d(cin, cout, 3, padding=1)
+        self.temporal_conv = nn.Conv1d(cout, cout, 3, padding=1)
+
+    def forward(self, x):
+        s, t = self.spatial_conv, self.temporal_conv
+        x = F.conv3d(x, s.weight.unsqueeze(2), s.bias, padding=(0, 1, 1))
+        return F.conv3d(x, t.weight[..., None, None], t.bias, padding=(1, 0, 0))
+
+
+def frame_conv(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Conv3d:
+    """A per-frame 2-D conv stored as the official Conv3d with temporal kernel 1."""
+    pad = kernel // 2
+    return nn.Conv3d(cin, cout, (1, kernel, kernel), stride=(1, stride, stride), padding=(0, pad, pad))
+
+
+class ResnetBlockP3D(nn.Module):
+    """GroupNorms pool over all frames of a clip (they see the 5-D tensor)."""
+
+    def __init__(self, cin: int, cout: int, temb_dim: int, groups: int, eps: float, output_scale: float = 1.0):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin, eps=eps)
+        self.conv1 = Pseudo3DConv(cin, cout)
+        self.time_emb_proj = nn.Linear(temb_dim, cout)
+        self.fps_emb_proj = nn.Linear(temb_dim, cout)
+        self.norm2 = nn.GroupNorm(groups, cout, eps=eps)
+        self.conv2 = Pseudo3DConv(cout, cout)
+        self.conv_shortcut = nn.Conv3d(cin, cout, 1) if cin != cout else None
+        self.output_scale = output_scale
+
+    def forward(self, x, temb_act, femb_act):
+        """``temb_act``/``femb_act`` are SiLU(emb) [N, temb_dim], computed once per UNet call."""
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.time_emb_proj(temb_act)[:, :, None, None, None]
+        h = h + self.fps_emb_proj(femb_act)[:, :, None, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        out = skip + h
+        return out if self.output_scale == 1.0 else out / self.output_scale
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = frame_conv(channels, channels, 3, stride=2)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = frame_conv(channels, channels, 3)
+
+    def forward(self, x, size=None):
+        # Per-frame nearest x2; an explicit size lets odd skip sizes line up (latents not a multiple of 8).
+        if size is None:
+            x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
+        else:
+            x = F.interpolate(x, size=(x.shape[2], *size), mode="nearest")
+        return self.conv(x)
+
+
+class Attention(nn.Module):
+    """Multi-head attention; heads split the channels into contiguous blocks (spec E9)."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None):
+        super().__init__()
+        kv_dim = context_dim or dim
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(kv_dim, dim, bias=False)
+        self.to_v = nn.Linear(kv_dim, dim, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
+
+    def forward(self, x, context=None):
+        """x [B, L, C]; context [Bc, Lk, Cc] with B a multiple of Bc.
+
+        When several query rows share one context (all frames of a batch item see the same global
+        tokens), their queries are folded into one sequence per context: K and V are projected once
+        per batch item instead of once per frame, and softmax rows are unchanged.
+        """
+        b, length, c = x.shape
+        src = x if context is None else context
+        bc = src.shape[0]
+        q = self.to_q(x).reshape(bc, -1, self.heads, c // self.heads).transpose(1, 2)
+        k = self.to_k(src).reshape(bc, -1, self.heads, c // self.heads).transpose(1, 2)
+        v = self.to_v(src).reshape(bc, -1, self.heads, c // self.heads).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(1, 2).reshape(b, length, c)
+        return self.to_out[0](out)
+
+
+class GEGLU(nn.Module):
+    def __init__(self, dim: int, inner: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, inner * 2)
+
+    def forward(self, x):
+        a, gate = self.proj(x).chunk(2, dim=-1)
+        return a * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim)])
+
+    def forward(self, x):
+        return self.net[2](self.net[0](x))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm self-attention, second attention (cross or self), GEGLU feed-forward."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None):
+        super().__init__()
+        self.attn1 = Attention(dim, heads)
+        self.ff = FeedForward(dim)
+        self.attn2 = Attention(dim, heads, context_dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x, context=None):
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class SpatioTemporalTransformer(nn.Module):
+    """Spatial transformer per frame (cross-attending to the global tokens), then a temporal one.
+
+    Official key names: norm/proj_in/transformer_blocks/proj_out for the spatial half, and
+    norm2/proj_in2/transformer_blocks2/proj_out2/temporal_position_embed_proj for the temporal half.
+    """
+
+    def __init__(self, channels: int, heads: int, context_dim: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.transformer_blocks = nn.ModuleList([TransformerBlock(channels, heads, context_dim)])
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.temporal_position_embed_proj = EmbeddingMLP(TEMPORAL_POSITION_CHANNELS, channels)
+        self.norm2 = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.proj_in2 = nn.Conv3d(channels, channels, 1)
+        self.transformer_blocks2 = nn.ModuleList([TransformerBlock(channels, heads, None)])
+        self.proj_out2 = nn.Conv3d(channels, channels, 1)
+
+    def forward(self, x, context):
+        n, c, f, h, w = x.shape
+        # Spatial half: frames folded into the batch; GroupNorm statistics per frame.
+        frames = x.transpose(1, 2).reshape(n * f, c, h, w)
+        y = self.proj_in(self.norm(frames))
+        y = y.permute(0, 2, 3, 1).reshape(n * f, h * w, c)
+        y = self.transformer_blocks[0](y, context)
+        y = y.reshape(n * f, h, w, c).permute(0, 3, 1, 2)
+        y = self.proj_out(y) + frames
+        x = y.reshape(n, f, c, h, w).transpose(1, 2)
+
+        # Temporal half: GroupNorm over all frames, then one sequence of F tokens per pixel.
+        y = self.proj_in2(self.norm2(x))
+        y = y.permute(0, 3, 4, 2, 1).reshape(n * h * w, f, c)
+        positions = torch.arange(f, dtype=torch.float32, device=x.device)
+        pos = self.temporal_position_embed_proj(
+            sinusoid(positions, TEMPORAL_POSITION_CHANNELS, TIME_MAX_PERIOD).to(y.dtype))
+        y = y + pos[None]
+        y = self.transformer_blocks2[0](y)
+        y = y.reshape(n, h, w, f, c).permute(0, 4, 3, 1, 2)
+        return self.proj_out2(y) + x
