@@ -1,0 +1,47 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("M3DDM_SHARED", ROOT.parent / "shared"))
+sys.path.insert(0, str(ROOT))
+
+
+def _need(rel: str) -> Path:
+    path = SHARED / rel
+    if not path.exists():
+        pytest.skip(f"needs ../shared/{rel} (the project's shared data, present in CI); not found at {path}")
+    return path
+
+
+@pytest.fixture
+def shared():
+    """Path to a file or folder under ../shared; skips the test, saying why, when it is absent."""
+    return _need
+
+
+@pytest.fixture(scope="session")
+def tiny_unet():
+    from export.model import load_unet
+    return load_unet(_need("fixtures/tiny_unet"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vae():
+    from export.model import load_vae
+    return load_vae(_need("fixtures/tiny_vae"))
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """The fixtures' architecture (widths 32, 64, 64, 64), for models the tests make themselves."""
+    from export.model import UNetConfig
+    return UNetConfig(block_out_channels=(32, 64, 64, 64))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
