@@ -11,7 +11,7 @@ UNET ?= alimama-creative/M3DDM-Video-Outpainting
 VAE ?= stable-diffusion-v1-5/stable-diffusion-v1-5
 ENGINES ?= engines
 
-.PHONY: setup test test-all demo clean
+.PHONY: setup test test-all demo bench-model clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ test-all: setup
 # Offline end to end on what the project makes itself: a small random checkpoint, a synthetic clip.
 demo: setup
 	$(PY) -m export.demo --out build/demo
+
+# Full-size model build, save and load: time and peak RAM (writes a 2.6 GB checkpoint to a temp dir).
+bench-model: setup
+	$(PY) -m benchmarks.full_size_model
 
 clean:
 	rm -rf build $(VENV) .pytest_cache

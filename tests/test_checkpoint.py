@@ -164,3 +164,18 @@ def test_vae_loads_from_folder_and_from_a_repo_layout(shared, tmp_path):
     again = load_vae(tmp_path / "sd15")
     for (k, a), b in zip(vae.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+@pytest.mark.slow
+def test_full_size_random_weights_round_trip_through_fp16_safetensors(tmp_path):
+    """Full-size weights the test makes: saved in the official format, loaded back, equal after fp16 rounding."""
+    torch.manual_seed(0)
+    model = build_unet(UNetConfig())
+    save_unet(model, tmp_path, dtype=torch.float16)
+    state = model.state_dict()
+    del model
+    loaded = load_unet(tmp_path, dtype=torch.float16)
+    assert loaded.num_parameters() == RELEASED_PARAMETERS
+    for key, value in loaded.state_dict().items():
+        want = state[key].half() if state[key].is_floating_point() else state[key]
+        assert torch.equal(value, want), key

@@ -80,23 +80,34 @@ def _weight_file(folder: Path) -> Path:
         f"{folder} has no weights: expected one of {', '.join(WEIGHT_NAMES[:1] + WEIGHT_NAMES[3:4])}")
 
 
-def _load_one(path: Path) -> dict[str, torch.Tensor]:
+def _load_one(path: Path, convert) -> dict[str, torch.Tensor]:
+    """Tensors of one weights file, each passed through ``convert`` as it is read (keeps peak RAM low)."""
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            return load_file(str(path), device="cpu")
+            from safetensors import safe_open
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                return {k: convert(f.get_tensor(k)) for k in f.keys()}
         # Checkpoints are data, never code: refuse pickled objects beyond tensors.
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):  # legacy (pre-zip) pickles cannot be memory-mapped
+                raise
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read weights {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"cannot read weights {path}: {type(exc).__name__}: {first}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state dict")
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    return state
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path} holds non-tensor entries: {_listing(bad)}")
+    return {k: convert(state[k]) for k in list(state)}
 
 
-def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(folder: Path, convert=lambda t: t) -> dict[str, torch.Tensor]:
     path = _weight_file(folder)
     if path.name.endswith(".index.json"):
         try:
@@ -105,9 +116,9 @@ def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"bad shard index {path}: {exc}") from None
         state: dict[str, torch.Tensor] = {}
         for shard in sorted(set(weight_map.values())):
-            state.update(_load_one(folder / shard))
+            state.update(_load_one(folder / shard, convert))
         return state
-    return _load_one(path)
+    return _load_one(path, convert)
 
 
 def _listing(keys) -> str:
@@ -152,12 +163,12 @@ def load_unet(source=RELEASED_UNET_REPO, dtype=torch.float32, device="cpu"):
     folder = resolve_folder(source, "unet", "UNet")
     config = UNetConfig.from_file(folder / "config.json")
     model = build_unet(config, device="meta")
-    state = read_state_dict(folder)
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+
+    cast = read_state_dict(folder, convert)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    check_state_dict(expected, state, str(folder))
-    float_dtype = dtype
-    cast = {k: (v.to(device=device, dtype=float_dtype) if v.is_floating_point() else v.to(device))
-            for k, v in state.items()}
+    check_state_dict(expected, cast, str(folder))
     model.load_state_dict(cast, strict=True, assign=True)
     model.source = str(folder)
     return model.eval().requires_grad_(False)
