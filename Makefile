@@ -2,16 +2,18 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= export,dev
-STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+EXTRAS ?= export,ort,dev
 comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 # Released weights by default; point these at local folders when offline.
 UNET ?= alimama-creative/M3DDM-Video-Outpainting
 VAE ?= stable-diffusion-v1-5/stable-diffusion-v1-5
 ENGINES ?= engines
+PRECISION ?= both
+SIZE ?= 256
 
-.PHONY: setup test test-all demo bench-model clean
+.PHONY: setup test test-all demo engines bench-model clean
 
 setup: $(STAMP)
 
@@ -27,6 +29,10 @@ test: setup
 # Also the slow tests (full-size model on the meta device and with random weights).
 test-all: setup
 	$(PY) -m pytest -q -m 'not gpu'
+
+# ONNX graphs (and, later, TensorRT plans) for the released weights; UNET/VAE may name local folders.
+engines: setup
+	$(PY) -m export --unet $(UNET) --vae $(VAE) --out $(ENGINES) --precision $(PRECISION) --size $(SIZE)
 
 # Offline end to end on what the project makes itself: a small random checkpoint, a synthetic clip.
 demo: setup

@@ -33,6 +33,32 @@ def sinusoid(values: torch.Tensor, channels: int, max_period: float,
     return emb
 
 
+class GroupNorm(nn.GroupNorm):
+    """GroupNorm whose statistics are computed in FP32 whatever the activation dtype.
+
+    FP16 variance overflows once activations pass ~256; the FP16 ONNX graph then carries explicit
+    casts around every normalisation, which a strongly typed TensorRT build keeps. No-op in FP32.
+    """
+
+    def forward(self, x):
+        if x.dtype == torch.float32:
+            return super().forward(x)
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm with FP32 statistics (TensorRT warns that FP16 LayerNorm after attention overflows)."""
+
+    def forward(self, x):
+        if x.dtype == torch.float32:
+            return super().forward(x)
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
 class EmbeddingMLP(nn.Module):
     """Linear -> SiLU -> Linear; keys linear_1, linear_2."""
 
@@ -70,11 +96,11 @@ class ResnetBlockP3D(nn.Module):
 
     def __init__(self, cin: int, cout: int, temb_dim: int, groups: int, eps: float, output_scale: float = 1.0):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, cin, eps=eps)
+        self.norm1 = GroupNorm(groups, cin, eps=eps)
         self.conv1 = Pseudo3DConv(cin, cout)
         self.time_emb_proj = nn.Linear(temb_dim, cout)
         self.fps_emb_proj = nn.Linear(temb_dim, cout)
-        self.norm2 = nn.GroupNorm(groups, cout, eps=eps)
+        self.norm2 = GroupNorm(groups, cout, eps=eps)
         self.conv2 = Pseudo3DConv(cout, cout)
         self.conv_shortcut = nn.Conv3d(cin, cout, 1) if cin != cout else None
         self.output_scale = output_scale
@@ -114,7 +140,14 @@ class Upsample(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention; heads split the channels into contiguous blocks (spec E9)."""
+    """Multi-head attention; heads split the channels into contiguous blocks (spec E9).
+
+    Eager runs use PyTorch's fused SDPA. For export (``explicit = True``, set by ``export_mode``)
+    the graph spells out MatMul -> Softmax -> MatMul, with the softmax in FP32, which ONNX parsers
+    and TensorRT's attention fusion recognise and which keeps FP16 scores from overflowing.
+    """
+
+    explicit = False
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None):
         super().__init__()
@@ -138,7 +171,12 @@ class Attention(nn.Module):
         q = self.to_q(x).reshape(bc, -1, self.heads, c // self.heads).transpose(1, 2)
         k = self.to_k(src).reshape(bc, -1, self.heads, c // self.heads).transpose(1, 2)
         v = self.to_v(src).reshape(bc, -1, self.heads, c // self.heads).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)
+        if self.explicit:
+            scores = torch.matmul(q * (q.shape[-1] ** -0.5), k.transpose(-1, -2))
+            probs = scores.softmax(-1) if q.dtype == torch.float32 else scores.float().softmax(-1).to(q.dtype)
+            out = torch.matmul(probs, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(1, 2).reshape(b, length, c)
         return self.to_out[0](out)
 
@@ -170,9 +208,9 @@ class TransformerBlock(nn.Module):
         self.attn1 = Attention(dim, heads)
         self.ff = FeedForward(dim)
         self.attn2 = Attention(dim, heads, context_dim)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.norm3 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
+        self.norm3 = LayerNorm(dim)
 
     def forward(self, x, context=None):
         x = self.attn1(self.norm1(x)) + x
@@ -189,12 +227,12 @@ class SpatioTemporalTransformer(nn.Module):
 
     def __init__(self, channels: int, heads: int, context_dim: int, groups: int):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.norm = GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Conv2d(channels, channels, 1)
         self.transformer_blocks = nn.ModuleList([TransformerBlock(channels, heads, context_dim)])
         self.proj_out = nn.Conv2d(channels, channels, 1)
         self.temporal_position_embed_proj = EmbeddingMLP(TEMPORAL_POSITION_CHANNELS, channels)
-        self.norm2 = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.norm2 = GroupNorm(groups, channels, eps=1e-6)
         self.proj_in2 = nn.Conv3d(channels, channels, 1)
         self.transformer_blocks2 = nn.ModuleList([TransformerBlock(channels, heads, None)])
         self.proj_out2 = nn.Conv3d(channels, channels, 1)
@@ -213,10 +251,24 @@ class SpatioTemporalTransformer(nn.Module):
         # Temporal half: GroupNorm over all frames, then one sequence of F tokens per pixel.
         y = self.proj_in2(self.norm2(x))
         y = y.permute(0, 3, 4, 2, 1).reshape(n * h * w, f, c)
-        positions = torch.arange(f, dtype=torch.float32, device=x.device)
+        # int64 Range then Cast: TensorRT's parser takes a float Range only with constant inputs.
+        positions = torch.arange(f, device=x.device).float()
         pos = self.temporal_position_embed_proj(
             sinusoid(positions, TEMPORAL_POSITION_CHANNELS, TIME_MAX_PERIOD).to(y.dtype))
         y = y + pos[None]
         y = self.transformer_blocks2[0](y)
         y = y.reshape(n, h, w, f, c).permute(0, 4, 3, 1, 2)
         return self.proj_out2(y) + x
+
+
+class export_mode:
+    """Within this context, attention is spelled out for ONNX export (see ``Attention``)."""
+
+    def __enter__(self):
+        self._saved = Attention.explicit
+        Attention.explicit = True
+        return self
+
+    def __exit__(self, *exc):
+        Attention.explicit = self._saved
+        return False

@@ -17,6 +17,7 @@ from export.model.layers import (
     TIME_MAX_PERIOD,
     Downsample,
     EmbeddingMLP,
+    GroupNorm,
     Pseudo3DConv,
     ResnetBlockP3D,
     SpatioTemporalTransformer,
@@ -117,7 +118,7 @@ class M3DDMUNet(nn.Module):
             self.up_blocks.append(UpBlock(prev, rev[i], skip_in, cfg, kind.startswith("CrossAttn"), not last))
             prev = rev[i]
 
-        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
+        self.conv_norm_out = GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
         self.conv_out = Pseudo3DConv(ch[0], cfg.out_channels)
         self.global_img_encoder = GlobalEncoder()
 
@@ -145,7 +146,8 @@ class M3DDMUNet(nn.Module):
         n = sample.shape[0]
         sample = sample.to(self.dtype)
         timestep = torch.as_tensor(timestep, dtype=torch.float32, device=sample.device).reshape(-1).expand(n)
-        fps = torch.trunc(torch.as_tensor(fps, dtype=torch.float32, device=sample.device)).reshape(-1).expand(n)
+        # floor == trunc for the non-negative fps values (ONNX has Floor, not Trunc)
+        fps = torch.floor(torch.as_tensor(fps, dtype=torch.float32, device=sample.device)).reshape(-1).expand(n)
         context = context.to(self.dtype)
         if self.config.center_input_sample:
             sample = 2 * sample - 1.0

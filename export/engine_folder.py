@@ -1,0 +1,209 @@
+"""Make or update an engines folder: the four ONNX graphs per precision and manifest.json.
+
+Re-running with the same checkpoints, options and exporter code does nothing; a changed checkpoint,
+option or exporter re-exports what it affects and drops what no longer matches.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from export.model.loading import WEIGHT_NAMES, load_unet, load_vae, resolve_folder
+from runtime.constants import GLOBAL_FRAMES, RELEASED_VAE_SUBFOLDER, VAE_SCALE_FACTOR, WINDOW_FRAMES
+from runtime.engines import contract
+
+ROOT = Path(__file__).resolve().parents[1]
+# The code whose change alters the graphs: a change here re-exports.
+CODE_FILES = sorted([*(ROOT / "export" / "model").glob("*.py"), ROOT / "export" / "onnx_export.py",
+                     ROOT / "runtime" / "engines" / "contract.py", ROOT / "runtime" / "constants.py"])
+USES = {"global_encoder": "unet", "unet": "unet", "vae_encoder": "vae", "vae_decoder": "vae"}
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def source_files(folder: Path) -> list[Path]:
+    names = {"config.json", *WEIGHT_NAMES}
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and
+             (p.name in names or (p.name.startswith("diffusion_pytorch_model") and p.suffix in (".safetensors", ".bin")))]
+    return files
+
+
+def hash_source(folder: Path, previous: dict | None) -> dict:
+    """{file: {bytes, mtime_ns, sha256}}, reusing earlier hashes of files whose size and mtime are unchanged."""
+    previous = previous or {}
+    out = {}
+    for p in source_files(folder):
+        st = p.stat()
+        old = previous.get(p.name)
+        if old and old.get("bytes") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns:
+            out[p.name] = old
+        else:
+            out[p.name] = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(p)}
+    return out
+
+
+def code_hash() -> str:
+    h = hashlib.sha256()
+    for p in CODE_FILES:
+        h.update(p.relative_to(ROOT).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def tool_versions() -> dict:
+    import diffusers
+    import onnx
+    versions = {"torch": torch.__version__, "onnx": onnx.__version__, "diffusers": diffusers.__version__}
+    try:
+        import onnxruntime
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def fingerprint(component: str, precision: str, sources: dict, options: dict, code: str) -> str:
+    used = sources[USES[component]]
+    payload = {"component": component, "precision": precision, "options": options, "code": code,
+               "files": {k: v["sha256"] for k, v in used["files"].items()}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_manifest(out: Path) -> dict:
+    try:
+        m = json.loads((out / contract.MANIFEST).read_text())
+        return m if m.get("format") == contract.MANIFEST_FORMAT else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    tmp = out / (contract.MANIFEST + ".partial")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out / contract.MANIFEST)
+
+
+def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), size: int = 256,
+                   opset: int | None = None, force: bool = False) -> dict:
+    """Export what is missing or stale into ``out``; returns the manifest."""
+    from export import onnx_export as ox
+    from export.trt_onnx_support import problems as trt_problems
+    import onnx
+
+    opset = opset or ox.OPSET
+    lat = contract.latent_size(size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    old = read_manifest(out)
+    folders = {"unet": resolve_folder(unet_source, "unet", "UNet"),
+               "vae": resolve_folder(vae_source, RELEASED_VAE_SUBFOLDER, "VAE")}
+    sources = {}
+    for key, folder in folders.items():
+        prev = old.get("sources", {}).get(key, {})
+        prev_files = prev.get("files") if prev.get("folder") == str(folder) else None
+        sources[key] = {"source": str(unet_source if key == "unet" else vae_source), "folder": str(folder),
+                        "files": hash_source(folder, prev_files)}
+    options = {"size": size, "opset": opset, "frames": WINDOW_FRAMES, "global_frames": GLOBAL_FRAMES}
+    code = code_hash()
+    wanted = {f"{c}.{p}": fingerprint(c, p, sources, options, code) for p in precisions for c in contract.COMPONENTS}
+
+    components = {}
+    for key, entry in old.get("components", {}).items():
+        comp, prec = key.split(".")
+        current = fingerprint(comp, prec, sources, options, code) if comp in USES and prec in contract.PRECISIONS else None
+        if entry.get("fingerprint") == current and (out / entry["file"]).is_file() and not (force and key in wanted):
+            components[key] = entry
+        else:
+            for name in (entry.get("file"), (entry.get("external_data") or {}).get("file")):
+                if name:
+                    (out / name).unlink(missing_ok=True)
+    todo = [k for k in wanted if k not in components]
+
+    manifest = {
+        "format": contract.MANIFEST_FORMAT,
+        "model": {"size": size, "latent_size": lat, "frames": WINDOW_FRAMES, "global_frames": GLOBAL_FRAMES,
+                  "context_tokens": GLOBAL_FRAMES * contract.global_tokens_per_frame(lat),
+                  "vae_scale_factor": VAE_SCALE_FACTOR},
+        "sources": sources, "options": options, "code": code, "tools": tool_versions(),
+        "components": components, "plans": old.get("plans", {}) if not todo else {},
+    }
+    if not todo:
+        manifest["model"].update({k: v for k, v in old.get("model", {}).items() if k.endswith("_config")})
+        write_manifest(out, manifest)
+        log(f"{out}: up to date ({', '.join(sorted(components))})")
+        return manifest
+
+    models = {}
+    if any(USES[k.split(".")[0]] == "unet" for k in todo) or "unet_config" not in old.get("model", {}):
+        models["unet"] = load_unet(folders["unet"])
+    if any(USES[k.split(".")[0]] == "vae" for k in todo) or "vae_config" not in old.get("model", {}):
+        models["vae"] = load_vae(folders["vae"])
+        ox.explicit_vae_attention(models["vae"])
+    if "unet" in models:
+        manifest["model"]["unet_config"] = models["unet"].config.to_dict()
+    if "vae" in models:
+        manifest["model"]["vae_config"] = {k: (list(v) if isinstance(v, tuple) else v)
+                                           for k, v in dict(models["vae"].config).items() if not k.startswith("_")}
+    for k in ("unet_config", "vae_config"):
+        manifest["model"].setdefault(k, old.get("model", {}).get(k))
+
+    # FP32 first, then convert the modules in place to FP16: never two copies of the full UNet in RAM.
+    for precision in ("fp32", "fp16"):
+        for comp in contract.COMPONENTS:
+            key = f"{comp}.{precision}"
+            if key not in todo:
+                continue
+            t0 = time.perf_counter()
+            model = models[USES[comp]]
+            if comp == "global_encoder" and precision == "fp16":
+                module = ox.graph_module(comp, unet=ox.prepare(model, "fp32"), io_dtype=torch.float16)
+                # The global encoder's graph reads fp16 latents: cast at its input inside the graph.
+                module = _CastInput(module, torch.float32)
+            else:
+                module = ox.graph_module(comp, unet=ox.prepare(model, precision) if comp in ("unet", "global_encoder") else None,
+                                         vae=ox.prepare(model, precision) if comp.startswith("vae") else None)
+            path = out / contract.onnx_file(comp, precision)
+            log(f"exporting {key} ...")
+            ox.export_component(comp, module, size, precision, path)
+            proto = onnx.load(str(path), load_external_data=False)
+            refused = trt_problems(proto)
+            if refused:
+                raise RuntimeError(f"{path.name} has nodes TensorRT's ONNX parser refuses: {refused[:3]}")
+            inputs, outputs = ox.io_specs(path)
+            data = path.with_name(path.name + ".data")
+            components[key] = {
+                "file": path.name, "bytes": path.stat().st_size, "precision": precision, "opset": opset,
+                "external_data": {"file": data.name, "bytes": data.stat().st_size} if data.is_file() else None,
+                "inputs": inputs, "outputs": outputs, "ops": sorted({n.op_type for n in proto.graph.node}),
+                "fingerprint": wanted[key], "export_seconds": round(time.perf_counter() - t0, 1),
+            }
+            del proto
+            write_manifest(out, manifest)  # after each graph: an interrupted export keeps what finished
+            log(f"  {path.name}: {components[key]['bytes'] / 2**20:.1f} MiB"
+                + (f" + {data.stat().st_size / 2**30:.2f} GiB weights" if data.is_file() else "")
+                + f", {components[key]['export_seconds']} s")
+    return manifest
+
+
+class _CastInput(torch.nn.Module):
+    def __init__(self, inner, dtype):
+        super().__init__()
+        self.inner, self.dtype = inner, dtype
+
+    def forward(self, x):
+        return self.inner(x.to(self.dtype))

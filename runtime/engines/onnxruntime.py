@@ -1,0 +1,136 @@
+"""ONNX Runtime backend: CPU provider with the FP32 graphs; CUDA provider with the FP16 graphs.
+
+Sessions are built once per (engines folder, graph, provider, threads) and shared by every backend
+object in the process. On CUDA, inputs and outputs go through IOBinding; V100 users need
+onnxruntime-gpu <= 1.26 (the last CUDA-12 build with sm_70 kernels).
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from runtime.engines import contract
+from runtime.engines.base import Backend, chunks
+from runtime.engines.errors import EnginesError
+from runtime.engines.manifest import open_engines
+
+_SESSIONS: dict[tuple, object] = {}
+_LOCK = threading.Lock()
+_IO = {c: contract.component_io(c, 64) for c in contract.COMPONENTS}  # names only; shapes differ per S
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise EnginesError("onnxruntime is not installed: pip install 'm3ddm-runtime[ort]' "
+                           "(or onnxruntime-gpu for the CUDA provider)") from None
+    return onnxruntime
+
+
+def available_providers() -> list[str]:
+    try:
+        return list(_import_ort().get_available_providers())
+    except EnginesError:
+        return []
+
+
+class OrtBackend(Backend):
+    name = "ort"
+
+    def __init__(self, engines_dir, device: str = "cpu", precision: str | None = None, threads: int | None = None,
+                 max_batch: int | None = None, device_id: int = 0):
+        if device not in ("cpu", "cuda"):
+            raise EnginesError(f"ONNX Runtime device must be cpu or cuda, not {device!r}")
+        ort = _import_ort()
+        self.device, self.device_id = device, device_id
+        self.precision = precision or ("fp16" if device == "cuda" else "fp32")
+        if self.precision not in contract.PRECISIONS:
+            raise EnginesError(f"unknown precision {self.precision!r}")
+        self.engines = open_engines(engines_dir, self.precision)
+        self.dtype = np.dtype(contract.DTYPES[self.precision])
+        self.max_batch = max_batch
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise EnginesError("ONNX Runtime has no CUDA provider here: install onnxruntime-gpu (V100: <= 1.26, "
+                                   "CUDA 12) instead of onnxruntime, with a matching CUDA and cuDNN")
+            self.providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+        else:
+            self.providers = ["CPUExecutionProvider"]
+        self.threads = threads
+        self._sessions = {}
+
+    def session(self, component: str):
+        if component not in self._sessions:
+            path = self.engines.onnx_path(component, self.precision).resolve()
+            key = (str(path), path.stat().st_mtime_ns, self.device, self.device_id, self.threads)
+            with _LOCK:
+                sess = _SESSIONS.get(key)
+                if sess is None:
+                    sess = _SESSIONS[key] = self._make_session(path)
+            self._sessions[component] = sess
+        return self._sessions[component]
+
+    def _make_session(self, path: Path):
+        ort = _import_ort()
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            opts.intra_op_num_threads = int(self.threads)
+        try:
+            return ort.InferenceSession(str(path), opts, providers=self.providers)
+        except Exception as exc:  # a corrupt or foreign graph: one line, not ORT's multi-line dump
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EnginesError(f"ONNX Runtime cannot load {path.name}: {first}") from None
+
+    def _run(self, component: str, feeds: dict) -> np.ndarray:
+        sess = self.session(component)
+        out_name = _IO[component][1][0].name
+        if self.device == "cpu":
+            return sess.run([out_name], feeds)[0]
+        binding = sess.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        binding.bind_output(out_name, "cuda", self.device_id)
+        sess.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def _cast(self, x) -> np.ndarray:
+        return np.ascontiguousarray(x, dtype=self.dtype)
+
+    def encode_global(self, global_latents):
+        out = self._run("global_encoder", {"global_latents": self._cast(global_latents)})
+        return out.astype(np.float32, copy=False)
+
+    def unet(self, sample, timestep, fps, context):
+        n = sample.shape[0]
+        outs = []
+        for s in chunks(n, self.max_batch):
+            outs.append(self._run("unet", {
+                "sample": self._cast(sample[s]),
+                "timestep": np.ascontiguousarray(timestep[s], dtype=np.float32),
+                "fps": np.ascontiguousarray(fps[s], dtype=np.float32),
+                "context": self._cast(context[s]),
+            }))
+        return np.concatenate(outs).astype(np.float32, copy=False)
+
+    def vae_encode(self, images):
+        outs = [self._run("vae_encoder", {"image": self._cast(images[s])})
+                for s in chunks(images.shape[0], self.max_batch)]
+        return np.concatenate(outs).astype(np.float32, copy=False)
+
+    def vae_decode(self, latents):
+        outs = [self._run("vae_decoder", {"latent": self._cast(latents[s])})
+                for s in chunks(latents.shape[0], self.max_batch)]
+        return np.concatenate(outs).astype(np.float32, copy=False)
+
+    def close(self):
+        self._sessions.clear()
+
+
+def release_sessions() -> None:
+    """Drop every cached session (frees their memory once no backend holds them)."""
+    with _LOCK:
+        _SESSIONS.clear()
