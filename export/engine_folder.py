@@ -173,7 +173,7 @@ def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), si
             if comp == "global_encoder" and precision == "fp16":
                 module = ox.graph_module(comp, unet=ox.prepare(model, "fp32"), io_dtype=torch.float16)
                 # The global encoder's graph reads fp16 latents: cast at its input inside the graph.
-                module = _CastInput(module, torch.float32)
+                module = _CastInput(module, torch.float32).eval()
             else:
                 module = ox.graph_module(comp, unet=ox.prepare(model, precision) if comp in ("unet", "global_encoder") else None,
                                          vae=ox.prepare(model, precision) if comp.startswith("vae") else None)

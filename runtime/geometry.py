@@ -93,3 +93,53 @@ def to_unit_range(images: np.ndarray) -> np.ndarray:
 def global_frame_indices(num_frames: int, count: int) -> np.ndarray:
     """linspace(0, T-1, count) truncated to integers (spec 4.1)."""
     return np.linspace(0, num_frames - 1, count).astype(np.int64)
+
+
+def padding_geometry(height: int, width: int, pads, size: int) -> Letterbox:
+    """Explicit padding (top, right, bottom, left) in source pixels: the padded canvas, scaled so its
+    longer side is S, centred in the S x S square; the content sits at its offset inside it."""
+    top, right, bottom, left = (int(p) for p in pads)
+    if min(top, right, bottom, left) < 0:
+        raise ValueError("padding must not be negative")
+    if top + right + bottom + left == 0:
+        raise ValueError("padding adds nothing to outpaint")
+    canvas_h, canvas_w = height + top + bottom, width + left + right
+    k = size / max(canvas_h, canvas_w)
+    rw, rh = min(int(k * width), size), min(int(k * height), size)
+    if rw < 1 or rh < 1:
+        raise ValueError(f"a {width}x{height} frame leaves no content on a {size}px canvas with padding {list(pads)}")
+    ox = (size - canvas_w * k) / 2 + left * k
+    oy = (size - canvas_h * k) / 2 + top * k
+    return Letterbox(size, min(int(round(oy)), size - rh), min(int(round(ox)), size - rw), rh, rw)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One output video: its size in source pixels and where the source frame sits in it."""
+
+    label: str  # "9x16", or "pad" for explicit padding
+    height: int
+    width: int
+    top: int
+    left: int
+
+
+def ratio_target(height: int, width: int, ratio: str) -> Target:
+    canvas_h, canvas_w = target_canvas(height, width, [ratio])
+    out_h, out_w = int(round(canvas_h)), int(round(canvas_w))
+    out_h, out_w = max(out_h, height), max(out_w, width)
+    return Target(str(ratio).replace(":", "x"), out_h, out_w, (out_h - height) // 2, (out_w - width) // 2)
+
+
+def padding_target(height: int, width: int, pads) -> Target:
+    top, right, bottom, left = (int(p) for p in pads)
+    return Target("pad", height + top + bottom, width + left + right, top, left)
+
+
+def canvas_to_target(box: Letterbox, height: int, width: int, target: Target) -> np.ndarray:
+    """2x3 affine map from target pixels to S-canvas pixels that lays the canvas's content box exactly
+    over the source frame's place in the target (pixel centres, OpenCV's convention)."""
+    sx, sy = box.width / width, box.height / height
+    # canvas x + 0.5 = box.left + (target x + 0.5 - target.left) * sx
+    return np.array([[sx, 0.0, box.left + (0.5 - target.left) * sx - 0.5],
+                     [0.0, sy, box.top + (0.5 - target.top) * sy - 0.5]], dtype=np.float64)

@@ -231,10 +231,11 @@ def apply(u: Update, x: np.ndarray, saved, eps_terms, z=None) -> np.ndarray:
 
 
 def run(sampler: Sampler, eps_fn, x0: np.ndarray, noise: np.ndarray, rng=None, trajectory=None,
-        step_noise=None) -> np.ndarray:
+        step_noise=None, callback=None) -> np.ndarray:
     """Sample from x0 (clean latents) and start ``noise``; ``eps_fn(x, t) -> guided eps``.
 
-    ``step_noise(i, shape)`` (or ``rng``) draws the fresh noise of stochastic samplers.
+    ``step_noise(i, shape)`` (or ``rng``) draws the fresh noise of stochastic samplers;
+    ``callback(i, t)`` runs after each step.
     """
     x = sampler.add_noise(x0.astype(np.float32), noise.astype(np.float32))
     if trajectory is not None:
@@ -254,4 +255,6 @@ def run(sampler: Sampler, eps_fn, x0: np.ndarray, noise: np.ndarray, rng=None, t
         x = new
         if trajectory is not None:
             trajectory.append(x.copy())
+        if callback is not None:
+            callback(i, t)
     return x

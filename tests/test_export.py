@@ -272,3 +272,22 @@ def test_external_data_graph_loads_and_is_checked(tmp_path, torch_models, engine
     (folder / data.name).unlink()
     with pytest.raises(EnginesError, match="missing or has the wrong size"):
         open_engines(folder, "fp32")
+
+
+def test_graph_traced_small_is_exact_at_a_larger_size(tmp_path, torch_models):
+    """The exporter traces at 8x8 latents; the graph must compute the contract's larger size exactly."""
+    unet, vae = torch_models
+    import onnxruntime
+    for comp, module in (("unet", ox.graph_module("unet", unet=unet)), ("vae_decoder", ox.graph_module("vae_decoder", vae=vae)),
+                         ("global_encoder", ox.graph_module("global_encoder", unet=unet))):
+        path = ox.export_component(comp, module, 128, "fp32", tmp_path / f"{comp}.onnx", trace_size=64)
+        ins = contract.component_io(comp, 128)[0]
+        xs = [x.numpy() for x in ox.example_inputs(comp, 128, "fp32", 2, torch.Generator().manual_seed(5))]
+        got = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+            None, {s.name: x for s, x in zip(ins, xs)})[0]
+        with torch.no_grad():
+            want = module(*[torch.from_numpy(x) for x in xs]).numpy()
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), comp
+        # Exporting must leave the model in eval mode (BatchNorm running statistics).
+        assert not any(m.training for m in module.modules()), comp

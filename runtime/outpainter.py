@@ -1,0 +1,207 @@
+"""``Outpainter``: built once from an engines folder, then ``outpaint`` (arrays) and ``outpaint_file``."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from runtime import geometry
+from runtime.engines import EnginesError
+from runtime.pipeline import OutpaintResult, Pipeline, Settings
+from runtime.video import EncodeOptions, VideoError, read_video, write_video
+
+DEFAULT_ENGINES = os.environ.get("M3DDM_ENGINES", "engines")
+
+
+def make_backend(engines_dir, backend: str = "auto", threads=None, max_batch=None):
+    """The backend named, or for "auto" the fastest usable one: TensorRT plans, ORT CUDA, ORT CPU."""
+    from runtime.engines.manifest import open_engines
+    from runtime.engines.onnxruntime import OrtBackend, available_providers
+    if backend not in ("auto", "ort", "ort-cpu", "ort-cuda", "tensorrt"):
+        raise EnginesError(f"unknown backend {backend!r}; choose auto, ort, ort-cpu, ort-cuda or tensorrt")
+    engines = open_engines(engines_dir)
+    if backend == "tensorrt" or (backend == "auto" and engines.manifest.get("plans")):
+        try:
+            from runtime.engines.tensorrt import TensorRTBackend
+        except ImportError:
+            if backend == "tensorrt":
+                raise EnginesError("the TensorRT backend is not part of this build yet; use --backend ort") from None
+        else:
+            return TensorRTBackend(engines_dir, max_batch=max_batch)
+    cuda = "CUDAExecutionProvider" in available_providers()
+    if backend == "ort-cuda" or (backend in ("auto", "ort") and cuda and "fp16" in engines.precisions):
+        return OrtBackend(engines_dir, device="cuda", threads=threads, max_batch=max_batch)
+    return OrtBackend(engines_dir, device="cpu", threads=threads, max_batch=max_batch)
+
+
+class Outpainter:
+    """Outpaints videos with the engines in ``engines_dir``; safe to reuse for many videos from one process
+    (calls are serialised: the engines hold one set of activations)."""
+
+    def __init__(self, engines_dir=DEFAULT_ENGINES, backend: str = "auto", *, threads: int | None = None,
+                 max_batch: int | None = None, engine=None):
+        self.backend = engine if engine is not None else make_backend(engines_dir, backend, threads, max_batch)
+        self.pipeline = Pipeline(self.backend)
+        self.size = self.pipeline.size
+        self._lock = threading.Lock()
+
+    # -- arrays -------------------------------------------------------------------------------
+    def outpaint(self, frames: np.ndarray, fps: float, ratio="9:16", steps: int | None = None, sampler: str = "pndm",
+                 seed: int = 6, noise=None, *, pad=None, guidance=None, strides=None, batch_windows: int = 4,
+                 window_noise: str = "shared", feather: float | None = None, progress=None) -> OutpaintResult:
+        """RGB uint8 [T, H, W, 3] at ``fps`` -> the outpainted video (``.frames``) and final latents.
+
+        ``ratio`` is "W:H" or a list of them (one output per ratio, in ``.outputs``); ``pad`` =
+        (top, right, bottom, left) in source pixels replaces the ratios.
+        """
+        frames = self._check_frames(frames, fps)
+        ratios = tuple([ratio] if isinstance(ratio, str) else ratio)
+        s = Settings(ratios=ratios, pad=tuple(pad) if pad is not None else None, steps=steps, sampler=sampler,
+                     seed=seed, noise=noise, window_noise=window_noise,
+                     guidance=tuple(guidance) if guidance is not None else Settings.guidance,
+                     strides=tuple(strides) if strides is not None else None, batch_windows=batch_windows,
+                     feather=feather)
+        with self._lock:
+            return self._run(frames, float(fps), s, progress)
+
+    @staticmethod
+    def _check_frames(frames, fps):
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be RGB uint8 [T, H, W, 3], not {frames.dtype} {list(frames.shape)}")
+        if frames.shape[0] < 1:
+            raise ValueError("the video has no frames")
+        if frames.shape[1] < 2 or frames.shape[2] < 2:
+            raise ValueError(f"frames of {frames.shape[2]}x{frames.shape[1]} are too small")
+        if not (np.isfinite(fps) and fps > 0):
+            raise ValueError(f"fps must be positive, not {fps}")
+        return frames
+
+    def _geometry(self, height, width, s: Settings):
+        if s.pad is not None:
+            box = geometry.padding_geometry(height, width, s.pad, self.size)
+            return box, [geometry.padding_target(height, width, s.pad)]
+        for r in s.ratios:
+            geometry.parse_ratio(r)
+        box = geometry.letterbox_geometry(height, width, s.ratios, self.size)
+        return box, [geometry.ratio_target(height, width, r) for r in s.ratios]
+
+    def _run(self, frames, fps, s: Settings, progress) -> OutpaintResult:
+        t_count, height, width = frames.shape[:3]
+        box, targets = self._geometry(height, width, s)
+        s.check(self.pipeline.latent)
+        stats = {"frames": t_count, "model_size": self.size, "backend": getattr(self.backend, "name", "custom")}
+        t0 = time.perf_counter()
+        canvases, inits = self._canvases(frames, box)
+        unit = lambda imgs: geometry.to_unit_range(imgs)
+        frame_latents = self.pipeline.encode(unit(inits))
+        padded_latents = self.pipeline.encode(unit(canvases))
+        context = self.pipeline.global_context(frames)
+        mask_latent = box.mask[::8, ::8].astype(np.float32)  # nearest: each 8x8 cell's top-left pixel
+        stats["prepare_s"] = time.perf_counter() - t0
+        if progress:
+            progress({"stage": "prepared", "seconds": stats["prepare_s"]})
+
+        t1 = time.perf_counter()
+        latents, plan = self.pipeline.sample(frame_latents, padded_latents, mask_latent, context, fps, s, progress)
+        stats["sample_s"] = time.perf_counter() - t1
+        stats["windows"] = sum(len(level) for level in plan)
+        t2 = time.perf_counter()
+        generated = self.pipeline.decode(latents)
+        stats["decode_s"] = time.perf_counter() - t2
+        t3 = time.perf_counter()
+        outputs = {}
+        for target in targets:
+            outputs[target.label] = np.stack([composite(frames[i], generated[i], box, target, s.feather)
+                                              for i in range(t_count)])
+        stats["composite_s"] = time.perf_counter() - t3
+        stats["total_s"] = time.perf_counter() - t0
+        first = outputs[targets[0].label]
+        return OutpaintResult(frames=first, latents=latents, outputs=outputs, targets=targets, plan=plan, stats=stats)
+
+    @staticmethod
+    def _canvases(frames, box):
+        def one(frame):
+            canvas = geometry.letterbox_frame(frame, box)
+            return canvas, geometry.inpaint_init(canvas, box)
+        workers = min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(workers) as pool:  # OpenCV releases the GIL
+            pairs = list(pool.map(one, frames))
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    # -- files --------------------------------------------------------------------------------
+    def outpaint_file(self, input, output, ratio="9:16", *, stream: int | None = None,
+                      encode: EncodeOptions | None = None, overwrite: bool = True, **kwargs) -> dict:
+        """Outpaint a video file. With several ratios, ``output`` gets a ``_WxH`` suffix per ratio.
+
+        Returns a summary (paths, frame count, fps, timings). Raises VideoError/ValueError/EnginesError
+        with a one-line message; on failure no output file is left behind.
+        """
+        input, output = Path(input), Path(output)
+        ratios = [ratio] if isinstance(ratio, str) else list(ratio)
+        paths = self.output_paths(output, ratios if kwargs.get("pad") is None else ["pad"])
+        for p in paths.values():
+            if p.resolve() == input.resolve():
+                raise VideoError(f"output {p} would overwrite the input")
+            if p.exists() and not overwrite:
+                raise VideoError(f"output {p} exists (pass overwrite=True / --overwrite)")
+            if not p.parent.is_dir():
+                raise VideoError(f"output folder {p.parent} does not exist")
+            if not os.access(p.parent, os.W_OK):
+                raise VideoError(f"output folder {p.parent} is not writable")
+        frames, info = read_video(input, stream)
+        result = self.outpaint(frames, info.fps, ratio=ratios, **kwargs)
+        written = {}
+        t0 = time.perf_counter()
+        try:
+            for target in result.targets:
+                path = paths[target.label]
+                write_video(path, iter(result.outputs[target.label]), info.times, info.fps, encode, audio_from=input)
+                written[target.label] = path
+        except BaseException:
+            for p in written.values():  # all or nothing across the ratios of one call
+                p.unlink(missing_ok=True)
+            raise
+        result.stats["encode_s"] = time.perf_counter() - t0
+        out_h, out_w = result.frames.shape[1:3]
+        return {"input": str(input), "outputs": {k: str(v) for k, v in written.items()}, "frames": int(info.frames),
+                "fps": info.fps, "source_size": [info.width, info.height], "output_size": [out_w - out_w % 2, out_h - out_h % 2],
+                "has_audio": info.has_audio, "windows": result.stats["windows"], **{k: round(v, 3) for k, v in
+                result.stats.items() if k.endswith("_s")}}
+
+    @staticmethod
+    def output_paths(output: Path, labels) -> dict:
+        if len(labels) == 1:
+            return {str(labels[0]).replace(":", "x"): output}
+        return {str(l).replace(":", "x"): output.with_name(f"{output.stem}_{str(l).replace(':', 'x')}{output.suffix}")
+                for l in labels}
+
+
+def composite(source: np.ndarray, generated: np.ndarray, box: geometry.Letterbox, target: geometry.Target,
+              feather: float | None = None) -> np.ndarray:
+    """One output frame at the source resolution: the generated S x S canvas mapped onto the target,
+    the source pixels pasted unchanged, and the generated border blended over ``feather`` pixels
+    towards the source's edge colours so no seam shows."""
+    height, width = source.shape[:2]
+    m = geometry.canvas_to_target(box, height, width, target)
+    out = cv2.warpAffine(generated, m, (target.width, target.height), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_REPLICATE)
+    feather = max(1.0, 0.01 * min(height, width)) if feather is None else float(feather)
+    top, left = target.top, target.left
+    if feather > 0:
+        # Distance of every output pixel from the source rectangle; 0 inside it.
+        ys = np.arange(target.height)[:, None]
+        xs = np.arange(target.width)[None, :]
+        dy = np.maximum(np.maximum(top - ys, ys - (top + height - 1)), 0)
+        dx = np.maximum(np.maximum(left - xs, xs - (left + width - 1)), 0)
+        alpha = np.clip(np.hypot(dx, dy) / feather, 0.0, 1.0)[..., None]
+        edge = cv2.copyMakeBorder(source, top, target.height - height - top, left, target.width - width - left,
+                                  cv2.BORDER_REPLICATE)
+        out = (alpha * out + (1 - alpha) * edge + 0.5).astype(np.uint8)
+    out[top:top + height, left:left + width] = source
+    return out
