@@ -13,7 +13,8 @@ import numpy as np
 from runtime import geometry
 from runtime.engines import EnginesError
 from runtime.pipeline import OutpaintResult, Pipeline, Settings
-from runtime.video import EncodeOptions, VideoError, read_video, write_video
+from runtime.constants import GLOBAL_FRAMES
+from runtime.video import EncodeOptions, VideoError, VideoWriter, check_output_path, iter_frames, probe
 
 DEFAULT_ENGINES = os.environ.get("M3DDM_ENGINES", "engines")
 
@@ -61,11 +62,9 @@ class Outpainter:
         """
         frames = self._check_frames(frames, fps)
         ratios = tuple([ratio] if isinstance(ratio, str) else ratio)
-        s = Settings(ratios=ratios, pad=tuple(pad) if pad is not None else None, steps=steps, sampler=sampler,
-                     seed=seed, noise=noise, window_noise=window_noise,
-                     guidance=tuple(guidance) if guidance is not None else Settings.guidance,
-                     strides=tuple(strides) if strides is not None else None, batch_windows=batch_windows,
-                     feather=feather)
+        s = self._settings(ratios, pad, dict(steps=steps, sampler=sampler, seed=seed, noise=noise, guidance=guidance,
+                                             strides=strides, batch_windows=batch_windows, window_noise=window_noise,
+                                             feather=feather))
         with self._lock:
             return self._run(frames, float(fps), s, progress)
 
@@ -95,18 +94,29 @@ class Outpainter:
         t_count, height, width = frames.shape[:3]
         box, targets = self._geometry(height, width, s)
         s.check(self.pipeline.latent)
-        stats = {"frames": t_count, "model_size": self.size, "backend": getattr(self.backend, "name", "custom")}
         t0 = time.perf_counter()
         canvases, inits = self._canvases(frames, box)
-        unit = lambda imgs: geometry.to_unit_range(imgs)
-        frame_latents = self.pipeline.encode(unit(inits))
-        padded_latents = self.pipeline.encode(unit(canvases))
-        context = self.pipeline.global_context(frames)
+        gidx = geometry.global_frame_indices(t_count, GLOBAL_FRAMES)
+        generated, latents, plan, stats = self._generate(canvases, inits, frames[gidx], fps, box, s, progress)
+        t3 = time.perf_counter()
+        outputs = {t.label: np.stack([composite(frames[i], generated[i], box, t, s.feather) for i in range(t_count)])
+                   for t in targets}
+        stats["composite_s"] = time.perf_counter() - t3
+        stats["total_s"] = time.perf_counter() - t0
+        return OutpaintResult(frames=outputs[targets[0].label], latents=latents, outputs=outputs, targets=targets,
+                              plan=plan, stats=stats)
+
+    def _generate(self, canvases, inits, global_frames, fps, box, s: Settings, progress):
+        """Canvases and inits [T, S, S, 3] and the 16 global frames -> generated S x S frames and latents."""
+        stats = {"frames": len(canvases), "model_size": self.size, "backend": getattr(self.backend, "name", "custom")}
+        t0 = time.perf_counter()
+        frame_latents = self.pipeline.encode(geometry.to_unit_range(inits))
+        padded_latents = self.pipeline.encode(geometry.to_unit_range(canvases))
+        context = self.pipeline.global_context(global_frames)
         mask_latent = box.mask[::8, ::8].astype(np.float32)  # nearest: each 8x8 cell's top-left pixel
         stats["prepare_s"] = time.perf_counter() - t0
         if progress:
             progress({"stage": "prepared", "seconds": stats["prepare_s"]})
-
         t1 = time.perf_counter()
         latents, plan = self.pipeline.sample(frame_latents, padded_latents, mask_latent, context, fps, s, progress)
         stats["sample_s"] = time.perf_counter() - t1
@@ -114,65 +124,102 @@ class Outpainter:
         t2 = time.perf_counter()
         generated = self.pipeline.decode(latents)
         stats["decode_s"] = time.perf_counter() - t2
-        t3 = time.perf_counter()
-        outputs = {}
-        for target in targets:
-            outputs[target.label] = np.stack([composite(frames[i], generated[i], box, target, s.feather)
-                                              for i in range(t_count)])
-        stats["composite_s"] = time.perf_counter() - t3
-        stats["total_s"] = time.perf_counter() - t0
-        first = outputs[targets[0].label]
-        return OutpaintResult(frames=first, latents=latents, outputs=outputs, targets=targets, plan=plan, stats=stats)
+        return generated, latents, plan, stats
 
     @staticmethod
     def _canvases(frames, box):
         def one(frame):
             canvas = geometry.letterbox_frame(frame, box)
             return canvas, geometry.inpaint_init(canvas, box)
-        workers = min(8, os.cpu_count() or 1)
-        with ThreadPoolExecutor(workers) as pool:  # OpenCV releases the GIL
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # OpenCV releases the GIL
             pairs = list(pool.map(one, frames))
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
     # -- files --------------------------------------------------------------------------------
     def outpaint_file(self, input, output, ratio="9:16", *, stream: int | None = None,
-                      encode: EncodeOptions | None = None, overwrite: bool = True, **kwargs) -> dict:
-        """Outpaint a video file. With several ratios, ``output`` gets a ``_WxH`` suffix per ratio.
+                      encode: EncodeOptions | None = None, overwrite: bool = True, progress=None, **kwargs) -> dict:
+        """Outpaint a video file; with several ratios, ``output`` gets a ``_WxH`` suffix per ratio.
 
-        Returns a summary (paths, frame count, fps, timings). Raises VideoError/ValueError/EnginesError
-        with a one-line message; on failure no output file is left behind.
+        Streams: the source is decoded three times (count, canvases, composite) instead of being held in
+        memory, so a long 1080p video costs about S x S x 3 bytes a frame, not its full frames. Returns
+        a summary (paths, frame count, fps, timings). Raises VideoError/ValueError/EnginesError with a
+        one-line message; on failure no output file is left behind and existing outputs are untouched.
         """
         input, output = Path(input), Path(output)
         ratios = [ratio] if isinstance(ratio, str) else list(ratio)
-        paths = self.output_paths(output, ratios if kwargs.get("pad") is None else ["pad"])
+        pad = kwargs.pop("pad", None)
+        paths = self.output_paths(output, ratios if pad is None else ["pad"])
         for p in paths.values():
             if p.resolve() == input.resolve():
                 raise VideoError(f"output {p} would overwrite the input")
             if p.exists() and not overwrite:
-                raise VideoError(f"output {p} exists (pass overwrite=True / --overwrite)")
-            if not p.parent.is_dir():
-                raise VideoError(f"output folder {p.parent} does not exist")
-            if not os.access(p.parent, os.W_OK):
-                raise VideoError(f"output folder {p.parent} is not writable")
-        frames, info = read_video(input, stream)
-        result = self.outpaint(frames, info.fps, ratio=ratios, **kwargs)
-        written = {}
+                raise VideoError(f"output {p} exists (pass overwrite=True / drop --no-overwrite)")
+            check_output_path(p)
+        info = probe(input, stream)
+        s = self._settings(ratios, pad, kwargs)
         t0 = time.perf_counter()
+        times = np.array([t for _, t, _ in iter_frames(input, stream, rgb=False)], dtype=np.float64)
+        if len(times) == 0:
+            raise VideoError(f"{input} has no decodable video frames")
+        t_count = len(times)
+        fps = info.fps or (float((t_count - 1) / (times[-1] - times[0])) if t_count > 1 and times[-1] > times[0] else 30.0)
+        gidx = geometry.global_frame_indices(t_count, GLOBAL_FRAMES)
+        canvases, inits, global_frames = [], [], {}
+        box = targets = None
+        shape = None
+        for i, (rgb, _, _) in enumerate(iter_frames(input, stream)):
+            if i >= t_count:
+                break
+            if box is None:
+                shape = rgb.shape
+                box, targets = self._geometry(rgb.shape[0], rgb.shape[1], s)
+                s.check(self.pipeline.latent)
+            elif rgb.shape != shape:
+                raise VideoError(f"{input}: the frame size changes mid-stream, which is not supported")
+            canvas = geometry.letterbox_frame(rgb, box)
+            canvases.append(canvas)
+            inits.append(geometry.inpaint_init(canvas, box))
+            if i in gidx:
+                global_frames[i] = rgb
+        if len(canvases) != t_count:
+            raise VideoError(f"{input}: decoding gave {len(canvases)} frames after counting {t_count}")
+        with self._lock:
+            generated, latents, plan, stats = self._generate(np.stack(canvases), np.stack(inits),
+                                                             np.stack([global_frames[i] for i in gidx]), fps, box, s,
+                                                             progress)
+        del canvases, inits
+        t1 = time.perf_counter()
+        writers = {t.label: VideoWriter(paths[t.label], fps, encode, audio_from=input) for t in targets}
+        written = {}
         try:
-            for target in result.targets:
-                path = paths[target.label]
-                write_video(path, iter(result.outputs[target.label]), info.times, info.fps, encode, audio_from=input)
-                written[target.label] = path
+            for i, (rgb, _, _) in enumerate(iter_frames(input, stream)):
+                if i >= t_count:
+                    break
+                for t in targets:
+                    writers[t.label].write(composite(rgb, generated[i], box, t, s.feather), times[i])
+            for label, w in writers.items():
+                written[label] = w.commit()
         except BaseException:
+            for w in writers.values():
+                w.abort()
             for p in written.values():  # all or nothing across the ratios of one call
                 p.unlink(missing_ok=True)
             raise
-        result.stats["encode_s"] = time.perf_counter() - t0
-        out_h, out_w = result.frames.shape[1:3]
-        return {"input": str(input), "outputs": {k: str(v) for k, v in written.items()}, "frames": int(info.frames),
-                "fps": info.fps, "source_size": [info.width, info.height], "output_size": [out_w - out_w % 2, out_h - out_h % 2],
-                "has_audio": info.has_audio, "windows": result.stats["windows"], **{k: round(v, 3) for k, v in
-                result.stats.items() if k.endswith("_s")}}
+        stats["encode_s"] = time.perf_counter() - t1
+        stats["total_s"] = time.perf_counter() - t0
+        out = targets[0]
+        return {"input": str(input), "outputs": {k: str(v) for k, v in written.items()}, "frames": t_count,
+                "fps": fps, "source_size": [int(shape[1]), int(shape[0])],
+                "output_size": [out.width - out.width % 2, out.height - out.height % 2], "has_audio": info.has_audio,
+                "windows": stats["windows"], **{k: round(v, 3) for k, v in stats.items() if k.endswith("_s")}}
+
+    @staticmethod
+    def _settings(ratios, pad, kwargs) -> Settings:
+        guidance = kwargs.pop("guidance", None)
+        strides = kwargs.pop("strides", None)
+        return Settings(ratios=tuple(ratios), pad=tuple(pad) if pad is not None else None,
+                        guidance=tuple(guidance) if guidance is not None else Settings.guidance,
+                        strides=tuple(strides) if strides is not None else None, **kwargs)
 
     @staticmethod
     def output_paths(output: Path, labels) -> dict:

@@ -105,9 +105,11 @@ class Pipeline:
         t_count = len(frame_latents)
         plan = official_plan(t_count, s.strides)
         sampler = samplers.make_sampler(s.sampler, s.steps)
-        rng = np.random.default_rng(s.seed)
         shape = (4, WINDOW_FRAMES, self.latent, self.latent)
-        shared = np.asarray(s.noise, np.float32) if s.noise is not None else rng.standard_normal(shape).astype(np.float32)
+        # Every random draw belongs to a window (numbered in plan order), never to a batch: batching
+        # windows differently gives the same video.
+        shared = (np.asarray(s.noise, np.float32) if s.noise is not None
+                  else np.random.default_rng(s.seed).standard_normal(shape).astype(np.float32))
         null_latent, null_context = self.null_inputs()
         stored: dict[int, np.ndarray] = {}
         total = sum(len(level) for level in plan)
@@ -117,10 +119,14 @@ class Pipeline:
             size = 1 if level[0].level == 0 else s.batch_windows
             for start in range(0, len(level), size):
                 batch = level[start:start + size]
-                noise = np.stack([shared if s.window_noise == "shared" else rng.standard_normal(shape).astype(np.float32)
-                                  for _ in batch])
+                ids = range(done, done + len(batch))
+                noise = np.stack([shared if s.window_noise == "shared" else
+                                  np.random.default_rng([s.seed, i]).standard_normal(shape).astype(np.float32)
+                                  for i in ids])
+                step_rngs = [np.random.default_rng([s.seed, i, 1]) for i in ids]
                 out = self._sample_batch(batch, stored, frame_latents, padded_latents, mask_latent, null_latent,
-                                         context, null_context, fps, noise, sampler, s, rng, progress, done, total)
+                                         context, null_context, fps, noise, sampler, s, step_rngs, progress, done,
+                                         total)
                 for w, lat in zip(batch, out):
                     for p, f in enumerate(w.frames):
                         stored.setdefault(f, lat[:, p])  # the first generation of a frame wins
@@ -128,7 +134,7 @@ class Pipeline:
         return np.stack([stored[i] for i in range(t_count)]), plan
 
     def _sample_batch(self, batch: list[Window], stored, frame_latents, padded_latents, mask_latent, null_latent,
-                      context, null_context, fps, noise, sampler, s: Settings, rng, progress, done, total):
+                      context, null_context, fps, noise, sampler, s: Settings, step_rngs, progress, done, total):
         nw = len(batch)
         f, h = WINDOW_FRAMES, self.latent
         local = {False: np.empty((nw, 4, f, h, h), np.float32), True: np.empty((nw, 4, f, h, h), np.float32)}
@@ -164,4 +170,7 @@ class Pipeline:
                           "windows_done": done, "windows": total, "batch": nw, "step": k + 1,
                           "steps": len(sampler.timesteps), "seconds": time.perf_counter() - t0})
 
-        return samplers.run(sampler, eps_fn, x0, noise, rng=rng, callback=report)
+        def step_noise(i, shape):
+            return np.stack([r.standard_normal(shape[1:]).astype(np.float32) for r in step_rngs])
+
+        return samplers.run(sampler, eps_fn, x0, noise, step_noise=step_noise, callback=report)

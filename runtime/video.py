@@ -82,8 +82,11 @@ def _display(frame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
 
 
-def iter_frames(path, stream: int | None = None) -> Iterator[tuple[np.ndarray, float, int]]:
-    """(RGB uint8 [H, W, 3] as displayed, time in seconds, rotation) per decoded frame."""
+def iter_frames(path, stream: int | None = None, rgb: bool = True) -> Iterator[tuple[np.ndarray, float, int]]:
+    """(RGB uint8 [H, W, 3] as displayed, time in seconds, rotation) per decoded frame.
+
+    ``rgb=False`` skips the colour conversion and yields None for the picture (a cheap counting pass).
+    """
     container = _open_input(path)
     try:
         vs = _video_stream(container, path, stream)
@@ -96,7 +99,7 @@ def iter_frames(path, stream: int | None = None) -> Iterator[tuple[np.ndarray, f
                     rate = float(vs.average_rate or vs.guessed_rate or 30)
                     t = 0.0 if last_t is None else last_t + 1.0 / rate
                 last_t = t
-                yield _display(frame), float(t), int(getattr(frame, "rotation", 0) or 0)
+                yield (_display(frame) if rgb else None), float(t), int(getattr(frame, "rotation", 0) or 0)
         except VideoError:
             raise
         except Exception as exc:  # corrupt data after some frames: keep what decoded, if anything
@@ -158,85 +161,125 @@ class EncodeOptions:
     audio: bool = True
 
 
-def _time_base(times: np.ndarray, fps: float) -> Fraction:
-    # Fine enough for any real timestamp; the muxer rescales to its own time base.
-    return Fraction(1, 90000)
+TIME_BASE = Fraction(1, 90000)  # fine enough for any real timestamp; the muxer rescales to its own
 
 
-def write_video(path, frames, times: np.ndarray, fps: float, options: EncodeOptions | None = None,
-                audio_from=None) -> Path:
-    """Encode ``frames`` (an iterable of RGB uint8 [H, W, 3], all one size) at ``times`` (seconds) to ``path``.
+class VideoWriter:
+    """Streams RGB frames into a video file that appears at ``path`` only when ``commit`` succeeds.
 
-    Odd sizes are cropped to even ones for 4:2:0 chroma. Written to a temporary file beside ``path`` and
-    renamed at the end; on any failure the temporary file is removed and ``path`` is left as it was.
+    Frames are written to a temporary file beside ``path``; ``abort`` (or any failure) removes it and
+    leaves ``path`` as it was. Odd sizes are cropped to even ones for 4:2:0 chroma. Timestamps are the
+    caller's (seconds), so variable frame rate survives; the first audio stream of ``audio_from`` is
+    remuxed unchanged when the container takes its codec, else re-encoded.
     """
-    av = _av()
-    options = options or EncodeOptions()
-    path = Path(path)
+
+    def __init__(self, path, fps: float, options: EncodeOptions | None = None, audio_from=None):
+        self.av = _av()
+        self.options = options or EncodeOptions()
+        self.path = Path(path)
+        self.fps = fps
+        self.audio_from = audio_from if self.options.audio else None
+        check_output_path(self.path)
+        self.format = _FORMATS[self.path.suffix.lower()]
+        self.tmp = self.path.with_name(f".{self.path.stem}.partial-{os.getpid()}{self.path.suffix}")
+        self.container = None
+        self.stream = None
+        self.audio = (None, None, None)
+        self.last_pts, self.count, self.last_time = -1, 0, 0.0
+
+    def _open(self, width: int, height: int):
+        even_w, even_h = width - width % 2, height - height % 2
+        if even_w < 2 or even_h < 2:
+            raise VideoError(f"output frames of {width}x{height} are too small to encode")
+        self.container = self.av.open(str(self.tmp), "w", format=self.format)
+        rate = Fraction(self.fps).limit_denominator(100000) if self.fps > 0 else 30
+        vs = self.container.add_stream(self.options.codec, rate=rate)
+        vs.width, vs.height, vs.pix_fmt = even_w, even_h, self.options.pix_fmt
+        vs.time_base = TIME_BASE
+        vs.codec_context.time_base = TIME_BASE
+        if self.options.crf is not None and self.options.codec in ("libx264", "libx264rgb", "libx265"):
+            vs.options = {"crf": str(self.options.crf), "preset": self.options.preset}
+        self.stream = vs
+        if self.audio_from is not None:
+            self.audio = _add_audio(self.av, self.container, self.audio_from, self.format)
+
+    def write(self, rgb: np.ndarray, time_s: float) -> None:
+        try:
+            if self.stream is None:
+                self._open(rgb.shape[1], rgb.shape[0])
+            vs = self.stream
+            frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:vs.height, :vs.width]), format="rgb24")
+            pts = max(int(round(float(time_s) / TIME_BASE)), self.last_pts + 1)  # strictly increasing
+            frame.pts, frame.time_base = pts, TIME_BASE
+            self.last_pts, self.last_time = pts, float(time_s)
+            for packet in vs.encode(frame):
+                self.container.mux(packet)
+            self.count += 1
+        except VideoError:
+            self.abort()
+            raise
+        except Exception as exc:
+            self.abort()
+            raise VideoError(f"cannot write {self.path}: {_first_line(exc)}") from None
+
+    def commit(self) -> Path:
+        try:
+            if self.stream is None:
+                raise VideoError("no frames to write")
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+            src, a_in, out = self.audio
+            if a_in is not None:
+                _mux_audio(src, a_in, out, self.container, end_time=self.last_time + 1.0 / max(self.fps, 1))
+            self.container.close()
+            self.container = None
+            os.replace(self.tmp, self.path)
+            return self.path
+        except VideoError:
+            raise
+        except Exception as exc:
+            raise VideoError(f"cannot write {self.path}: {_first_line(exc)}") from None
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop everything written so far (no-op after a successful commit)."""
+        for c in (self.container, self.audio[0]):
+            if c is not None:
+                try:
+                    c.close()
+                except Exception:
+                    pass
+        self.container, self.audio = None, (None, None, None)
+        self.tmp.unlink(missing_ok=True)
+
+
+_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
+
+
+def check_output_path(path: Path) -> None:
+    """Refuse, before any work, an output that cannot be written."""
+    if path.suffix.lower() not in _FORMATS:
+        raise VideoError(f"output {path.name}: unsupported container {path.suffix or '(none)'}; "
+                         f"use .mp4, .mov, .mkv or .webm")
     if not path.parent.is_dir():
         raise VideoError(f"output folder {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK):
         raise VideoError(f"output folder {path.parent} is not writable")
-    fmt = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}.get(path.suffix.lower())
-    if fmt is None:
-        raise VideoError(f"output {path.name}: unsupported container {path.suffix or '(none)'}; use .mp4, .mov, .mkv or .webm")
-    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
-    tb = _time_base(times, fps)
-    container = None
+    if path.is_dir():
+        raise VideoError(f"output {path} is a folder")
+
+
+def write_video(path, frames, times: np.ndarray, fps: float, options: EncodeOptions | None = None,
+                audio_from=None) -> Path:
+    """Encode an iterable of RGB uint8 frames at ``times`` (seconds) to ``path``, all or nothing."""
+    writer = VideoWriter(path, fps, options, audio_from)
     try:
-        container = av.open(str(tmp), "w", format=fmt)
-        vs = None
-        audio_in = audio_out = None
-        in_container = None
-        count = 0
-        last_pts = -1
         for rgb, t in zip(frames, times):
-            h, w = rgb.shape[:2]
-            if vs is None:
-                even_w, even_h = w - w % 2, h - h % 2
-                if even_w < 2 or even_h < 2:
-                    raise VideoError(f"output frames of {w}x{h} are too small to encode")
-                vs = container.add_stream(options.codec, rate=Fraction(fps).limit_denominator(100000) if fps > 0 else 30)
-                vs.width, vs.height, vs.pix_fmt = even_w, even_h, options.pix_fmt
-                vs.time_base = tb
-                vs.codec_context.time_base = tb
-                opts = {}
-                if options.crf is not None and options.codec in ("libx264", "libx265"):
-                    opts["crf"] = str(options.crf)
-                    opts["preset"] = options.preset
-                vs.options = opts
-                if audio_from is not None and options.audio:
-                    in_container, audio_in, audio_out = _add_audio(av, container, audio_from, fmt)
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:vs.height, :vs.width]), format="rgb24")
-            pts = max(int(round(float(t) / tb)), last_pts + 1)  # strictly increasing, as muxers demand
-            frame.pts, frame.time_base = pts, tb
-            last_pts = pts
-            for packet in vs.encode(frame):
-                container.mux(packet)
-            count += 1
-        if vs is None:
-            raise VideoError("no frames to write")
-        for packet in vs.encode():
-            container.mux(packet)
-        if audio_in is not None:
-            _mux_audio(in_container, audio_in, audio_out, container, end_time=float(times[count - 1]) + 1.0 / max(fps, 1))
-        container.close()
-        container = None
-        if in_container is not None:
-            in_container.close()
-        os.replace(tmp, path)
-    except VideoError:
-        raise
-    except Exception as exc:
-        raise VideoError(f"cannot write {path}: {_first_line(exc)}") from None
+            writer.write(rgb, t)
+        return writer.commit()
     finally:
-        if container is not None:
-            try:
-                container.close()
-            except Exception:
-                pass
-        tmp.unlink(missing_ok=True)
-    return path
+        writer.abort()
 
 
 # Audio codecs each container takes as they are; anything else is re-encoded to AAC (Opus for webm).

@@ -17,7 +17,7 @@ def _need(rel: str) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared():
     """Path to a file or folder under ../shared; skips the test, saying why, when it is absent."""
     return _need
@@ -45,3 +45,21 @@ def tiny_config():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def make_engines(out, *extra, unet=None, vae=None, size=64):
+    """`make engines` on the fixtures (or the given checkpoints) into ``out``."""
+    import subprocess
+    cmd = ["make", "-s", "engines", f"UNET={unet or SHARED / 'fixtures/tiny_unet'}",
+           f"VAE={vae or SHARED / 'fixtures/tiny_vae'}", f"ENGINES={out}", f"SIZE={size}", *extra]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def engines(tmp_path_factory):
+    """An engines folder (FP32 and FP16 ONNX) made by `make engines` from the tiny fixtures, S = 64."""
+    _need("fixtures/tiny_unet")
+    out = tmp_path_factory.mktemp("engines")
+    res = make_engines(out)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return out

@@ -11,28 +11,13 @@ import onnx
 import pytest
 import torch
 
-from conftest import ROOT, SHARED, _need
+from conftest import ROOT, _need, make_engines
 from export import onnx_export as ox
 from export.trt_onnx_support import problems as trt_problems
 from runtime.engines import EnginesError, contract, open_engines
 from runtime.engines.onnxruntime import OrtBackend
 
 SIZE = 64
-
-
-def make_engines(out, *extra, unet=None, vae=None):
-    cmd = ["make", "-s", "engines", f"UNET={unet or SHARED / 'fixtures/tiny_unet'}",
-           f"VAE={vae or SHARED / 'fixtures/tiny_vae'}", f"ENGINES={out}", f"SIZE={SIZE}", *extra]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def engines(tmp_path_factory):
-    _need("fixtures/tiny_unet")
-    out = tmp_path_factory.mktemp("engines")
-    res = make_engines(out)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,76 @@
+"""Small videos the tests make with PyAV."""
+from fractions import Fraction
+
+import av
+import numpy as np
+
+
+def scene(frames: int, width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A moving, textured RGB clip [T, H, W, 3]."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (height // 4 + 2, width // 4 + 2, 3)).astype(np.float32)
+    import cv2
+    tex = cv2.resize(base, (width + 2 * frames, height), interpolation=cv2.INTER_CUBIC).clip(0, 255)
+    return np.stack([tex[:, 2 * t:2 * t + width] for t in range(frames)]).astype(np.uint8)
+
+
+def write(path, frames, fps=24, codec="libx264", pix_fmt="yuv420p", times=None, rotation=None, audio=False,
+          options=None):
+    """Encode RGB frames; ``times`` (seconds) gives variable frame rate; ``rotation`` sets display rotation."""
+    tb = Fraction(1, 1000)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=fps)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        s.time_base = tb
+        s.codec_context.time_base = tb
+        if options:
+            s.options = options
+        if rotation is not None:
+            s.set_display_rotation(rotation)
+        a = c.add_stream("aac", rate=44100) if audio else None
+        for i, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            t = times[i] if times is not None else i / fps
+            frame.pts, frame.time_base = int(round(t * 1000)), tb
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+        if a is not None:
+            _sine(c, a, len(frames) / fps)
+
+
+def write_audio_only(path, seconds=1.0):
+    with av.open(str(path), "w") as c:
+        _sine(c, c.add_stream("aac", rate=44100), seconds)
+
+
+def _sine(container, stream, seconds):
+    rate, n = 44100, 1024
+    t = 0
+    total = int(seconds * rate)
+    while t < total:
+        x = (0.2 * np.sin(2 * np.pi * 440 * (np.arange(t, t + n) / rate))).astype(np.float32)[None]
+        frame = av.AudioFrame.from_ndarray(x, format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = rate, t
+        for p in stream.encode(frame):
+            container.mux(p)
+        t += n
+    for p in stream.encode():
+        container.mux(p)
+
+
+def decode(path):
+    """(RGB frames, frame times, audio sample count, fps) of a file, as a viewer sees them."""
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames, times = [], []
+        for f in c.decode(v):
+            frames.append(f.to_ndarray(format="rgb24"))
+            times.append(float(f.time))
+        fps = float(v.average_rate)
+    samples = 0
+    with av.open(str(path)) as c:
+        if c.streams.audio:
+            samples = sum(f.samples for f in c.decode(audio=0))
+    return np.stack(frames), np.array(times), samples, fps
