@@ -1,17 +1,16 @@
-"""Offline demo of what exists so far, on what the project makes itself.
+"""Offline demo of the whole product on what the project makes itself.
 
-Makes a small random M3DDM checkpoint and a small SD1.5-structured VAE in the official formats,
-loads them back through ``load_unet``/``load_vae``, renders a short synthetic clip (or reads
-``--input``), runs the reference pipeline (the official algorithm at three-branch cost) and writes
-the outpainted clip. With random weights the generated border is noise-like: the demo shows the
-whole path working, not the released model's quality.
+Makes a small random M3DDM checkpoint and a small SD1.5-structured VAE in the official formats, exports
+them to an engines folder with ``python -m export`` (S = 64), writes a short synthetic clip with audio-free
+H.264 (or takes ``--input``), and runs the product CLI ``python -m runtime.outpaint`` on it, which writes
+a real outpainted video. With random weights the generated border is noise-like: the demo shows every
+step of the product working offline, not the released model's quality.
 
     python -m export.demo --out build/demo [--input clip.mp4] [--ratio 9:16] [--steps 50]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -59,90 +58,35 @@ def synthetic_clip(frames: int = 24, width: int = 160, height: int = 90) -> np.n
     return np.stack(out)
 
 
-def read_clip(path: Path, limit: int) -> tuple[np.ndarray, float]:
-    cap = cv2.VideoCapture(str(path))
-    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
-    frames = []
-    while len(frames) < limit:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    cap.release()
-    if not frames:
-        raise ValueError(f"no video frames could be read from {path}")
-    return np.stack(frames), float(fps)
-
-
-def crop_to_ratio(square: np.ndarray, ratio: float) -> np.ndarray:
-    """The official central crop of the S x S output to the target ratio (spec 4.6)."""
-    s = square.shape[0]
-    if ratio < 1:
-        w = int(s * ratio)
-        left = (s - w) // 2
-        return square[:, left:left + w]
-    h = int(s / ratio)
-    top = (s - h) // 2
-    return square[top:top + h]
-
-
-def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
-    tmp = path.with_name(path.stem + ".partial" + path.suffix)
-    h, w = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write {path}")
-    for f in frames:
-        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    writer.release()
-    tmp.replace(path)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("build/demo"))
-    ap.add_argument("--input", type=Path, help="a video to use instead of the synthetic clip (first --frames frames)")
-    ap.add_argument("--frames", type=int, default=24)
+    ap.add_argument("--input", type=Path, help="a video to outpaint instead of the synthetic clip")
+    ap.add_argument("--frames", type=int, default=24, help="frames of the synthetic clip")
     ap.add_argument("--ratio", default="9:16")
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=6)
     args = ap.parse_args(argv)
 
-    from runtime.geometry import parse_ratio
-    try:
-        ratio = parse_ratio(args.ratio)
-        if args.input:
-            frames, fps = read_clip(args.input, args.frames)
-        else:
-            frames, fps = synthetic_clip(args.frames), 24.0
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from export.engine_folder import export_engines
+    from runtime import outpaint
+    from runtime.video import write_video
 
-    import torch
-
-    from export.model import load_unet, load_vae
-    from export.reference import ReferencePipeline
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     unet_dir, vae_dir = make_checkpoints(args.out / "checkpoints")
-    unet, vae = load_unet(unet_dir), load_vae(vae_dir)
+    export_engines(unet_dir, vae_dir, args.out / "engines", ("fp32",), DEMO_SIZE)
     t1 = time.perf_counter()
-    pipe = ReferencePipeline(unet, vae, cost="three_branch", steps=args.steps)
-    latents, written, plan = pipe.video(frames, fps, [args.ratio], DEMO_SIZE, seed=args.seed)
-    t2 = time.perf_counter()
-    out = np.stack([crop_to_ratio(written[i], ratio) for i in range(len(frames))])
+    clip = args.input
+    if clip is None:
+        clip = args.out / "clip.mp4"
+        frames = synthetic_clip(args.frames)
+        write_video(clip, frames, np.arange(len(frames)) / 24.0, 24.0)
     video = args.out / f"outpainted_{args.ratio.replace(':', 'x')}.mp4"
-    write_video(video, out, fps)
-    np.save(args.out / "latents.npy", latents.numpy())
-    summary = dict(frames=len(frames), fps=fps, model_size=DEMO_SIZE, windows=sum(len(l) for l in plan),
-                   unet_calls=pipe.unet_calls, vae_encoded_images=pipe.vae_encodes,
-                   checkpoint_seconds=round(t1 - t0, 2), sampling_seconds=round(t2 - t1, 2),
-                   output=str(video), output_size=[int(out.shape[2]), int(out.shape[1])])
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary, indent=2))
-    return 0
+    code = outpaint.main([str(clip), "-o", str(video), "--ratio", args.ratio, "--engines", str(args.out / "engines"),
+                          "--steps", str(args.steps), "--json"])
+    if code == 0:
+        print(f"demo: engines in {t1 - t0:.1f} s; outpainted {clip} -> {video}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":
