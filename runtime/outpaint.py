@@ -50,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--window-noise", choices=["shared", "independent"], default="shared",
                     help="one start noise for every window (official) or one per window")
     ap.add_argument("--feather", type=float, help="seam blend width in source pixels (default 1%% of the shorter side)")
+    ap.add_argument("--height", type=int, help="scale the output to this height (default: the source's own scale)")
     ap.add_argument("--stream", type=int, help="video stream index (default: the first)")
     ap.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime")
     ap.add_argument("--codec", default="libx264")
@@ -74,9 +75,10 @@ class Progress:
         if not self.enabled or event.get("stage") != "sample":
             return
         elapsed = time.perf_counter() - self.t0
-        line = (f"level stride {event['stride']:>2}  windows {event['windows_done'] + event['batch']:>3}/{event['windows']}"
-                f"  step {event['step']:>3}/{event['steps']}  {event['step'] / max(event['seconds'], 1e-9):5.2f} steps/s"
-                f"  {elapsed:6.1f} s")
+        line = (f"level {event['level'] + 1} (stride {event['stride']})  windows {event['windows_done'] + event['batch']:>3}"
+                f"/{event['windows']}  step {event['step']:>3}/{event['steps']}"
+                f"  {event['step'] / max(event['seconds'], 1e-9):5.2f} steps/s"
+                f"  {event['frames_done'] / max(elapsed, 1e-9):5.2f} frames/s  {elapsed:6.1f} s")
         key = (event["windows_done"], event["batch"])
         if self.tty:
             print("\r" + line, end="", file=sys.stderr, flush=True)
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
 
     if not os.path.exists(args.input):
         return fail(EXIT_BAD_INPUT, f"input {args.input} does not exist")
-    for name in ("steps", "batch_windows", "threads"):
+    for name in ("steps", "batch_windows", "threads", "height"):
         value = getattr(args, name)
         if value is not None and value < 1:
             return fail(EXIT_BAD_INPUT, f"--{name.replace('_', '-')} must be at least 1")
@@ -116,7 +118,8 @@ def main(argv=None) -> int:
             stream=args.stream, overwrite=not args.no_overwrite,
             encode=EncodeOptions(codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt, audio=not args.no_audio),
             steps=args.steps, sampler=args.sampler, seed=args.seed, guidance=args.guidance, strides=args.strides,
-            batch_windows=args.batch_windows, window_noise=args.window_noise, feather=args.feather, progress=progress)
+            batch_windows=args.batch_windows, window_noise=args.window_noise, feather=args.feather,
+            output_height=args.height, progress=progress)
     except (VideoError, ValueError) as exc:
         progress.close()
         return fail(EXIT_BAD_INPUT, str(exc))

@@ -54,17 +54,20 @@ class Outpainter:
     # -- arrays -------------------------------------------------------------------------------
     def outpaint(self, frames: np.ndarray, fps: float, ratio="9:16", steps: int | None = None, sampler: str = "pndm",
                  seed: int = 6, noise=None, *, pad=None, guidance=None, strides=None, batch_windows: int = 4,
-                 window_noise: str = "shared", feather: float | None = None, progress=None) -> OutpaintResult:
+                 window_noise: str = "shared", feather: float | None = None, step_noise=None,
+                 output_height: int | None = None, progress=None) -> OutpaintResult:
         """RGB uint8 [T, H, W, 3] at ``fps`` -> the outpainted video (``.frames``) and final latents.
 
         ``ratio`` is "W:H" or a list of them (one output per ratio, in ``.outputs``); ``pad`` =
-        (top, right, bottom, left) in source pixels replaces the ratios.
+        (top, right, bottom, left) in source pixels replaces the ratios. ``noise`` [4, 16, h, w] is every
+        window's start noise; ``step_noise(window, step)`` the per-step noise of stochastic samplers.
+        ``output_height`` rescales the outputs (the source's own scale by default: its pixels untouched).
         """
         frames = self._check_frames(frames, fps)
         ratios = tuple([ratio] if isinstance(ratio, str) else ratio)
         s = self._settings(ratios, pad, dict(steps=steps, sampler=sampler, seed=seed, noise=noise, guidance=guidance,
                                              strides=strides, batch_windows=batch_windows, window_noise=window_noise,
-                                             feather=feather))
+                                             feather=feather, step_noise=step_noise, output_height=output_height))
         with self._lock:
             return self._run(frames, float(fps), s, progress)
 
@@ -99,8 +102,8 @@ class Outpainter:
         gidx = geometry.global_frame_indices(t_count, GLOBAL_FRAMES)
         generated, latents, plan, stats = self._generate(canvases, inits, frames[gidx], fps, box, s, progress)
         t3 = time.perf_counter()
-        outputs = {t.label: np.stack([composite(frames[i], generated[i], box, t, s.feather) for i in range(t_count)])
-                   for t in targets}
+        outputs = {t.label: np.stack([self._finish(composite(frames[i], generated[i], box, t, s.feather), s)
+                                      for i in range(t_count)]) for t in targets}
         stats["composite_s"] = time.perf_counter() - t3
         stats["total_s"] = time.perf_counter() - t0
         return OutpaintResult(frames=outputs[targets[0].label], latents=latents, outputs=outputs, targets=targets,
@@ -125,6 +128,16 @@ class Outpainter:
         generated = self.pipeline.decode(latents)
         stats["decode_s"] = time.perf_counter() - t2
         return generated, latents, plan, stats
+
+    @staticmethod
+    def _finish(frame: np.ndarray, s: Settings) -> np.ndarray:
+        """The optional output scaling: to ``output_height`` rows, width in proportion (even)."""
+        if not s.output_height or s.output_height == frame.shape[0]:
+            return frame
+        h = int(s.output_height)
+        w = max(2, int(round(frame.shape[1] * h / frame.shape[0])))
+        interp = cv2.INTER_AREA if h < frame.shape[0] else cv2.INTER_CUBIC
+        return cv2.resize(frame, (w, h), interpolation=interp)
 
     @staticmethod
     def _canvases(frames, box):
@@ -196,7 +209,7 @@ class Outpainter:
                 if i >= t_count:
                     break
                 for t in targets:
-                    writers[t.label].write(composite(rgb, generated[i], box, t, s.feather), times[i])
+                    writers[t.label].write(self._finish(composite(rgb, generated[i], box, t, s.feather), s), times[i])
             for label, w in writers.items():
                 written[label] = w.commit()
         except BaseException:
@@ -210,8 +223,15 @@ class Outpainter:
         out = targets[0]
         return {"input": str(input), "outputs": {k: str(v) for k, v in written.items()}, "frames": t_count,
                 "fps": fps, "source_size": [int(shape[1]), int(shape[0])],
-                "output_size": [out.width - out.width % 2, out.height - out.height % 2], "has_audio": info.has_audio,
+                "output_size": self._output_size(out, s), "has_audio": info.has_audio,
                 "windows": stats["windows"], **{k: round(v, 3) for k, v in stats.items() if k.endswith("_s")}}
+
+    @staticmethod
+    def _output_size(target, s: Settings) -> list:
+        w, h = target.width, target.height
+        if s.output_height and s.output_height != h:
+            w, h = max(2, int(round(w * s.output_height / h))), int(s.output_height)
+        return [w - w % 2, h - h % 2]
 
     @staticmethod
     def _settings(ratios, pad, kwargs) -> Settings:

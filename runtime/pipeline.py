@@ -44,6 +44,8 @@ class Settings:
     strides: tuple | None = None
     batch_windows: int = 4
     feather: float | None = None  # seam blend width in source pixels (None: 1 % of the shorter side)
+    step_noise: object = None  # callable(window, step) -> [4, 16, h, w]: the fresh noise of stochastic samplers
+    output_height: int | None = None  # scale the outputs to this height (None: the source's own scale)
 
     def check(self, latent: int):
         if self.window_noise not in ("shared", "independent"):
@@ -57,6 +59,8 @@ class Settings:
             raise ValueError(f"noise must have shape (4, {WINDOW_FRAMES}, {latent}, {latent})")
         if len(self.guidance) != 2:
             raise ValueError("guidance takes two scales: s1 (local), s2 (global)")
+        if self.output_height is not None and self.output_height < 2:
+            raise ValueError("output height must be at least 2 pixels")
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -123,10 +127,14 @@ class Pipeline:
                 noise = np.stack([shared if s.window_noise == "shared" else
                                   np.random.default_rng([s.seed, i]).standard_normal(shape).astype(np.float32)
                                   for i in ids])
-                step_rngs = [np.random.default_rng([s.seed, i, 1]) for i in ids]
+                if s.step_noise is not None:
+                    draws = [lambda k, i=i: np.asarray(s.step_noise(i, k), np.float32) for i in ids]
+                else:
+                    rngs = [np.random.default_rng([s.seed, i, 1]) for i in ids]
+                    draws = [lambda k, r=r: r.standard_normal(shape).astype(np.float32) for r in rngs]
                 out = self._sample_batch(batch, stored, frame_latents, padded_latents, mask_latent, null_latent,
-                                         context, null_context, fps, noise, sampler, s, step_rngs, progress, done,
-                                         total)
+                                         context, null_context, fps, noise, sampler, s, draws, progress, done,
+                                         total, len(stored))
                 for w, lat in zip(batch, out):
                     for p, f in enumerate(w.frames):
                         stored.setdefault(f, lat[:, p])  # the first generation of a frame wins
@@ -134,7 +142,8 @@ class Pipeline:
         return np.stack([stored[i] for i in range(t_count)]), plan
 
     def _sample_batch(self, batch: list[Window], stored, frame_latents, padded_latents, mask_latent, null_latent,
-                      context, null_context, fps, noise, sampler, s: Settings, step_rngs, progress, done, total):
+                      context, null_context, fps, noise, sampler, s: Settings, draws, progress, done, total,
+                      frames_done):
         nw = len(batch)
         f, h = WINDOW_FRAMES, self.latent
         local = {False: np.empty((nw, 4, f, h, h), np.float32), True: np.empty((nw, 4, f, h, h), np.float32)}
@@ -168,9 +177,10 @@ class Pipeline:
             if progress:
                 progress({"stage": "sample", "level": batch[0].level, "stride": batch[0].stride,
                           "windows_done": done, "windows": total, "batch": nw, "step": k + 1,
-                          "steps": len(sampler.timesteps), "seconds": time.perf_counter() - t0})
+                          "steps": len(sampler.timesteps), "seconds": time.perf_counter() - t0,
+                          "frames_done": frames_done, "frames": len(frame_latents)})
 
-        def step_noise(i, shape):
-            return np.stack([r.standard_normal(shape[1:]).astype(np.float32) for r in step_rngs])
+        def step_noise(k, shape):
+            return np.stack([draw(k) for draw in draws])
 
         return samplers.run(sampler, eps_fn, x0, noise, step_noise=step_noise, callback=report)

@@ -69,14 +69,17 @@ def test_plan_t600_and_t40():
     assert [w.frames[0] for w in dense[0]] == [0, 15, 30] and dense[0][2].frames[-7:] == (39,) * 7
 
 
+@pytest.mark.parametrize("strides", [None, (30, 15, 1), (4, 1), (1,)])
 @pytest.mark.parametrize("t", [1, 15, 16, 17, 49, 50, 51, 600, 1001])
-def test_plan_covers_every_frame_once_generated(t):
-    plan = official_plan(t)
+def test_plan_covers_every_frame_once_generated(t, strides):
+    plan = official_plan(t, strides)
     generated = [w.frames[p] for level in plan for w in level for p in w.new_positions]
     assert sorted(generated) == list(range(t))
     for level in plan:
         for w in level:
-            assert len(w.frames) == 16 and max(w.frames) == min(max(w.frames), t - 1)
+            assert len(w.frames) == 16 and max(w.frames) <= t - 1  # never a frame past the video's end
+            assert all(w.frames[p] in {f for lv in plan[:w.level + 1] for x in lv for f in x.frames}
+                       for p in w.guides)
 
 
 def test_plan_matches_the_golden_run(shared):
