@@ -14,7 +14,8 @@ from runtime import geometry
 from runtime.engines import EnginesError
 from runtime.pipeline import OutpaintResult, Pipeline, Settings
 from runtime.constants import GLOBAL_FRAMES
-from runtime.video import EncodeOptions, VideoError, VideoWriter, check_output_path, iter_frames, probe
+from runtime.video import (EncodeOptions, VideoError, VideoWriter, check_output_path, fps_from_times, iter_frames,
+                           probe)
 
 DEFAULT_ENGINES = os.environ.get("M3DDM_ENGINES", "engines")
 
@@ -175,7 +176,7 @@ class Outpainter:
         if len(times) == 0:
             raise VideoError(f"{input} has no decodable video frames")
         t_count = len(times)
-        fps = info.fps or (float((t_count - 1) / (times[-1] - times[0])) if t_count > 1 and times[-1] > times[0] else 30.0)
+        fps = info.fps or fps_from_times(times)
         gidx = geometry.global_frame_indices(t_count, GLOBAL_FRAMES)
         canvases, inits, global_frames = [], [], {}
         box = targets = None

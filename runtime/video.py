@@ -140,12 +140,13 @@ def read_video(path, stream: int | None = None, max_frames: int | None = None) -
     info.height, info.width = frames[0].shape[:2]
     info.rotation = rotation
     info.times = np.asarray(times, dtype=np.float64)
-    info.fps = info.fps or _fps_from_times(info.times)
+    info.fps = info.fps or fps_from_times(info.times)
     info.duration = float(info.times[-1] - info.times[0] + 1.0 / max(info.fps, 1e-6)) if len(times) else 0.0
     return np.stack(frames), info
 
 
-def _fps_from_times(times: np.ndarray) -> float:
+def fps_from_times(times: np.ndarray) -> float:
+    """Average frame rate from frame times, for streams that declare none (30 if it cannot be told)."""
     if len(times) < 2:
         return 30.0
     span = times[-1] - times[0]

@@ -158,6 +158,14 @@ def test_cli_on_real_footage(engines, shared, tmp_path):
     assert hashlib.sha256(src.read_bytes()).hexdigest() == digest
 
 
+def test_read_video_for_api_users(shared):
+    from runtime.video import read_video
+    frames, info = read_video(shared("media/cockatoo.mp4"), max_frames=10)
+    assert frames.shape == (10, 720, 1280, 3) and info.fps == 20.0 and info.has_audio
+    np.testing.assert_allclose(info.times, np.arange(10) / 20.0)
+    assert info.pix_fmt == "yuv444p"
+
+
 def test_cli_keeps_the_centre_pixel_exact(engines, shared, tmp_path):
     """Lossless RGB output (FFV1 in Matroska): the source frames sit in the output bit for bit."""
     src = shared("media/realshort.mp4")
