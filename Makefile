@@ -13,7 +13,7 @@ ENGINES ?= engines
 PRECISION ?= both
 SIZE ?= 256
 
-.PHONY: setup test test-all demo engines bench-model clean
+.PHONY: setup test test-all demo engines bench bench-model clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ engines: setup
 # Offline end to end on what the project makes itself: a small random checkpoint, a synthetic clip.
 demo: setup
 	$(PY) -m export.demo --out build/demo
+
+# Speed and memory against the official-equivalent baseline (tiny fixtures, CPU; GPU backends when present).
+bench: setup
+	$(PY) -m benchmarks.speed --json benchmarks/results_speed.json
 
 # Full-size model build, save and load: time and peak RAM (writes a 2.6 GB checkpoint to a temp dir).
 bench-model: setup

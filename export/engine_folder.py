@@ -106,6 +106,8 @@ def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), si
     import onnx
 
     opset = opset or ox.OPSET
+    from diffusers.utils import logging as diffusers_logging
+    diffusers_logging.set_verbosity_error()  # its dtype advice does not apply: norms are upcast in the graph
     lat = contract.latent_size(size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

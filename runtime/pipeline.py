@@ -7,10 +7,8 @@ of 3 x W rows, each output frame decoded once, composited at the source resoluti
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from runtime import geometry, guidance, samplers

@@ -186,7 +186,7 @@ class VideoWriter:
         self.container = None
         self.stream = None
         self.audio = (None, None, None)
-        self.last_pts, self.count, self.last_time = -1, 0, 0.0
+        self.last_pts, self.count = -1, 0
 
     def _open(self, width: int, height: int):
         even_w, even_h = width - width % 2, height - height % 2
@@ -212,7 +212,7 @@ class VideoWriter:
             frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:vs.height, :vs.width]), format="rgb24")
             pts = max(int(round(float(time_s) / TIME_BASE)), self.last_pts + 1)  # strictly increasing
             frame.pts, frame.time_base = pts, TIME_BASE
-            self.last_pts, self.last_time = pts, float(time_s)
+            self.last_pts = pts
             for packet in vs.encode(frame):
                 self.container.mux(packet)
             self.count += 1
@@ -231,7 +231,7 @@ class VideoWriter:
                 self.container.mux(packet)
             src, a_in, out = self.audio
             if a_in is not None:
-                _mux_audio(src, a_in, out, self.container, end_time=self.last_time + 1.0 / max(self.fps, 1))
+                _mux_audio(src, a_in, out, self.container)
             self.container.close()
             self.container = None
             os.replace(self.tmp, self.path)
@@ -308,7 +308,7 @@ def _add_audio(av, container, source, fmt):
     return src, a_in, (a_out, True)
 
 
-def _mux_audio(src, a_in, out, container, end_time: float):
+def _mux_audio(src, a_in, out, container):
     a_out, reencode = out
     if not reencode:
         for packet in src.demux(a_in):

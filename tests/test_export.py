@@ -1,6 +1,5 @@
 """`make engines` on the fixtures, the ONNX graphs against torch, and the engines-folder contract."""
 import json
-import os
 import shutil
 import subprocess
 import sys

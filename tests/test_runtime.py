@@ -181,7 +181,6 @@ def test_cli_keeps_the_centre_pixel_exact(engines, shared, tmp_path):
 @pytest.mark.parametrize("case", ["one_frame", "odd_size", "ultrawide_32x9", "tall_1x4", "rotated", "ten_bit", "vfr"])
 def test_unusual_inputs_give_correct_outputs(engines, tmp_path, case):
     src, out = tmp_path / "in.mp4", tmp_path / "out.mp4"
-    fps = 24
     if case == "one_frame":
         frames = media.scene(1, 64, 48)
         media.write(src, frames)
