@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import threading
+from functools import lru_cache
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -254,22 +255,60 @@ def composite(source: np.ndarray, generated: np.ndarray, box: geometry.Letterbox
               feather: float | None = None) -> np.ndarray:
     """One output frame at the source resolution: the generated S x S canvas mapped onto the target,
     the source pixels pasted unchanged, and the generated border blended over ``feather`` pixels
-    towards the source's edge colours so no seam shows."""
+    towards the source's edge colours so no seam shows. Only the border strips are warped and only
+    the seam band is blended (at 1080p the output has 6.5 M pixels, 2 M of them the source's)."""
     height, width = source.shape[:2]
-    m = geometry.canvas_to_target(box, height, width, target)
-    out = cv2.warpAffine(generated, m, (target.width, target.height), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-                         borderMode=cv2.BORDER_REPLICATE)
-    feather = max(1.0, 0.01 * min(height, width)) if feather is None else float(feather)
-    top, left = target.top, target.left
-    if feather > 0:
-        # Distance of every output pixel from the source rectangle; 0 inside it.
-        ys = np.arange(target.height)[:, None]
-        xs = np.arange(target.width)[None, :]
-        dy = np.maximum(np.maximum(top - ys, ys - (top + height - 1)), 0)
-        dx = np.maximum(np.maximum(left - xs, xs - (left + width - 1)), 0)
-        alpha = np.clip(np.hypot(dx, dy) / feather, 0.0, 1.0)[..., None]
-        edge = cv2.copyMakeBorder(source, top, target.height - height - top, left, target.width - width - left,
-                                  cv2.BORDER_REPLICATE)
-        out = (alpha * out + (1 - alpha) * edge + 0.5).astype(np.uint8)
-    out[top:top + height, left:left + width] = source
+    out = np.empty((target.height, target.width, 3), np.uint8)
+    edge = None
+    for strip in _seam_plan(box, height, width, target, feather):
+        y0, y1, x0, x1 = strip.region
+        region = cv2.warpAffine(generated, strip.warp, (x1 - x0, y1 - y0),
+                                flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+        if strip.alpha is not None:
+            if edge is None:
+                f = strip.pad
+                edge = cv2.copyMakeBorder(source, f, f, f, f, cv2.BORDER_REPLICATE)
+            by0, by1, bx0, bx1 = strip.band  # the band inside the strip, where 0 < alpha < 1
+            ey, ex = y0 + by0 - (target.top - strip.pad), x0 + bx0 - (target.left - strip.pad)
+            near = edge[ey:ey + by1 - by0, ex:ex + bx1 - bx0]
+            band = region[by0:by1, bx0:bx1].astype(np.float32)
+            region[by0:by1, bx0:bx1] = (strip.alpha * band + (1 - strip.alpha) * near + 0.5).astype(np.uint8)
+        out[y0:y1, x0:x1] = region
+    out[target.top:target.top + height, target.left:target.left + width] = source
     return out
+
+
+class _Strip:
+    __slots__ = ("region", "warp", "alpha", "band", "pad")
+
+
+@lru_cache(maxsize=16)
+def _seam_plan(box, height, width, target, feather) -> tuple:
+    """What every frame of one (geometry, target) shares: the border strips around the source, each
+    with its warp from the S x S canvas, and the seam band's blend weights."""
+    m = geometry.canvas_to_target(box, height, width, target)
+    feather = max(1.0, 0.01 * min(height, width)) if feather is None else float(feather)
+    f = int(np.ceil(feather)) if feather > 0 else 0
+    top, left, bottom, right = target.top, target.left, target.top + height, target.left + width
+    regions = [(0, top, 0, target.width), (bottom, target.height, 0, target.width),
+               (top, bottom, 0, left), (top, bottom, right, target.width)]
+    strips = []
+    for y0, y1, x0, x1 in regions:
+        if y1 <= y0 or x1 <= x0:
+            continue
+        s = _Strip()
+        s.region, s.pad, s.alpha, s.band = (y0, y1, x0, x1), f, None, None
+        s.warp = m.copy()
+        s.warp[:, 2] += m[:, 0] * x0 + m[:, 1] * y0  # strip-local output pixels
+        if f:
+            ys = np.arange(y0, y1)[:, None]
+            xs = np.arange(x0, x1)[None, :]
+            dy = np.maximum(np.maximum(top - ys, ys - (bottom - 1)), 0)
+            dx = np.maximum(np.maximum(left - xs, xs - (right - 1)), 0)
+            alpha = np.clip(np.hypot(dx, dy) / feather, 0.0, 1.0)
+            rows, cols = np.nonzero((alpha < 1).any(axis=1))[0], np.nonzero((alpha < 1).any(axis=0))[0]
+            if len(rows) and len(cols):
+                s.band = (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1)
+                s.alpha = alpha[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1, None].astype(np.float32)
+        strips.append(s)
+    return tuple(strips)
