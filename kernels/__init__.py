@@ -14,6 +14,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SOURCES = {"sampler_step": "sampler_step.cu", "unet_input": "unet_input.cu"}
+HEADERS = ("half_bits.cuh",)  # handed to NVRTC by name: no include path is needed
 ENTRY_POINTS = {"sampler_step": ("sampler_step_f32", "sampler_step_f16"),
                 "unet_input": ("scatter_noisy_f32", "scatter_noisy_f16")}
 MAX_HISTORY = 3
@@ -53,13 +54,15 @@ def _check(result, what: str, prog=None):
 def compile_ptx(name: str, arch: str = "compute_70", use_cache: bool = True) -> bytes:
     """PTX of kernel source ``name`` for ``arch`` (compute_70 runs on a V100 and, JIT-compiled, on newer GPUs)."""
     source = (HERE / SOURCES[name]).read_bytes()
+    headers = [(HERE / h).read_bytes() for h in HEADERS]
     nvrtc = _nvrtc()
     _, major, minor = nvrtc.nvrtcVersion()
-    key = hashlib.sha256(source + arch.encode() + f"{major}.{minor}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(b"".join([source, *headers]) + arch.encode() + f"{major}.{minor}".encode()).hexdigest()[:16]
     cached = cache_dir() / f"{name}-{arch}-{key}.ptx"
     if use_cache and cached.is_file():
         return cached.read_bytes()
-    prog = _check(nvrtc.nvrtcCreateProgram(source, SOURCES[name].encode(), 0, [], []), "create")
+    prog = _check(nvrtc.nvrtcCreateProgram(source, SOURCES[name].encode(), len(headers), headers,
+                                           [h.encode() for h in HEADERS]), "create")
     # No fast math: the kernels must match their numpy references to FP32 rounding.
     opts = [f"--gpu-architecture={arch}".encode(), b"--std=c++17", b"-default-device"]
     try:

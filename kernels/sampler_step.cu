@@ -7,18 +7,7 @@
 // hist_k are earlier guided eps (FP32, newest first); the host (runtime/samplers.py, the numpy reference)
 // computes a, a_saved, b, c and manages the history ring. g is also written to g_out so that it can become
 // history. EPS_T is the engine's output type (float, or FP16 bits).
-// FP16 values travel as their 16-bit patterns (no cuda_fp16.h: NVRTC from PyPI ships no CUDA headers).
-typedef unsigned short half_bits;
-__device__ __forceinline__ float half_to_float(half_bits h) {
-  float f;
-  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-  return f;
-}
-__device__ __forceinline__ half_bits float_to_half(float f) {
-  half_bits h;
-  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-  return h;
-}
+#include "half_bits.cuh"
 
 #define MAX_HISTORY 3
 

@@ -2,18 +2,7 @@
 // channels 0..3 of every branch row of sample [3W, 9, plane] (branch-major rows, runtime/guidance.py). The
 // context latents (channels 4..7) and masks (channel 8) do not change during a window's sampling and are
 // written once by the host. OUT_T is the engine's input type (float, or FP16 bits).
-// FP16 values travel as their 16-bit patterns (no cuda_fp16.h: NVRTC from PyPI ships no CUDA headers).
-typedef unsigned short half_bits;
-__device__ __forceinline__ float half_to_float(half_bits h) {
-  float f;
-  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-  return f;
-}
-__device__ __forceinline__ half_bits float_to_half(float f) {
-  half_bits h;
-  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-  return h;
-}
+#include "half_bits.cuh"
 
 template <typename OUT_T>
 __device__ __forceinline__ OUT_T store(float v) { return static_cast<OUT_T>(v); }

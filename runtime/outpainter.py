@@ -142,12 +142,15 @@ class Outpainter:
         return cv2.resize(frame, (w, h), interpolation=interp)
 
     @staticmethod
-    def _canvases(frames, box):
-        def one(frame):
-            canvas = geometry.letterbox_frame(frame, box)
-            return canvas, geometry.inpaint_init(canvas, box)
+    def _canvas_and_init(frame, box):
+        """A frame's letterboxed canvas and its TELEA noise-init image, computed once per frame."""
+        canvas = geometry.letterbox_frame(frame, box)
+        return canvas, geometry.inpaint_init(canvas, box)
+
+    @classmethod
+    def _canvases(cls, frames, box):
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # OpenCV releases the GIL
-            pairs = list(pool.map(one, frames))
+            pairs = list(pool.map(lambda f: cls._canvas_and_init(f, box), frames))
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
     # -- files --------------------------------------------------------------------------------
@@ -191,9 +194,9 @@ class Outpainter:
                 s.check(self.pipeline.latent)
             elif rgb.shape != shape:
                 raise VideoError(f"{input}: the frame size changes mid-stream, which is not supported")
-            canvas = geometry.letterbox_frame(rgb, box)
+            canvas, init = self._canvas_and_init(rgb, box)
             canvases.append(canvas)
-            inits.append(geometry.inpaint_init(canvas, box))
+            inits.append(init)
             if i in gidx:
                 global_frames[i] = rgb
         if len(canvases) != t_count:

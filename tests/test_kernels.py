@@ -24,6 +24,8 @@ def test_kernel_compiles(name, arch, tmp_path, monkeypatch):
 def test_compile_error_is_reported(monkeypatch, tmp_path):
     bad = tmp_path / "bad.cu"
     bad.write_text('extern "C" __global__ void k(float* x) { x[0] = undefined_name; }\n')
+    for header in kernels.HEADERS:
+        (tmp_path / header).write_bytes((kernels.HERE / header).read_bytes())
     monkeypatch.setattr(kernels, "HERE", tmp_path)
     monkeypatch.setitem(kernels.SOURCES, "bad", "bad.cu")
     with pytest.raises(kernels.KernelError, match="undefined_name"):

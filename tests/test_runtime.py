@@ -66,8 +66,8 @@ def test_runtime_logic_is_exact_given_the_official_vae_latents(shared):
 
         def vae_encode(self, images):
             key = lambda im: h.sha1(np.ascontiguousarray(im, np.float32).tobytes()).hexdigest()
-            return np.stack([self.memo.get(key(im), None) if key(im) in self.memo else
-                             TorchBackend.vae_encode(self, im[None])[0] for im in images])
+            return np.stack([self.memo[key(im)] if key(im) in self.memo else TorchBackend.vae_encode(self, im[None])[0]
+                             for im in images])
 
     backend = Pinned(unet, vae, 64)
     frames = d["source_frames"]

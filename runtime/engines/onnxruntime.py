@@ -116,15 +116,15 @@ class OrtBackend(Backend):
             }))
         return np.concatenate(outs).astype(np.float32, copy=False)
 
-    def vae_encode(self, images):
-        outs = [self._run("vae_encoder", {"image": self._cast(images[s])})
-                for s in chunks(images.shape[0], self.max_batch)]
+    def _batched(self, component: str, name: str, x) -> np.ndarray:
+        outs = [self._run(component, {name: self._cast(x[s])}) for s in chunks(x.shape[0], self.max_batch)]
         return np.concatenate(outs).astype(np.float32, copy=False)
 
+    def vae_encode(self, images):
+        return self._batched("vae_encoder", "image", images)
+
     def vae_decode(self, latents):
-        outs = [self._run("vae_decoder", {"latent": self._cast(latents[s])})
-                for s in chunks(latents.shape[0], self.max_batch)]
-        return np.concatenate(outs).astype(np.float32, copy=False)
+        return self._batched("vae_decoder", "latent", latents)
 
     def close(self):
         self._sessions.clear()
