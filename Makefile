@@ -12,8 +12,11 @@ VAE ?= stable-diffusion-v1-5/stable-diffusion-v1-5
 ENGINES ?= engines
 PRECISION ?= both
 SIZE ?= 256
+# TensorRT plans: auto builds them when TensorRT and a GPU are present (yes: fail without them; no: skip).
+PLANS ?= auto
+WINDOWS ?=
 
-.PHONY: setup test test-all demo engines bench bench-model clean
+.PHONY: setup test test-all test-gpu demo engines plans doctor bench bench-model clean
 
 setup: $(STAMP)
 
@@ -30,9 +33,23 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q -m 'not gpu'
 
-# ONNX graphs (and, later, TensorRT plans) for the released weights; UNET/VAE may name local folders.
+# The GPU tests (TensorRT, ORT CUDA, kernels); they skip, saying why, where a part is missing.
+test-gpu: setup
+	$(PY) -m pytest -q -m gpu
+
+# ONNX graphs for the released weights, and TensorRT plans when TensorRT and a GPU are here.
+# UNET/VAE may name local folders.
 engines: setup
-	$(PY) -m export --unet $(UNET) --vae $(VAE) --out $(ENGINES) --precision $(PRECISION) --size $(SIZE)
+	$(PY) -m export --unet $(UNET) --vae $(VAE) --out $(ENGINES) --precision $(PRECISION) --size $(SIZE) \
+		--plans $(PLANS) $(if $(WINDOWS),--windows $(WINDOWS))
+
+# TensorRT plans for an existing engines folder, built on (and for) this machine's GPU.
+plans: setup
+	$(PY) -m export.tensorrt_build --engines $(ENGINES) $(if $(WINDOWS),--windows $(WINDOWS))
+
+# Can this machine run the fast path? (GPU, drivers, TensorRT, kernels, a tiny engine vs ONNX Runtime)
+doctor: setup
+	$(PY) -m runtime.doctor $(if $(wildcard $(ENGINES)/manifest.json),--engines $(ENGINES))
 
 # Offline end to end on what the project makes itself: a small random checkpoint, a synthetic clip.
 demo: setup

@@ -1,4 +1,4 @@
-"""python -m export --unet SRC --vae SRC --out DIR [--precision fp32|fp16|both] [--size S]"""
+"""python -m export --unet SRC --vae SRC --out DIR [--precision fp32|fp16|both] [--size S] [--plans auto|yes|no]"""
 from __future__ import annotations
 
 import argparse
@@ -17,20 +17,43 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=RELEASED_MODEL_SIZE,
                     help="model size S in pixels (multiple of 64; 256 for the released weights)")
     ap.add_argument("--force", action="store_true", help="re-export even what is up to date")
+    ap.add_argument("--plans", choices=["auto", "yes", "no"], default="auto",
+                    help="TensorRT plans from the FP16 graphs: auto builds them when TensorRT and a GPU are here")
+    from export.tensorrt_build import add_arguments
+    add_arguments(ap)
     args = ap.parse_args(argv)
     precisions = ("fp32", "fp16") if args.precision == "both" else (args.precision,)
 
     from export.engine_folder import export_engines
     from export.model.errors import CheckpointError
+    from export.tensorrt_build import run_reporting
+    code = run_reporting(lambda: export_engines(args.unet, args.vae, args.out, precisions, args.size, force=args.force),
+                         "finished graphs are kept and recorded", (CheckpointError, ValueError, OSError))
+    return code or run_reporting(lambda: build_plans_if_wanted(args, precisions), "finished plans are kept and recorded")
+
+def build_plans_if_wanted(args, precisions) -> None:
+    """--plans yes: build or fail; auto: build when TensorRT and a GPU are here, else say so and go on."""
+    from export.tensorrt_build import build_plans
+    from runtime.engines import cuda
+    from runtime.engines import trt_policy as policy
+    from runtime.engines.errors import EnginesError
+    if args.plans == "no":
+        return
+    if "fp16" not in precisions:
+        if args.plans == "yes":
+            raise EnginesError("TensorRT plans are built from the fp16 graphs: export with --precision fp16 or both")
+        return
     try:
-        export_engines(args.unet, args.vae, args.out, precisions, args.size, force=args.force)
-    except (CheckpointError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; finished graphs are kept and recorded", file=sys.stderr)
-        return 130
-    return 0
+        policy.import_tensorrt()
+        cuda.set_device(args.device)
+    except EnginesError as exc:
+        if args.plans == "yes":
+            raise
+        print(f"note: no TensorRT plans: {exc}. The ONNX graphs are ready (ONNX Runtime runs them); to add plans "
+              f"later, on the GPU: make plans ENGINES={args.out}", file=sys.stderr)
+        return
+    build_plans(args.out, "fp16", args.windows, args.vae_batch, args.opt_level, args.workspace_gb, args.device,
+                args.force, args.verbose)
 
 
 if __name__ == "__main__":

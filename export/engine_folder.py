@@ -142,7 +142,10 @@ def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), si
                   "context_tokens": GLOBAL_FRAMES * contract.global_tokens_per_frame(lat),
                   "vae_scale_factor": VAE_SCALE_FACTOR},
         "sources": sources, "options": options, "code": code, "tools": tool_versions(),
-        "components": components, "plans": old.get("plans", {}) if not todo else {},
+        "components": components,
+        # Plan records stay: each names the ONNX fingerprint it was built from, so a re-exported graph
+        # makes its plan stale (rebuilt by `make plans`, refused by the runtime until then).
+        "plans": old.get("plans", {}),
     }
     if not todo:
         manifest["model"].update({k: v for k, v in old.get("model", {}).items() if k.endswith("_config")})

@@ -1,7 +1,10 @@
 """python -m runtime.doctor: can this machine run the GPU fast path? Exit 0 only when it can.
 
 Reports the GPU, its compute capability, the driver and CUDA versions, TensorRT, ONNX Runtime and
-cuda-python; compiles the device kernels with NVRTC; and says what is missing and how to fix it.
+cuda-python; compiles the device kernels with NVRTC and, on a GPU, runs them against numpy; builds a tiny
+TensorRT engine and checks it (eager and CUDA-graph replay) against ONNX Runtime on the CPU
+(runtime/engines/selftest.py); with --engines DIR also checks that folder's plans against this machine.
+Says what is missing and how to fix it.
 """
 from __future__ import annotations
 
@@ -10,8 +13,8 @@ import json
 import platform
 import sys
 
-VOLTA = (7, 0)
-LAST_TENSORRT_FOR_VOLTA = (10, 4)
+from runtime.engines import trt_policy as policy
+
 
 
 def _version(module: str) -> str | None:
@@ -61,7 +64,44 @@ def gpus() -> tuple[list[dict], str | None]:
         return [], f"the CUDA driver could not be queried ({type(exc).__name__}: {str(exc).splitlines()[0]})"
 
 
-def diagnose() -> dict:
+def _first_line(exc) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _cuda_runtime_version() -> str:
+    from runtime.engines import cuda
+    v = cuda.call("cudaRuntimeGetVersion")
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def check_engines(report: dict, engines_dir, trt_version, found) -> None:
+    """Can this folder's plans run here? Records the answer; a folder without plans is not a problem."""
+    from runtime.engines import EnginesError, contract, open_engines
+    try:
+        engines = open_engines(engines_dir)
+    except EnginesError as exc:
+        report["problems"].append(str(exc))
+        report["fixes"].append("make engines (or python -m export --out DIR)")
+        return
+    plans = engines.manifest.get("plans") or {}
+    report["engines"] = {"folder": str(engines.folder), "model_size": engines.model_size,
+                         "precisions": list(engines.precisions), "plans": sorted(plans)}
+    if not plans:
+        report["engines"]["note"] = "no TensorRT plans (make plans on this GPU to add them)"
+        return
+    if trt_version is None or not found:
+        return
+    for comp in contract.COMPONENTS:
+        key = f"{comp}.fp16"
+        why = policy.plan_problem(key, plans.get(key), engines.manifest["components"].get(key, {}).get("fingerprint"),
+                                  trt_version, found[0])
+        if why:
+            report["problems"].append(why)
+            report["fixes"].append(f"make plans ENGINES={engines_dir}")
+
+
+def diagnose(engines_dir=None) -> dict:
     report = {"python": platform.python_version(), "machine": platform.machine(), "problems": [], "fixes": []}
     found, why = gpus()
     report["gpus"] = found
@@ -89,20 +129,32 @@ def diagnose() -> dict:
                                "(ONNX Runtime on the CPU)")
     if trt is None:
         report["problems"].append("TensorRT is not installed")
-        report["fixes"].append("install TensorRT from NVIDIA (pip install --extra-index-url https://pypi.nvidia.com "
-                               "tensorrt-cu12; a V100 needs tensorrt-cu12<=10.4 with CUDA 12)")
+        report["fixes"].append(policy.INSTALL_HINT)
     else:
-        tv = tuple(int(p) for p in trt.split(".")[:2] if p.isdigit())
         for g in found:
-            cc = tuple(int(p) for p in g["compute_capability"].split("."))
-            if cc <= VOLTA and tv > LAST_TENSORRT_FOR_VOLTA:
-                report["problems"].append(f"{g['name']} (sm_{cc[0]}{cc[1]}) is not supported by TensorRT {trt}")
-                report["fixes"].append("a V100 needs TensorRT <= 10.4 with CUDA 12 (tensorrt-cu12==10.4.*)")
-    try:
-        import runtime.engines.tensorrt  # noqa: F401 - the TensorRT backend module
-    except ImportError:
-        report["problems"].append("this build has no TensorRT backend yet")
-        report["fixes"].append("use --backend ort (ONNX Runtime, CPU or CUDA provider) until the TensorRT path lands")
+            why_not = policy.support_problem(trt, g["compute_capability"], g["name"])
+            if why_not:
+                report["problems"].append(why_not)
+                report["fixes"].append("install a TensorRT that supports this GPU (see above)")
+    if found and not report["problems"]:
+        try:
+            from runtime.engines import cuda
+            cuda.set_device(found[0]["index"])
+            report["cuda_runtime"] = _cuda_runtime_version()
+            import kernels.device
+            major, minor = found[0]["compute_capability"].split(".")
+            errors = kernels.device.check(f"compute_{major}{minor}")
+            report["kernels_on_gpu"] = errors
+            if max(errors.values()) > 1e-5:
+                report["problems"].append(f"the device kernels differ from numpy ({errors})")
+                report["fixes"].append("report this with the doctor's --json output")
+            from runtime.engines import selftest
+            report["tensorrt_selftest"] = selftest.run()
+        except Exception as exc:  # the doctor reports, never crashes
+            report["problems"].append(f"the GPU self-test failed: {type(exc).__name__}: {_first_line(exc)}")
+            report["fixes"].append("check the TensorRT / CUDA install (python -m runtime.doctor --json shows details)")
+    if engines_dir is not None:
+        check_engines(report, engines_dir, trt, found)
     report["fast_path"] = not report["problems"]
     return report
 
@@ -110,8 +162,9 @@ def diagnose() -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m runtime.doctor", description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--engines", help="also check this engines folder's TensorRT plans against this machine")
     args = ap.parse_args(argv)
-    report = diagnose()
+    report = diagnose(args.engines)
     if args.json:
         print(json.dumps(report))
     else:
@@ -121,7 +174,17 @@ def main(argv=None) -> int:
         print(f"TensorRT:     {report['tensorrt'] or 'not installed'}")
         print(f"ONNX Runtime: {report['onnxruntime'] or 'not installed'} ({', '.join(report['onnxruntime_providers']) or '-'})")
         print(f"cuda-python:  {report['cuda_python'] or 'not installed'}")
-        print(f"kernels:      {report['kernels']}")
+        print(f"kernels:      {report['kernels']}"
+              + (f"; on the GPU vs numpy: max error {max(report['kernels_on_gpu'].values()):.1e}"
+                 if report.get("kernels_on_gpu") else ""))
+        if report.get("tensorrt_selftest"):
+            st = report["tensorrt_selftest"]
+            print(f"TensorRT test engine: built in {st['build_seconds']} s, vs ONNX Runtime CPU {st['max_rel_error']:.1e} "
+                  f"of scale, CUDA graph {'replayed exactly' if st['replay_equals_eager'] else 'NOT equal'}")
+        if report.get("engines"):
+            e = report["engines"]
+            print(f"engines:      {e['folder']} (S={e['model_size']}, {', '.join(e['precisions'])}; "
+                  f"plans: {', '.join(e['plans']) or 'none'})")
         for problem, fix in zip(report["problems"], report["fixes"]):
             print(f"missing: {problem}. Fix: {fix}")
         print("fast path: usable" if report["fast_path"] else "fast path: NOT usable (the ONNX Runtime CPU path works)")

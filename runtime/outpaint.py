@@ -113,6 +113,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     try:
         outpainter = Outpainter(args.engines, backend=args.backend, threads=args.threads)
+        if not args.quiet:
+            for note in outpainter.backend.notes:
+                print(f"note: {note}", file=sys.stderr)
         summary = outpainter.outpaint_file(
             args.input, args.output, ratio=ratios if args.pad is None else "9:16", pad=args.pad,
             stream=args.stream, overwrite=not args.no_overwrite,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from functools import lru_cache
 import time
@@ -13,7 +14,7 @@ import numpy as np
 
 from runtime import geometry
 from runtime.engines import EnginesError
-from runtime.pipeline import OutpaintResult, Pipeline, Settings
+from runtime.pipeline import ENCODE_CHUNK, OutpaintResult, Pipeline, Settings
 from runtime.constants import GLOBAL_FRAMES
 from runtime.video import (EncodeOptions, VideoError, VideoWriter, check_output_path, fps_from_times, iter_frames,
                            probe)
@@ -22,24 +23,32 @@ DEFAULT_ENGINES = os.environ.get("M3DDM_ENGINES", "engines")
 
 
 def make_backend(engines_dir, backend: str = "auto", threads=None, max_batch=None):
-    """The backend named, or for "auto" the fastest usable one: TensorRT plans, ORT CUDA, ORT CPU."""
+    """The backend named, or for "auto" the fastest usable one: TensorRT plans, ORT CUDA, ORT CPU.
+
+    "auto" passes over a TensorRT path that cannot run here (no TensorRT, plans for another GPU, stale
+    plans) and says why in the returned backend's ``notes``; naming "tensorrt" makes that an error.
+    """
     from runtime.engines.manifest import open_engines
     from runtime.engines.onnxruntime import OrtBackend, available_providers
     if backend not in ("auto", "ort", "ort-cpu", "ort-cuda", "tensorrt"):
         raise EnginesError(f"unknown backend {backend!r}; choose auto, ort, ort-cpu, ort-cuda or tensorrt")
     engines = open_engines(engines_dir)
+    notes = []
     if backend == "tensorrt" or (backend == "auto" and engines.manifest.get("plans")):
+        from runtime.engines.tensorrt import TensorRTBackend
         try:
-            from runtime.engines.tensorrt import TensorRTBackend
-        except ImportError:
-            if backend == "tensorrt":
-                raise EnginesError("the TensorRT backend is not part of this build yet; use --backend ort") from None
-        else:
             return TensorRTBackend(engines_dir, max_batch=max_batch)
+        except EnginesError as exc:
+            if backend == "tensorrt":
+                raise
+            notes.append(f"TensorRT plans not used: {exc}")
     cuda = "CUDAExecutionProvider" in available_providers()
     if backend == "ort-cuda" or (backend in ("auto", "ort") and cuda and "fp16" in engines.precisions):
-        return OrtBackend(engines_dir, device="cuda", threads=threads, max_batch=max_batch)
-    return OrtBackend(engines_dir, device="cpu", threads=threads, max_batch=max_batch)
+        chosen = OrtBackend(engines_dir, device="cuda", threads=threads, max_batch=max_batch)
+    else:
+        chosen = OrtBackend(engines_dir, device="cpu", threads=threads, max_batch=max_batch)
+    chosen.notes = notes + list(chosen.notes)
+    return chosen
 
 
 class Outpainter:
@@ -111,8 +120,13 @@ class Outpainter:
         return OutpaintResult(frames=outputs[targets[0].label], latents=latents, outputs=outputs, targets=targets,
                               plan=plan, stats=stats)
 
-    def _generate(self, canvases, inits, global_frames, fps, box, s: Settings, progress):
-        """Canvases and inits [T, S, S, 3] and the 16 global frames -> generated S x S frames and latents."""
+    def _generate(self, canvases, inits, global_frames, fps, box, s: Settings, progress, sink=None):
+        """Canvases and inits [T, S, S, 3] and the 16 global frames -> generated S x S frames and latents.
+
+        With ``sink(start, frames)``, the generated frames are handed over in order, in chunks, as soon as
+        they are final, while sampling goes on (the file path composites and encodes them on another
+        thread meanwhile); the returned frames are then None.
+        """
         stats = {"frames": len(canvases), "model_size": self.size, "backend": getattr(self.backend, "name", "custom")}
         t0 = time.perf_counter()
         frame_latents = self.pipeline.encode(geometry.to_unit_range(inits))
@@ -122,13 +136,37 @@ class Outpainter:
         stats["prepare_s"] = time.perf_counter() - t0
         if progress:
             progress({"stage": "prepared", "seconds": stats["prepare_s"]})
+        emitted, decode_s = [0], [0.0]
+
+        def emit(upto, latent_of):
+            # Chunks start at multiples of ENCODE_CHUNK, as Pipeline.decode's: the same frames either way.
+            while emitted[0] < upto:
+                start = emitted[0]
+                end = min(start + ENCODE_CHUNK, upto)
+                td = time.perf_counter()
+                frames = self.pipeline.decode(np.stack([latent_of[i] for i in range(start, end)]))
+                decode_s[0] += time.perf_counter() - td
+                sink(start, frames)
+                emitted[0] = end
+
+        def on_batch(stored):
+            ready = emitted[0]
+            while ready in stored:
+                ready += 1
+            emit(emitted[0] + (ready - emitted[0]) // ENCODE_CHUNK * ENCODE_CHUNK, stored)
+
         t1 = time.perf_counter()
-        latents, plan = self.pipeline.sample(frame_latents, padded_latents, mask_latent, context, fps, s, progress)
-        stats["sample_s"] = time.perf_counter() - t1
+        latents, plan = self.pipeline.sample(frame_latents, padded_latents, mask_latent, context, fps, s, progress,
+                                             on_batch=on_batch if sink else None)
+        stats["sample_s"] = time.perf_counter() - t1 - decode_s[0]
         stats["windows"] = sum(len(level) for level in plan)
         t2 = time.perf_counter()
-        generated = self.pipeline.decode(latents)
-        stats["decode_s"] = time.perf_counter() - t2
+        if sink:
+            emit(len(latents), latents)
+            generated = None
+        else:
+            generated = self.pipeline.decode(latents)
+        stats["decode_s"] = decode_s[0] + time.perf_counter() - t2
         return generated, latents, plan, stats
 
     @staticmethod
@@ -201,29 +239,33 @@ class Outpainter:
                 global_frames[i] = rgb
         if len(canvases) != t_count:
             raise VideoError(f"{input}: decoding gave {len(canvases)} frames after counting {t_count}")
-        with self._lock:
-            generated, latents, plan, stats = self._generate(np.stack(canvases), np.stack(inits),
-                                                             np.stack([global_frames[i] for i in gidx]), fps, box, s,
-                                                             progress)
-        del canvases, inits
-        t1 = time.perf_counter()
+        # Frames are composited and encoded on another thread while the engines sample the rest.
         writers = {t.label: VideoWriter(paths[t.label], fps, encode, audio_from=input) for t in targets}
+        finisher = _Finisher(lambda rgb, gen: [(t.label, self._finish(composite(rgb, gen, box, t, s.feather), s))
+                                               for t in targets], iter_frames(input, stream), times, writers, input)
         written = {}
+        t1 = time.perf_counter()
         try:
-            for i, (rgb, _, _) in enumerate(iter_frames(input, stream)):
-                if i >= t_count:
-                    break
-                for t in targets:
-                    writers[t.label].write(self._finish(composite(rgb, generated[i], box, t, s.feather), s), times[i])
+            finisher.start()
+            with self._lock:
+                _, latents, plan, stats = self._generate(np.stack(canvases), np.stack(inits),
+                                                         np.stack([global_frames[i] for i in gidx]), fps, box, s,
+                                                         progress, sink=finisher.put)
+            del canvases, inits
+            t2 = time.perf_counter()
+            finisher.finish(t_count)
+            stats["finish_wait_s"] = time.perf_counter() - t2
             for label, w in writers.items():
                 written[label] = w.commit()
         except BaseException:
+            finisher.cancel()
             for w in writers.values():
                 w.abort()
             for p in written.values():  # all or nothing across the ratios of one call
                 p.unlink(missing_ok=True)
             raise
-        stats["encode_s"] = time.perf_counter() - t1
+        stats["encode_s"] = finisher.seconds
+        stats["generate_and_encode_s"] = time.perf_counter() - t1
         stats["total_s"] = time.perf_counter() - t0
         out = targets[0]
         return {"input": str(input), "outputs": {k: str(v) for k, v in written.items()}, "frames": t_count,
@@ -252,6 +294,81 @@ class Outpainter:
             return {str(labels[0]).replace(":", "x"): output}
         return {str(l).replace(":", "x"): output.with_name(f"{output.stem}_{str(l).replace(':', 'x')}{output.suffix}")
                 for l in labels}
+
+
+class _Finisher(threading.Thread):
+    """Composites and encodes generated frames, in order, as they arrive (a bounded queue of chunks),
+    reading the source a frame at a time. A failure here stops the producer at its next ``put``."""
+
+    def __init__(self, compose, source_frames, times, writers, input):
+        super().__init__(name="m3ddm-finisher", daemon=True)
+        self.compose, self.source, self.times, self.writers, self.input = compose, source_frames, times, writers, input
+        self.chunks = queue.Queue(maxsize=2)
+        self.error = None
+        self.done = 0
+        self.seconds = 0.0
+        self.cancelled = threading.Event()
+
+    def run(self):
+        try:
+            for start, frames in iter(self.chunks.get, None):
+                if self.cancelled.is_set():
+                    return
+                t0 = time.perf_counter()
+                for k, generated in enumerate(frames):
+                    try:
+                        rgb, _, _ = next(self.source)
+                    except StopIteration:
+                        raise VideoError(f"{self.input}: the source ended at frame {start + k} on re-reading") from None
+                    for label, frame in self.compose(rgb, generated):
+                        self.writers[label].write(frame, self.times[start + k])
+                self.done = start + len(frames)
+                self.seconds += time.perf_counter() - t0
+        except BaseException as exc:  # handed to the producer
+            self.error = exc
+
+    def _raise(self):
+        if self.error is not None:
+            raise self.error
+
+    def put(self, start, frames):
+        while True:
+            self._raise()
+            try:
+                self.chunks.put((start, frames), timeout=0.1)
+                return
+            except queue.Full:
+                if not self.is_alive():
+                    self._raise()
+                    raise RuntimeError("the frame writer stopped")
+
+    def finish(self, total):
+        self.put_end()
+        self.join()
+        self._raise()
+        if self.done != total:
+            raise RuntimeError(f"wrote {self.done} of {total} frames")
+
+    def put_end(self):
+        while self.is_alive():
+            try:
+                self.chunks.put(None, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def cancel(self):
+        self.cancelled.set()
+        while True:  # unblock the thread: drop what waits, then the end marker
+            try:
+                self.chunks.get_nowait()
+            except queue.Empty:
+                break
+        self.put_end()
+        self.join(timeout=30)
+        close = getattr(self.source, "close", None)
+        if close:
+            close()
 
 
 def composite(source: np.ndarray, generated: np.ndarray, box: geometry.Letterbox, target: geometry.Target,

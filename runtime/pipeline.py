@@ -102,8 +102,12 @@ class Pipeline:
         return self.backend.encode_global(self.encode(g))
 
     def sample(self, frame_latents, padded_latents, mask_latent, context, fps: float, s: Settings,
-               progress=None) -> tuple[np.ndarray, list]:
-        """Run the plan; returns final latents per frame [T, 4, h, w] and the plan."""
+               progress=None, on_batch=None) -> tuple[np.ndarray, list]:
+        """Run the plan; returns final latents per frame [T, 4, h, w] and the plan.
+
+        ``on_batch(stored)`` is called after every batch with {frame: final latent} so far (a frame's
+        latent never changes once stored), so a caller can decode and write frames while sampling goes on.
+        """
         t_count = len(frame_latents)
         plan = official_plan(t_count, s.strides)
         sampler = samplers.make_sampler(s.sampler, s.steps)
@@ -137,6 +141,8 @@ class Pipeline:
                     for p, f in enumerate(w.frames):
                         stored.setdefault(f, lat[:, p])  # the first generation of a frame wins
                 done += len(batch)
+                if on_batch is not None:
+                    on_batch(stored)
         return np.stack([stored[i] for i in range(t_count)]), plan
 
     def _sample_batch(self, batch: list[Window], stored, frame_latents, padded_latents, mask_latent, null_latent,
@@ -161,6 +167,7 @@ class Pipeline:
         local_rows = np.concatenate([local[b.local] for b in rows])
         mask_rows = np.concatenate([masks[b.local] for b in rows])
         ctx_rows = np.concatenate([np.repeat(context if b.global_ else null_context, nw, axis=0) for b in rows])
+        ctx_rows.setflags(write=False)  # the same for every step: a device backend may keep it resident
         n = len(rows) * nw
         fps_rows = np.full(n, float(fps // batch[0].stride), np.float32)
         s1, s2 = s.guidance

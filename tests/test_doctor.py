@@ -35,6 +35,29 @@ def test_volta_with_a_newer_tensorrt_is_refused(monkeypatch):
     monkeypatch.setattr(doctor, "_version", lambda m: "10.5.0" if m == "tensorrt" else None)
     report = doctor.diagnose()
     assert not report["fast_path"]
-    assert any("TensorRT <= 10.4" in f for f in report["fixes"])
+    assert any("tensorrt-cu12==10.4" in p for p in report["problems"])
     monkeypatch.setattr(doctor, "_version", lambda m: "10.4.0" if m == "tensorrt" else None)
     assert not any("V100" in p for p in doctor.diagnose()["problems"])
+
+
+def test_doctor_checks_an_engines_folder_plans(monkeypatch, engines, tmp_path):
+    import shutil
+    from runtime import doctor
+    from runtime.engines import contract
+    folder = tmp_path / "engines"
+    shutil.copytree(engines, folder)
+    h100 = {"index": 0, "name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "memory_gb": 79.1,
+            "driver_cuda": "12.8"}
+    monkeypatch.setattr(doctor, "gpus", lambda: ([h100], None))
+    monkeypatch.setattr(doctor, "_version", lambda m: "10.13.2.6" if m == "tensorrt" else None)
+    report = doctor.diagnose(folder)
+    assert report["engines"]["plans"] == [] and "make plans" in report["engines"]["note"]
+    manifest = json.loads((folder / contract.MANIFEST).read_text())
+    fp = manifest["components"]["unet.fp16"]["fingerprint"]
+    manifest["plans"] = {f"{c}.fp16": {"file": f"{c}.fp16.plan", "tensorrt": "10.4.0.26", "gpu": "Tesla V100-SXM2-16GB",
+                                        "compute_capability": "7.0", "onnx_fingerprint": fp} for c in contract.COMPONENTS}
+    (folder / contract.MANIFEST).write_text(json.dumps(manifest))
+    report = doctor.diagnose(folder)
+    assert not report["fast_path"]
+    assert any("built with TensorRT 10.4.0.26, this machine has 10.13.2.6" in p for p in report["problems"])
+    assert any("make plans" in f for f in report["fixes"])

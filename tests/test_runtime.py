@@ -309,3 +309,68 @@ def test_cli_and_api_never_import_torch(engines, tmp_path):
     code = "import sys, runtime; runtime.Outpainter; import runtime.outpaint, runtime.video; print('torch' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
     assert res.stdout.strip() == "False", res.stderr
+
+
+class _Recording:
+    """Delegates to a backend and logs the order of engine calls."""
+
+    def __init__(self, inner, calls):
+        self.inner, self.calls = inner, calls
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        if name in ("unet", "vae_decode", "vae_encode", "encode_global"):
+            def logged(*args):
+                self.calls.append(name)
+                return attr(*args)
+            return logged
+        return attr
+
+
+def test_file_frames_are_written_while_sampling_goes_on(engines, tmp_path):
+    """Frames are composited and encoded as soon as they are final, during the last level's sampling, and
+    the file holds exactly what the arrays path computes."""
+    from runtime.engines.onnxruntime import OrtBackend
+    frames = media.scene(70, 80, 48, seed=3)
+    src = tmp_path / "in.mkv"
+    media.write(src, frames, codec="ffv1", pix_fmt="bgr0")
+    calls = []
+    op = Outpainter(engine=_Recording(OrtBackend(engines, "cpu"), calls))
+    kw = dict(steps=2, strides=(15, 5, 1), batch_windows=1)
+    out = tmp_path / "out.mkv"
+    summary = op.outpaint_file(src, out, "1:1", encode=__import__("runtime.video", fromlist=["x"]).EncodeOptions(
+        codec="ffv1", pix_fmt="bgr0"), **kw)
+    assert summary["frames"] == 70
+    last_unet = max(i for i, c in enumerate(calls) if c == "unet")
+    decodes = [i for i, c in enumerate(calls) if c == "vae_decode"]
+    assert len(decodes) == 5 and decodes[0] < last_unet, calls  # 70 frames: chunks of 16, the first during sampling
+    want = op.outpaint(media.decode(src)[0], 24, "1:1", **kw).frames
+    np.testing.assert_array_equal(media.decode(out)[0], want)
+
+
+def test_a_failing_writer_stops_the_run_and_leaves_no_file(engines, tmp_path, monkeypatch):
+    from runtime import outpainter as op_module
+    from runtime.engines.onnxruntime import OrtBackend
+    src = tmp_path / "in.mp4"
+    media.write(src, media.scene(70, 80, 48))
+    calls = []
+    op = Outpainter(engine=_Recording(OrtBackend(engines, "cpu"), calls))
+    real = op_module.composite
+
+    def failing(source, generated, *args, **kwargs):
+        failing.n += 1
+        if failing.n == 5:
+            raise OSError("disk full (simulated)")
+        return real(source, generated, *args, **kwargs)
+
+    failing.n = 0
+    monkeypatch.setattr(op_module, "composite", failing)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(OSError, match="disk full"):
+        op.outpaint_file(src, out, "1:1", steps=2, strides=(15, 5, 1), batch_windows=1)
+    no_leftovers(tmp_path, "out.mp4")
+    full = sum(1 for c in calls if c == "unet")
+    calls.clear()
+    monkeypatch.setattr(op_module, "composite", real)
+    op.outpaint(media.scene(70, 80, 48), 24, "1:1", steps=2, strides=(15, 5, 1), batch_windows=1)
+    assert full < sum(1 for c in calls if c == "unet")  # sampling stopped early

@@ -16,6 +16,7 @@ class Backend(ABC):
     name: str = "backend"
     precision: str
     engines: EngineSet
+    notes: tuple | list = ()  # what the user should know about this choice (e.g. why TensorRT was passed over)
 
     @property
     def model_size(self) -> int:

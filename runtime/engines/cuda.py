@@ -1,0 +1,132 @@
+"""The few CUDA runtime calls the GPU path needs, over cuda-python (no torch, no CuPy).
+
+Device buffers, pinned host buffers with numpy views, one stream, memory info and CUDA graphs. Every
+call is checked; a failure raises ``CudaError`` naming the call and the CUDA error.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from runtime.engines.errors import EnginesError
+
+
+class CudaError(EnginesError):
+    pass
+
+
+def _cudart():
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        raise CudaError("cuda-python is not installed: pip install 'm3ddm-runtime[gpu]' (cuda-bindings 12.x)") from None
+    return cudart
+
+
+def call(name: str, *args):
+    """cudart.<name>(*args), checked; returns the results after the error code (one value unwrapped)."""
+    cudart = _cudart()
+    result = getattr(cudart, name)(*args)
+    err = result[0] if isinstance(result, tuple) else result
+    if err != cudart.cudaError_t.cudaSuccess:
+        _, text = cudart.cudaGetErrorString(err)
+        raise CudaError(f"CUDA {name} failed: {text.decode() if isinstance(text, bytes) else text} ({int(err)})")
+    rest = result[1:] if isinstance(result, tuple) else ()
+    return rest[0] if len(rest) == 1 else (rest or None)
+
+
+def set_device(index: int) -> None:
+    call("cudaSetDevice", index)
+
+
+def device_properties(index: int) -> dict:
+    prop = call("cudaGetDeviceProperties", index)
+    name = prop.name.split(b"\0")[0].decode() if isinstance(prop.name, bytes) else str(prop.name)
+    return {"name": name, "compute_capability": f"{prop.major}.{prop.minor}", "memory_bytes": int(prop.totalGlobalMem)}
+
+
+def mem_info() -> tuple[int, int]:
+    """(free, total) bytes on the current device."""
+    free, total = call("cudaMemGetInfo")
+    return int(free), int(total)
+
+
+class DeviceBuffer:
+    def __init__(self, nbytes: int):
+        self.nbytes = max(int(nbytes), 1)
+        self.ptr = int(call("cudaMalloc", self.nbytes))
+
+    def free(self) -> None:
+        if self.ptr:
+            call("cudaFree", self.ptr)
+            self.ptr = 0
+
+
+class PinnedBuffer:
+    """Page-locked host memory (fast, asynchronous copies) with a numpy view."""
+
+    def __init__(self, nbytes: int):
+        self.nbytes = max(int(nbytes), 1)
+        self.ptr = int(call("cudaMallocHost", self.nbytes))
+        self.bytes = np.ctypeslib.as_array((ctypes.c_uint8 * self.nbytes).from_address(self.ptr))
+
+    def view(self, shape, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape))
+        if count * dtype.itemsize > self.nbytes:
+            raise ValueError(f"{list(shape)} {dtype} does not fit a {self.nbytes}-byte pinned buffer")
+        return self.bytes[:count * dtype.itemsize].view(dtype).reshape(shape)
+
+    def free(self) -> None:
+        if self.ptr:
+            self.bytes = None
+            call("cudaFreeHost", self.ptr)
+            self.ptr = 0
+
+
+class Stream:
+    def __init__(self):
+        self.handle = call("cudaStreamCreate")
+
+    def __int__(self) -> int:
+        return int(self.handle)
+
+    def upload(self, dst: DeviceBuffer, src: PinnedBuffer, nbytes: int) -> None:
+        cudart = _cudart()
+        call("cudaMemcpyAsync", dst.ptr, src.ptr, nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.handle)
+
+    def download(self, dst: PinnedBuffer, src: DeviceBuffer, nbytes: int) -> None:
+        cudart = _cudart()
+        call("cudaMemcpyAsync", dst.ptr, src.ptr, nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.handle)
+
+    def synchronize(self) -> None:
+        call("cudaStreamSynchronize", self.handle)
+
+    def destroy(self) -> None:
+        if self.handle is not None:
+            call("cudaStreamDestroy", self.handle)
+            self.handle = None
+
+
+class Graph:
+    """A CUDA graph captured from the work ``record()`` puts on ``stream``; ``launch`` replays it."""
+
+    def __init__(self, stream: Stream, record):
+        cudart = _cudart()
+        call("cudaStreamBeginCapture", stream.handle, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal)
+        try:
+            record()
+        finally:
+            graph = call("cudaStreamEndCapture", stream.handle)
+        self.graph = graph
+        self.exec = call("cudaGraphInstantiate", graph, 0)
+
+    def launch(self, stream: Stream) -> None:
+        call("cudaGraphLaunch", self.exec, stream.handle)
+
+    def destroy(self) -> None:
+        if self.exec is not None:
+            call("cudaGraphExecDestroy", self.exec)
+            call("cudaGraphDestroy", self.graph)
+            self.exec = self.graph = None

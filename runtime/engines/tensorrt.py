@@ -1,0 +1,247 @@
+"""TensorRT backend on cuda-python (no torch): the product's fast path.
+
+Plans are deserialized once (memory-mapped, no host copy). All engines share one activation buffer, sized
+for the largest UNet profile that fits the GPU's free memory once the weights are loaded (TensorRT reports
+each profile's need); the contexts use it through USER_MANAGED allocation, which is safe because every
+engine runs on the one stream. Each I/O tensor has a device buffer and a pinned host buffer at its largest
+shape, bound by name once. Every (profile, shapes) is run eagerly once, then captured as a CUDA graph and
+replayed. A read-only input array passed again (the pipeline's CFG context, the same for all 50 steps of a
+batch) is not uploaded again.
+
+Importing this module needs neither TensorRT nor a GPU; constructing the backend checks both and says
+what is missing.
+"""
+from __future__ import annotations
+
+import mmap
+from pathlib import Path
+
+import numpy as np
+
+from runtime.engines import contract, cuda
+from runtime.engines import trt_policy as policy
+from runtime.engines.base import Backend, chunks
+from runtime.engines.errors import EnginesError
+from runtime.engines.manifest import open_engines
+
+BATCH_DIM = {"global_encoder": "g", "unet": "N", "vae_encoder": "n", "vae_decoder": "n"}
+
+
+def profile_memory(engine, index: int) -> int:
+    for name in ("get_device_memory_size_for_profile_v2", "get_device_memory_size_for_profile"):
+        fn = getattr(engine, name, None)
+        if fn is not None:
+            return int(fn(index))
+    return int(getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size)
+
+
+class TrtEngine:
+    """One plan: engine, context on the shared activation buffer, bound I/O buffers, CUDA graphs."""
+
+    def __init__(self, trt, runtime, path: Path, stream: cuda.Stream, cuda_graphs: bool = True):
+        self.trt, self.path, self.stream, self.use_graphs = trt, Path(path), stream, cuda_graphs
+        with open(path, "rb") as f:
+            blob = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            self.engine = runtime.deserialize_cuda_engine(blob)
+        finally:
+            blob.close()
+        if self.engine is None:
+            raise EnginesError(f"TensorRT cannot load {self.path.name} (corrupt, or built by another TensorRT or for "
+                               f"another GPU): rebuild it with make plans")
+        self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in self.names if n not in self.inputs]
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in self.names}
+        self.profiles = self.engine.num_optimization_profiles
+        self.context = None
+        self.device, self.host = {}, {}
+        self.graphs: dict[tuple, cuda.Graph] = {}
+        self._profile = None
+        self._resident: dict[str, np.ndarray] = {}
+
+    def profile_bytes(self, index: int) -> int:
+        return profile_memory(self.engine, index)
+
+    def max_shape(self, name: str, profile: int) -> tuple:
+        return tuple(self.engine.get_tensor_profile_shape(name, profile)[2])
+
+    def activate(self, memory: cuda.DeviceBuffer, profiles) -> None:
+        """Context on the shared ``memory``; I/O buffers for the largest shapes of ``profiles``."""
+        trt = self.trt
+        self.context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if self.context is None:
+            raise EnginesError(f"TensorRT could not create an execution context for {self.path.name}")
+        if hasattr(self.context, "set_device_memory"):
+            self.context.set_device_memory(memory.ptr, memory.nbytes)
+        else:  # TensorRT 10.0
+            self.context.device_memory = memory.ptr
+        largest = {}
+        for p in profiles:
+            self._select(p)
+            for name in self.inputs:
+                self.context.set_input_shape(name, self.max_shape(name, p))
+            for name in self.names:
+                shape = tuple(self.context.get_tensor_shape(name))
+                nbytes = int(np.prod(shape)) * self.dtypes[name].itemsize
+                largest[name] = max(largest.get(name, 0), nbytes)
+        for name, nbytes in largest.items():
+            self.device[name] = cuda.DeviceBuffer(nbytes)
+            self.host[name] = cuda.PinnedBuffer(nbytes)
+            if not self.context.set_tensor_address(name, self.device[name].ptr):
+                raise EnginesError(f"TensorRT refused the buffer of {name} in {self.path.name}")
+
+    def _select(self, profile: int) -> None:
+        if self._profile != profile:
+            if not self.context.set_optimization_profile_async(profile, int(self.stream)):
+                raise EnginesError(f"TensorRT cannot switch {self.path.name} to profile {profile}")
+            self._profile = profile
+            self._resident.clear()
+
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise EnginesError(f"TensorRT failed to run {self.path.name}")
+
+    def run(self, profile: int, feeds: dict) -> dict:
+        """Inputs by name (any float dtype; cast to the engine's) -> outputs as float32 arrays."""
+        self._select(profile)
+        for name in self.inputs:
+            value = feeds[name]
+            if not self.context.set_input_shape(name, value.shape):
+                raise EnginesError(f"{self.path.name}: input {name} {list(value.shape)} is outside profile {profile}")
+            if self._resident.get(name) is value:
+                continue  # the same read-only array as last time: already on the device
+            nbytes = value.size * self.dtypes[name].itemsize
+            np.copyto(self.host[name].view(value.shape, self.dtypes[name]), value, casting="unsafe")
+            self.stream.upload(self.device[name], self.host[name], nbytes)
+            if value.flags.writeable:
+                self._resident.pop(name, None)
+            else:
+                self._resident[name] = value
+        key = (profile, tuple(tuple(feeds[n].shape) for n in self.inputs))
+        graph = self.graphs.get(key)
+        if graph is not None:
+            graph.launch(self.stream)
+        else:
+            self._enqueue()
+            if self.use_graphs:
+                self._capture(key)
+        shapes = {n: tuple(self.context.get_tensor_shape(n)) for n in self.outputs}
+        for name, shape in shapes.items():
+            self.stream.download(self.host[name], self.device[name], int(np.prod(shape)) * self.dtypes[name].itemsize)
+        self.stream.synchronize()
+        return {n: self.host[n].view(s, self.dtypes[n]).astype(np.float32) for n, s in shapes.items()}
+
+    def _capture(self, key) -> None:
+        try:
+            self.graphs[key] = cuda.Graph(self.stream, self._enqueue)
+        except EnginesError:
+            self.use_graphs = False  # this engine cannot be captured (TensorRT enqueued host work): stay eager
+
+    def close(self) -> None:
+        for g in self.graphs.values():
+            g.destroy()
+        self.graphs.clear()
+        for buf in (*self.device.values(), *self.host.values()):
+            buf.free()
+        self.device.clear()
+        self.host.clear()
+        self.context = None
+        self.engine = None
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, engines_dir, precision: str = "fp16", max_batch: int | None = None, device_id: int = 0,
+                 cuda_graphs: bool = True, max_windows: int | None = None, gpu_memory_gb: float | None = None):
+        trt = policy.import_tensorrt()
+        self.precision = precision
+        self.engines = open_engines(engines_dir, precision)
+        cuda.set_device(device_id)
+        self.gpu = cuda.device_properties(device_id)
+        version = trt.__version__
+        problem = policy.support_problem(version, self.gpu["compute_capability"], self.gpu["name"])
+        if problem:
+            raise EnginesError(problem)
+        plans = self.engines.manifest.get("plans") or {}
+        self.notes: list[str] = []
+        records = {}
+        for comp in contract.COMPONENTS:
+            key = f"{comp}.{precision}"
+            record = plans.get(key)
+            why = policy.plan_problem(key, record, self.engines.manifest["components"][key]["fingerprint"], version,
+                                      self.gpu)
+            path = self.engines.folder / record["file"] if not why else None
+            if not why and (not path.is_file() or path.stat().st_size != record.get("bytes")):
+                why = f"{record['file']} is missing or has changed since it was built; rebuild it with make plans"
+            if why:
+                raise EnginesError(why)
+            self.notes += policy.plan_notes(record, self.gpu)
+            records[comp] = record
+        self.stream = cuda.Stream()
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        free_before, total = cuda.mem_info()
+        self._engines = {c: TrtEngine(trt, self.runtime, self.engines.folder / records[c]["file"], self.stream,
+                                      cuda_graphs) for c in contract.COMPONENTS}
+        free, _ = cuda.mem_info()
+        self.weights_bytes = free_before - free
+        unet = self._engines["unet"]
+        rows = [r[0] for r in records["unet"]["profiles"]]
+        profile_bytes = {n // 3: unet.profile_bytes(i) for i, n in enumerate(rows)}
+        if max_windows:
+            profile_bytes = {w: b for w, b in profile_bytes.items() if w <= max_windows} or {1: profile_bytes[1]}
+        other = max(e.profile_bytes(0) for c, e in self._engines.items() if c != "unet")
+        budget = int(gpu_memory_gb * 2**30) - self.weights_bytes if gpu_memory_gb else None
+        self.windows, act_bytes = policy.choose_unet_profiles(profile_bytes, other, free, budget)
+        self.activations = cuda.DeviceBuffer(act_bytes)
+        self._unet_profile = {3 * w: rows.index(3 * w) for w in self.windows}
+        for comp, engine in self._engines.items():
+            engine.activate(self.activations, list(self._unet_profile.values()) if comp == "unet" else [0])
+        self.vae_batch = records["vae_encoder"]["profiles"][0][2]
+        self.max_batch = max_batch
+        self.memory = {"weights_bytes": self.weights_bytes, "activation_bytes": act_bytes,
+                       "total_bytes": total, "free_after_load_bytes": free}
+
+    def unet(self, sample, timestep, fps, context):
+        n = sample.shape[0]
+        parts = policy.decompose_rows(n, list(self._unet_profile))
+        if len(parts) == 1:
+            return self._unet_call(n, sample, timestep, fps, context)  # whole arrays: the context can stay resident
+        outs, start = [], 0
+        for size in parts:
+            s = slice(start, start + size)
+            outs.append(self._unet_call(size, sample[s], timestep[s], fps[s], context[s]))
+            start += size
+        return np.concatenate(outs)
+
+    def _unet_call(self, rows, sample, timestep, fps, context):
+        feeds = {"sample": sample, "timestep": timestep, "fps": fps, "context": context}
+        return self._engines["unet"].run(self._unet_profile[rows], feeds)["eps"]
+
+    def encode_global(self, global_latents):
+        g = self.engines.manifest["model"]["global_frames"]
+        if global_latents.shape[0] != g:
+            raise ValueError(f"the global encoder plan takes exactly {g} frames, not {global_latents.shape[0]}")
+        return self._engines["global_encoder"].run(0, {"global_latents": global_latents})["context"]
+
+    def _batched(self, component, name, out, x):
+        step = min(self.vae_batch, self.max_batch or self.vae_batch)
+        return np.concatenate([self._engines[component].run(0, {name: x[s]})[out] for s in chunks(x.shape[0], step)])
+
+    def vae_encode(self, images):
+        return self._batched("vae_encoder", "image", "latent", images)
+
+    def vae_decode(self, latents):
+        return self._batched("vae_decoder", "latent", "image", latents)
+
+    def close(self):
+        for engine in getattr(self, "_engines", {}).values():
+            engine.close()
+        if getattr(self, "activations", None) is not None:
+            self.activations.free()
+            self.activations = None
+        if getattr(self, "stream", None) is not None:
+            self.stream.destroy()
+            self.stream = None
