@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	$(if $(findstring dev,$(EXTRAS)),$(PY) -m pip install -q --no-deps lpips==0.1.4)
 	touch $@
 
 test: setup

@@ -1,7 +1,9 @@
 """Video quality metrics (numpy + OpenCV, no downloads): MSE, PSNR, SSIM and temporal consistency.
 
-Frames are RGB uint8 [T, H, W, 3]; values are compared on [0, 1]. LPIPS and FVD need pretrained
-backbones that cannot be downloaded here; ``require_weights`` names the files a user must provide.
+Frames are RGB uint8 [T, H, W, 3]; values are compared on [0, 1]. The learned metrics live beside this
+module (``benchmarks.lpips``: LPIPS v0.1 on AlexNet; ``benchmarks.fvd``: I3D features and the Fréchet
+distance) and need pretrained weights that cannot be downloaded here: ``require_weights`` names the files
+a user must provide, ``load_weights`` reads one safely (``weights_only``) and checks its keys and shapes.
 """
 from __future__ import annotations
 
@@ -95,3 +97,40 @@ def require_weights(metric: str, folder) -> list[Path]:
     if missing:
         raise MetricError(f"{metric.upper()} weights missing in {folder}: {', '.join(missing)} (needs {what})")
     return paths
+
+
+def load_weights(path, expected: dict, ignore=(), optional=()) -> dict:
+    """The tensors of the state dict in ``path``, checked against ``expected`` (key: shape).
+
+    Loaded with ``torch.load(weights_only=True)`` on the CPU, as float32. A file that does not load, a
+    missing key, a key of another shape, or a key neither expected nor starting with one of the ``ignore``
+    prefixes is a one-line MetricError naming the file and the key. Keys in ``optional`` are kept when present
+    (batch norm's ``num_batches_tracked``, which files saved by older torch lack).
+    """
+    import torch
+    path = Path(path)
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # pickle, zip or version errors: one line, naming the file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise MetricError(f"{path}: cannot load it as a PyTorch state dict ({first})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise MetricError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    out = {}
+    for key, shape in expected.items():
+        if key not in state:
+            raise MetricError(f"{path}: missing key {key!r} (expected shape {list(shape)})")
+        value = state[key]
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(shape):
+            got = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise MetricError(f"{path}: key {key!r} has shape {got}, expected {list(shape)}")
+        out[key] = value.float() if value.is_floating_point() else value
+    optional = set(optional)
+    for key in state:
+        if key in optional and isinstance(state[key], torch.Tensor):
+            out[key] = state[key]
+        elif key not in expected and not str(key).startswith(tuple(ignore)):
+            raise MetricError(f"{path}: unexpected key {key!r} (not part of the expected network)")
+    return out
