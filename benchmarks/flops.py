@@ -8,6 +8,21 @@ from runtime.constants import GLOBAL_FRAMES, WINDOW_FRAMES
 from runtime.engines import contract
 
 
+# Dense FP16 tensor-core peaks (TFLOP/s, FP32 accumulate where the vendor lists both), by GPU name, from
+# NVIDIA's data sheets; the first key contained in the device name wins (more specific keys first).
+FP16_TENSOR_PEAK_TFLOPS = {
+    "V100-PCIE": 112, "V100S": 130, "V100": 125, "T4": 65, "A100": 312, "A10G": 70, "A10": 125, "L40S": 362,
+    "L40": 181, "L4": 121, "H100 PCIe": 756, "H100 NVL": 835, "H100": 989, "H200": 989, "B200": 2250,
+}
+
+
+def fp16_peak_tflops(gpu_name: str) -> float | None:
+    for key, peak in FP16_TENSOR_PEAK_TFLOPS.items():
+        if key.lower() in gpu_name.lower():
+            return float(peak)
+    return None
+
+
 def _count(fn) -> tuple[int, dict]:
     with torch.device("meta"), FlopCounterMode(display=False) as fc:
         fn()

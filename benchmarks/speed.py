@@ -4,7 +4,9 @@
 
 Baseline: the torch reference pipeline at the official cost (four CFG branches, the global encoder inside
 every UNet call, the window's VAE encodes redone per window; FP32 on the CPU, FP16 on a GPU). Ours: the
-runtime on every backend this machine has. Per UNet call, per window (50 PNDM steps), per video (dense
+runtime on every backend this machine has (ORT CPU; on a GPU also ORT CUDA and TensorRT, whose plans are
+built first). On a GPU also: peak GPU memory per process, achieved TFLOP/s per UNet call and its share of
+the GPU's FP16 tensor peak. Per UNet call, per window (50 PNDM steps), per video (dense
 under 50 frames, coarse-to-fine above), output frames per second and peak RAM, each measured in its own
 process; ratios against the baseline. Defaults: the tiny fixtures at S = 64 (the full-size CPU cost of one
 UNet call is `benchmarks.export_full_size`). Also FLOPs per call and the host-side cost per frame.
@@ -32,6 +34,45 @@ def rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
+class GpuMemoryWatch:
+    """Peak device memory in use while a block runs (polls cudaMemGetInfo: counts every allocator)."""
+
+    def __enter__(self):
+        import threading
+        from runtime.engines import cuda
+        self.cuda = cuda
+        self.free0, self.total = cuda.mem_info()
+        self.lowest, self.stop = self.free0, threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def _poll(self):
+        while not self.stop.is_set():
+            self.lowest = min(self.lowest, self.cuda.mem_info()[0])
+            self.stop.wait(0.005)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        return False
+
+    @property
+    def peak_gb(self) -> float:
+        return (self.total - self.lowest) / 2 ** 30
+
+
+def _on_gpu(fn):
+    """Run ``fn`` and add the peak GPU memory (whole device) when there is a GPU."""
+    from runtime.doctor import gpus
+    if not gpus()[0]:
+        return fn()
+    with GpuMemoryWatch() as watch:
+        result = fn()
+    result["peak_gpu_gb"] = round(watch.peak_gb, 3)
+    return result
+
+
 def clip(frames: int, width: int = 160, height: int = 90) -> np.ndarray:
     from export.demo import synthetic_clip
     return synthetic_clip(frames, width, height)
@@ -43,17 +84,23 @@ def _baseline(args, what: str, frames: int) -> dict:
     from export.model import load_unet, load_vae
     from export.reference import ReferencePipeline
     torch.manual_seed(0)
-    pipe = ReferencePipeline(load_unet(args["unet"]), load_vae(args["vae"]), cost="official")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float16 if device == "cuda" else torch.float32  # the official code runs fp16 on GPUs
+    pipe = ReferencePipeline(load_unet(args["unet"], dtype=dtype, device=device),
+                             load_vae(args["vae"]).to(device, dtype), cost="official")
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if what == "call":
         s = args["size"] // 8
-        x = torch.randn(4, 9, 16, s, s)
-        g = torch.randn(16, 4, s, s)
+        x = torch.randn(4, 9, 16, s, s, device=device, dtype=dtype)
+        g = torch.randn(16, 4, s, s, device=device, dtype=dtype)
         times = []
         for _ in range(args["calls"] + 1):
             t0 = time.perf_counter()
             with torch.no_grad():
                 c0, c = pipe.global_contexts(g)  # the official model re-encodes the global frames every call
-                pipe.unet(x, torch.full((4,), 961.0), torch.full((4,), 30.0), torch.cat([c0, c0, c, c]))
+                pipe.unet(x, torch.full((4,), 961.0, device=device), torch.full((4,), 30.0, device=device),
+                          torch.cat([c0, c0, c, c]))
+            sync()
             times.append(time.perf_counter() - t0)
         return {"seconds": float(np.median(times[1:]))}
     video = clip(frames)
@@ -96,7 +143,7 @@ def _ours(args, what: str, frames: int) -> dict:
 def _child(spec: str) -> None:
     args = json.loads(spec)
     fn = _baseline if args["side"] == "baseline" else _ours
-    result = fn(args, args["what"], args["frames"])
+    result = _on_gpu(lambda: fn(args, args["what"], args["frames"]))
     result["peak_rss_gb"] = rss_gb()
     print("RESULT " + json.dumps(result))
 
@@ -152,6 +199,14 @@ def host_side(size: int, heights=(720, 1080), frames: int = 24) -> dict:
     return out
 
 
+def _has_tensorrt() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.splitlines()[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -161,6 +216,7 @@ def main(argv=None) -> int:
     ap.add_argument("--engines", help="engines folder for --unet/--vae (default: exported into build/bench)")
     ap.add_argument("--videos", default="40,100", help="video lengths (frames); 600 is the long case")
     ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument("--backends", help="comma list of ours to measure (default: every one usable here)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.child:
@@ -168,13 +224,21 @@ def main(argv=None) -> int:
         return 0
 
     from export.engine_folder import export_engines
+    from runtime.doctor import gpus
     from runtime.engines.onnxruntime import available_providers
     engines = args.engines or str(ROOT / "build" / "bench" / f"engines-{args.size}")
     export_engines(args.unet, args.vae, engines, ("fp32", "fp16"), args.size)
-    backends = ["ort-cpu"] + (["ort-cuda"] if "CUDAExecutionProvider" in available_providers() else [])
+    found = gpus()[0]
+    backends = args.backends.split(",") if args.backends else (
+        ["ort-cpu"] + (["ort-cuda"] if "CUDAExecutionProvider" in available_providers() else [])
+        + (["tensorrt"] if found and _has_tensorrt() else []))
+    if "tensorrt" in backends:
+        from export.tensorrt_build import build_plans
+        build_plans(engines)
     common = {"unet": args.unet, "vae": args.vae, "size": args.size, "engines": engines, "calls": args.calls}
     report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "size": args.size, "unet": args.unet, "results": {}}
+              "gpu": found[0]["name"] if found else None, "size": args.size, "unet": args.unet,
+              "backends": backends, "results": {}}
     cases = [("call", 0)] + [("video", int(n)) for n in args.videos.split(",")]
     for what, frames in cases:
         key = what if what == "call" else f"video_{frames}"
@@ -191,8 +255,19 @@ def main(argv=None) -> int:
                                                               max(1, row["baseline"]["unet_calls"] // 50), 3)
         report["results"][key] = row
         print(key, json.dumps(row), flush=True)
-    from benchmarks.flops import unet_flops
+    from benchmarks.flops import fp16_peak_tflops, unet_flops
     report["flops_full_size"] = unet_flops(size=256)
+    if found and args.size == 256 and "call" in report["results"]:
+        # Achieved rate on the full-size call (meaningful only with full-size weights at S = 256).
+        flops = unet_flops(size=256, rows=3)
+        peak = fp16_peak_tflops(found[0]["name"])
+        rates = {}
+        for side, r in report["results"]["call"].items():
+            work = flops["official_call"] if side == "baseline" else flops["unet_call"]
+            tflops = work / r["seconds"] / 1e12
+            rates[side] = {"tflops": round(tflops, 1), "share_of_fp16_peak": round(tflops / peak, 3) if peak else None}
+        report["achieved"] = {"fp16_peak_tflops": peak, **rates}
+        print("achieved", json.dumps(report["achieved"]), flush=True)
     report["host_side_per_frame"] = host_side(256)
     print("host", json.dumps(report["host_side_per_frame"]), flush=True)
     if args.json:

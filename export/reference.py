@@ -91,6 +91,10 @@ class ReferencePipeline:
     def dtype(self):
         return self.unet.dtype
 
+    @property
+    def device(self):
+        return next(self.unet.parameters()).device
+
     # -- pieces ------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -177,8 +181,8 @@ class ReferencePipeline:
         n = local.shape[0]
         sample = torch.cat([x.expand(n, -1, -1, -1, -1), local, masks.to(x.dtype)], dim=1)
         self.unet_calls += 1
-        full = torch.full((n,), float(t))
-        return self.unet(sample, full, torch.full((n,), fps), context)
+        full = torch.full((n,), float(t), device=x.device)
+        return self.unet(sample, full, torch.full((n,), fps, device=x.device), context)
 
     # -- a whole video, the official loop -----------------------------------------------------
     @torch.no_grad()
@@ -194,16 +198,16 @@ class ReferencePipeline:
         lat = size // VAE_DOWNSAMPLE
         if noise is None:
             noise = np.random.default_rng(seed).standard_normal((4, WINDOW_FRAMES, lat, lat)).astype(np.float32)
-        noise = torch.as_tensor(noise, dtype=self.dtype)
+        noise = torch.as_tensor(noise, dtype=self.dtype, device=self.device)
         box = geometry.letterbox_geometry(height, width, ratios, size)
         canvases = [geometry.letterbox_frame(f, box) for f in frames]
         inits = [geometry.inpaint_init(c, box) for c in canvases]
-        padded = torch.from_numpy(geometry.to_unit_range(np.stack(canvases)))
-        inpainted = torch.from_numpy(geometry.to_unit_range(np.stack(inits)))
-        mask = torch.from_numpy(box.mask.astype(np.float32))
+        padded = torch.from_numpy(geometry.to_unit_range(np.stack(canvases))).to(self.device)
+        inpainted = torch.from_numpy(geometry.to_unit_range(np.stack(inits))).to(self.device)
+        mask = torch.from_numpy(box.mask.astype(np.float32)).to(self.device)
 
         gidx = geometry.global_frame_indices(t_count, GLOBAL_FRAMES)
-        global_frames = torch.from_numpy(frames[gidx]).permute(0, 3, 1, 2).float() / 255.0
+        global_frames = torch.from_numpy(frames[gidx]).to(self.device).permute(0, 3, 1, 2).float() / 255.0
         global_frames = F.interpolate(global_frames, size=(size, size), mode="bilinear", antialias=True,
                                       align_corners=False)
         global_frames = (global_frames - 0.5) / 0.5
@@ -241,7 +245,7 @@ class ReferencePipeline:
     @staticmethod
     def _official_composite(image: torch.Tensor, padded: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
         """padded_original * (1 - M) + generated * M, truncated to uint8 (spec 4.4)."""
-        generated = np.round(image.numpy() * 255)
-        original = (padded.numpy() / 2 + 0.5) * 255
-        m = mask.numpy()
+        generated = np.round(image.float().cpu().numpy() * 255)
+        original = (padded.float().cpu().numpy() / 2 + 0.5) * 255
+        m = mask.cpu().numpy()
         return (original * (1 - m) + generated * m).transpose(1, 2, 0).astype(np.uint8)

@@ -53,6 +53,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--height", type=int, help="scale the output to this height (default: the source's own scale)")
     ap.add_argument("--stream", type=int, help="video stream index (default: the first)")
     ap.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime")
+    ap.add_argument("--gpu-memory", type=float, metavar="GB",
+                    help="TensorRT: the most GPU memory this run may take (weights included); the window batch "
+                         "is chosen to fit")
     ap.add_argument("--codec", default="libx264")
     ap.add_argument("--crf", type=int, default=18)
     ap.add_argument("--pix-fmt", default="yuv420p")
@@ -104,7 +107,7 @@ def main(argv=None) -> int:
 
     if not os.path.exists(args.input):
         return fail(EXIT_BAD_INPUT, f"input {args.input} does not exist")
-    for name in ("steps", "batch_windows", "threads", "height"):
+    for name in ("steps", "batch_windows", "threads", "height", "gpu_memory"):
         value = getattr(args, name)
         if value is not None and value < 1:
             return fail(EXIT_BAD_INPUT, f"--{name.replace('_', '-')} must be at least 1")
@@ -112,7 +115,8 @@ def main(argv=None) -> int:
     progress = Progress(not args.quiet)
     t0 = time.perf_counter()
     try:
-        outpainter = Outpainter(args.engines, backend=args.backend, threads=args.threads)
+        outpainter = Outpainter(args.engines, backend=args.backend, threads=args.threads,
+                                gpu_memory_gb=args.gpu_memory)
         if not args.quiet:
             for note in outpainter.backend.notes:
                 print(f"note: {note}", file=sys.stderr)

@@ -22,7 +22,7 @@ from runtime.video import (EncodeOptions, VideoError, VideoWriter, check_output_
 DEFAULT_ENGINES = os.environ.get("M3DDM_ENGINES", "engines")
 
 
-def make_backend(engines_dir, backend: str = "auto", threads=None, max_batch=None):
+def make_backend(engines_dir, backend: str = "auto", threads=None, max_batch=None, gpu_memory_gb=None):
     """The backend named, or for "auto" the fastest usable one: TensorRT plans, ORT CUDA, ORT CPU.
 
     "auto" passes over a TensorRT path that cannot run here (no TensorRT, plans for another GPU, stale
@@ -37,7 +37,7 @@ def make_backend(engines_dir, backend: str = "auto", threads=None, max_batch=Non
     if backend == "tensorrt" or (backend == "auto" and engines.manifest.get("plans")):
         from runtime.engines.tensorrt import TensorRTBackend
         try:
-            return TensorRTBackend(engines_dir, max_batch=max_batch)
+            return TensorRTBackend(engines_dir, max_batch=max_batch, gpu_memory_gb=gpu_memory_gb)
         except EnginesError as exc:
             if backend == "tensorrt":
                 raise
@@ -56,8 +56,9 @@ class Outpainter:
     (calls are serialised: the engines hold one set of activations)."""
 
     def __init__(self, engines_dir=DEFAULT_ENGINES, backend: str = "auto", *, threads: int | None = None,
-                 max_batch: int | None = None, engine=None):
-        self.backend = engine if engine is not None else make_backend(engines_dir, backend, threads, max_batch)
+                 max_batch: int | None = None, gpu_memory_gb: float | None = None, engine=None):
+        self.backend = engine if engine is not None else make_backend(engines_dir, backend, threads, max_batch,
+                                                                      gpu_memory_gb)
         self.pipeline = Pipeline(self.backend)
         self.size = self.pipeline.size
         self._lock = threading.Lock()

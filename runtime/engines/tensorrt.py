@@ -180,11 +180,21 @@ class TensorRTBackend(Backend):
             self.notes += policy.plan_notes(record, self.gpu)
             records[comp] = record
         self.stream = cuda.Stream()
+        try:
+            self._load(trt, records, cuda_graphs, max_windows, gpu_memory_gb)
+        except BaseException:
+            self.close()  # a half-built backend gives its GPU memory back
+            raise
+        self.max_batch = max_batch
+
+    def _load(self, trt, records, cuda_graphs, max_windows, gpu_memory_gb):
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         free_before, total = cuda.mem_info()
-        self._engines = {c: TrtEngine(trt, self.runtime, self.engines.folder / records[c]["file"], self.stream,
-                                      cuda_graphs) for c in contract.COMPONENTS}
+        self._engines = {}
+        for c in contract.COMPONENTS:  # one at a time, so close() frees what loaded if a later one fails
+            self._engines[c] = TrtEngine(trt, self.runtime, self.engines.folder / records[c]["file"], self.stream,
+                                         cuda_graphs)
         free, _ = cuda.mem_info()
         self.weights_bytes = free_before - free
         unet = self._engines["unet"]
@@ -194,13 +204,17 @@ class TensorRTBackend(Backend):
             profile_bytes = {w: b for w, b in profile_bytes.items() if w <= max_windows} or {1: profile_bytes[1]}
         other = max(e.profile_bytes(0) for c, e in self._engines.items() if c != "unet")
         budget = int(gpu_memory_gb * 2**30) - self.weights_bytes if gpu_memory_gb else None
+        need = max(profile_bytes[min(profile_bytes)], other)
+        if budget is not None and budget < need:
+            raise EnginesError(f"--gpu-memory {gpu_memory_gb:g} GB is too little: the weights take "
+                               f"{self.weights_bytes / 2**30:.2f} GiB and one window's activations "
+                               f"{need / 2**30:.2f} GiB more")
         self.windows, act_bytes = policy.choose_unet_profiles(profile_bytes, other, free, budget)
         self.activations = cuda.DeviceBuffer(act_bytes)
         self._unet_profile = {3 * w: rows.index(3 * w) for w in self.windows}
         for comp, engine in self._engines.items():
             engine.activate(self.activations, list(self._unet_profile.values()) if comp == "unet" else [0])
         self.vae_batch = records["vae_encoder"]["profiles"][0][2]
-        self.max_batch = max_batch
         self.memory = {"weights_bytes": self.weights_bytes, "activation_bytes": act_bytes,
                        "total_bytes": total, "free_after_load_bytes": free}
 
