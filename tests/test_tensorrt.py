@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from runtime.engines import EnginesError, contract
@@ -124,7 +125,7 @@ def test_build_plans_requests_and_records(fake_trt, folder):
     assert rec["tensorrt"] == fake_trt.__version__ and rec["gpu"] == H100["name"] and rec["compute_capability"] == "9.0"
     assert rec["onnx_fingerprint"] == manifest["components"]["unet.fp16"]["fingerprint"]
     assert rec["profiles"] == [[3, 3, 3], [6, 6, 6], [12, 12, 12]]
-    assert rec["device_memory"] == [3000, 6000, 12000]
+    assert rec["device_memory"] == [30000, 60000, 120000]
     assert (folder / "unet.fp16.plan").stat().st_size == rec["bytes"]
     for key, r in plans.items():
         assert policy.plan_problem(key, r, manifest["components"][key]["fingerprint"], fake_trt.__version__, H100) is None
@@ -217,3 +218,122 @@ def test_make_engines_plans_flag(engines, folder):
     res = make_engines(folder, "PLANS=yes")
     assert res.returncode != 0 and "error: TensorRT is not installed" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+# -- the backend's own logic on emulated CUDA and TensorRT runtimes (tests/fake_cuda.py) --------------------
+@pytest.fixture
+def fake_gpu(fake_trt, monkeypatch):
+    import fake_cuda
+    from runtime.engines import cuda
+    monkeypatch.undo()  # the real cuda helpers, over the emulated runtime below
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
+    monkeypatch.setattr(cuda, "_cudart", lambda: fake_cuda)
+    fake_cuda.reset()
+    fake_trt.EXECUTIONS.clear()
+    yield fake_cuda
+    fake_cuda.reset()
+
+
+class _StandIn:
+    """What the fake engines compute, in numpy with the graphs' FP16 rounding: the reference backend."""
+    name, precision, notes = "numpy", "fp16", ()
+
+    def __init__(self, engines_set):
+        import fake_tensorrt
+        self.engines, self.f = engines_set, fake_tensorrt.COMPUTE
+        self.model_size = engines_set.model_size
+
+    @staticmethod
+    def _h(x):
+        return np.asarray(x).astype(np.float16)
+
+    def _out(self, x):
+        return x.astype(np.float16).astype(np.float32)
+
+    def unet(self, sample, timestep, fps, context):
+        return self._out(self.f["eps"](self._h(sample), timestep, fps, self._h(context)))
+
+    def encode_global(self, g):
+        return self._out(self.f["context"](self._h(g), contract.global_tokens_per_frame(self.engines.latent_size)))
+
+    def vae_encode(self, images):
+        return self._out(self.f["latent"](self._h(images)))
+
+    def vae_decode(self, latents):
+        return self._out(self.f["image"](self._h(latents)))
+
+
+class _Counting:
+    def __init__(self, inner):
+        self.inner, self.unet_calls = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def unet(self, *args):
+        self.unet_calls += 1
+        return self.inner.unet(*args)
+
+
+def _video():
+    from media import scene
+    return scene(70, 96, 54, seed=5)
+
+
+def test_backend_runs_the_pipeline_exactly_on_emulated_gpu(fake_gpu, folder):
+    """Rows split over the profiles that fit, VAE chunks, CUDA graphs replayed, context kept resident:
+    the outputs equal the same functions computed in numpy."""
+    from export.tensorrt_build import build_plans
+    from runtime import Outpainter
+    from runtime.engines.manifest import open_engines
+    from runtime.engines.tensorrt import TensorRTBackend
+    import fake_tensorrt
+    build_plans(folder, windows="1,2,4")
+    kw = dict(steps=3, strides=(15, 5, 1), batch_windows=4)
+    want = Outpainter(engine=_StandIn(open_engines(folder, "fp16"))).outpaint(_video(), 24, "1:1", **kw)
+
+    # Memory for the 1- and 2-window profiles only: 4 windows' 12 rows run as 6 + 6.
+    fake_gpu.reset(free=policy.RESERVE_BYTES + 100_000)
+    with TensorRTBackend(folder) as trt:
+        assert trt.windows == [1, 2] and trt.memory["activation_bytes"] == 60_000
+        counted = _Counting(trt)
+        got = Outpainter(engine=counted).outpaint(_video(), 24, "1:1", **kw)
+        np.testing.assert_array_equal(got.latents, want.latents)
+        np.testing.assert_array_equal(got.frames, want.frames)
+        unet = trt._engines["unet"]
+        assert len(unet.graphs) == 2  # one per (profile, shapes): 6 rows and 3 rows
+        launches = sum(1 for e in fake_gpu.LOG if e[0] == "graph")
+        assert launches > counted.unet_calls  # nearly every chunk replayed a graph
+    assert not fake_gpu.ALLOCATED  # close() gave everything back
+
+    # Everything fits: one 12-row call per batch, and its CFG context is uploaded once, not every step.
+    fake_gpu.reset()
+    fake_tensorrt.EXECUTIONS.clear()
+    with TensorRTBackend(folder) as trt:
+        assert trt.windows == [1, 2, 4]
+        counted = _Counting(trt)
+        got = Outpainter(engine=counted).outpaint(_video(), 24, "1:1", **kw)
+        np.testing.assert_array_equal(got.latents, want.latents)
+        ctx = trt._engines["unet"].device["context"].ptr
+        uploads = sum(1 for kind, dst, _ in fake_gpu.LOG if kind == "h2d" and dst == ctx)
+        assert uploads * kw["steps"] == counted.unet_calls
+        assert fake_tensorrt.EXECUTIONS.count("eps") == counted.unet_calls
+
+
+def test_backend_memory_cap_and_corrupt_plans_fail_cleanly(fake_gpu, folder):
+    from export.tensorrt_build import build_plans
+    from runtime.engines.tensorrt import TensorRTBackend
+    build_plans(folder, windows="1,2")
+    with pytest.raises(EnginesError, match="--gpu-memory 1e-05 GB is too little"):
+        TensorRTBackend(folder, gpu_memory_gb=1e-5)
+    assert not fake_gpu.ALLOCATED
+    fake_gpu.reset(free=policy.RESERVE_BYTES + 20_000)
+    with pytest.raises(EnginesError, match="not enough GPU memory for one window"):
+        TensorRTBackend(folder)
+    assert not fake_gpu.ALLOCATED
+    fake_gpu.reset()
+    plan = folder / "vae_encoder.fp16.plan"
+    plan.write_bytes(b"x" * plan.stat().st_size)  # same size, not a plan
+    with pytest.raises(EnginesError, match="TensorRT cannot load vae_encoder.fp16.plan"):
+        TensorRTBackend(folder)
+    assert not fake_gpu.ALLOCATED

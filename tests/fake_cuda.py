@@ -1,0 +1,149 @@
+"""A stand-in for cuda-python's runtime module (``cuda.bindings.runtime``) on a machine without a GPU.
+
+"Device" memory is host memory, so copies are memmoves and engines (tests/fake_tensorrt.py) compute on it
+with numpy. Work enqueued on a stream runs at once, except while the stream is being captured: then it is
+recorded, and a launched graph runs what was recorded, reading memory as it is at launch (as a CUDA graph
+does). Every call returns (error, values...) as cuda-python does. ``LOG`` lists copies and launches for the
+tests; ``ALLOCATED`` what is not yet freed.
+"""
+from __future__ import annotations
+
+import ctypes
+import itertools
+
+
+class cudaError_t:  # noqa: N801 - cuda-python's names
+    cudaSuccess = 0
+    cudaErrorMemoryAllocation = 2
+
+
+class cudaMemcpyKind:  # noqa: N801
+    cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = "h2d", "d2h"
+
+
+class cudaStreamCaptureMode:  # noqa: N801
+    cudaStreamCaptureModeGlobal = "global"
+
+
+class _Properties:
+    def __init__(self, name, major, minor, memory):
+        self.name, self.major, self.minor, self.totalGlobalMem = name.encode(), major, minor, memory
+
+
+GPU = {"name": "NVIDIA H100 80GB HBM3", "major": 9, "minor": 0}
+TOTAL = 80 * 2**30
+FREE = [TOTAL]  # what cudaMemGetInfo reports as free before this module's own allocations
+ALLOCATED: dict[int, object] = {}
+LOG: list[tuple] = []
+_streams = itertools.count(1)
+_capturing: dict[int, list] = {}
+
+
+def enqueue(stream, fn) -> None:
+    """Run ``fn`` now, or record it when ``stream`` is being captured."""
+    if int(stream) in _capturing:
+        _capturing[int(stream)].append(fn)
+    else:
+        fn()
+
+
+DEVICE: set[int] = set()  # the allocations that count against the GPU's memory (not pinned host ones)
+
+
+def _alloc(size):
+    buf = ctypes.create_string_buffer(max(int(size), 1))
+    ALLOCATED[ctypes.addressof(buf)] = buf
+    return ctypes.addressof(buf)
+
+
+def reset(free=TOTAL) -> None:
+    ALLOCATED.clear()
+    DEVICE.clear()
+    LOG.clear()
+    _capturing.clear()
+    FREE[0] = free
+
+
+def cudaGetErrorString(err):
+    return 0, f"fake CUDA error {err}".encode()
+
+
+def cudaSetDevice(index):
+    return (0,)
+
+
+def cudaGetDeviceProperties(index):
+    return 0, _Properties(GPU["name"], GPU["major"], GPU["minor"], TOTAL)
+
+
+def cudaMemGetInfo():
+    used = sum(ctypes.sizeof(ALLOCATED[p]) for p in DEVICE)
+    return 0, max(FREE[0] - used, 0), TOTAL
+
+
+def cudaMalloc(size):
+    if size > cudaMemGetInfo()[1]:
+        return (cudaError_t.cudaErrorMemoryAllocation, 0)
+    ptr = _alloc(size)
+    DEVICE.add(ptr)
+    return 0, ptr
+
+
+def cudaMallocHost(size):
+    return 0, _alloc(size)
+
+
+def cudaFree(ptr):
+    if ptr:
+        del ALLOCATED[int(ptr)]
+        DEVICE.discard(int(ptr))
+    return (0,)
+
+
+cudaFreeHost = cudaFree
+
+
+def cudaStreamCreate():
+    return 0, next(_streams)
+
+
+def cudaStreamDestroy(stream):
+    return (0,)
+
+
+def cudaStreamSynchronize(stream):
+    return (0,)
+
+
+def cudaMemcpyAsync(dst, src, count, kind, stream):
+    LOG.append((kind, int(dst), int(count)))
+    enqueue(stream, lambda: ctypes.memmove(int(dst), int(src), int(count)))
+    return (0,)
+
+
+def cudaStreamBeginCapture(stream, mode):
+    _capturing[int(stream)] = []
+    return (0,)
+
+
+def cudaStreamEndCapture(stream):
+    return 0, _capturing.pop(int(stream))
+
+
+def cudaGraphInstantiate(graph, flags):
+    return 0, list(graph)
+
+
+def cudaGraphLaunch(graph_exec, stream):
+    LOG.append(("graph", id(graph_exec), len(graph_exec)))
+    for fn in graph_exec:
+        fn()
+    return (0,)
+
+
+def cudaGraphExecDestroy(graph_exec):
+    return (0,)
+
+
+def cudaGraphDestroy(graph):
+    return (0,)
