@@ -40,11 +40,14 @@ class Module:
         return self.functions[entry]
 
     def launch(self, entry: str, args, stream: cuda.Stream, threads: int = 256, blocks: int = 1024) -> None:
-        """``args``: DeviceBuffer (a pointer), np.int64/np.int32/np.float32 scalars, in the kernel's order."""
+        """``args``: DeviceBuffer or a plain int (a pointer; 0 for one the kernel will not read),
+        np.int64/np.int32/np.float32 scalars, in the kernel's order."""
         holders = []
         for a in args:
             if isinstance(a, cuda.DeviceBuffer):
                 holders.append(ctypes.c_void_p(a.ptr))
+            elif type(a) is int:
+                holders.append(ctypes.c_void_p(a))
             elif isinstance(a, np.int64):
                 holders.append(ctypes.c_longlong(int(a)))
             elif isinstance(a, np.int32):

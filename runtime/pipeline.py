@@ -188,4 +188,10 @@ class Pipeline:
         def step_noise(k, shape):
             return np.stack([draw(k) for draw in draws])
 
+        on_device = getattr(self.backend, "sample_windows", None)
+        if on_device is not None:  # the whole loop on the GPU, where the backend can
+            out = on_device(sampler, x0, noise, np.concatenate([local_rows, mask_rows], axis=1), fps_rows, ctx_rows,
+                            s1, s2, step_noise, report)
+            if out is not None:
+                return out
         return samplers.run(sampler, eps_fn, x0, noise, step_noise=step_noise, callback=report)

@@ -18,7 +18,7 @@ class cudaError_t:  # noqa: N801 - cuda-python's names
 
 
 class cudaMemcpyKind:  # noqa: N801
-    cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = "h2d", "d2h"
+    cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice = "h2d", "d2h", "d2d"
 
 
 class cudaStreamCaptureMode:  # noqa: N801
@@ -147,3 +147,69 @@ def cudaGraphExecDestroy(graph_exec):
 
 def cudaGraphDestroy(graph):
     return (0,)
+
+
+# -- the driver API calls kernels/device.py makes; kernels run as their numpy references ---------------------
+class driver:  # noqa: N801 - stands in for the module cuda.bindings.driver
+    LAUNCHES: list[str] = []
+
+    @staticmethod
+    def cuModuleLoadData(ptx):
+        assert b".entry" in ptx  # real PTX from NVRTC
+        return 0, "module"
+
+    @staticmethod
+    def cuModuleGetFunction(module, name):
+        return 0, name.decode()
+
+    @staticmethod
+    def cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
+        driver.LAUNCHES.append(f)
+        enqueue(stream, _kernel(f, params))
+        return (0,)
+
+
+def _params(address, types):
+    slots = (ctypes.c_void_p * len(types)).from_address(address)
+    return [t.from_address(slots[i]).value for i, t in enumerate(types)]
+
+
+def _view(ptr, count, dtype):
+    import numpy as np
+    dtype = np.dtype(dtype)
+    return np.frombuffer((ctypes.c_char * (count * dtype.itemsize)).from_address(ptr), dtype)
+
+
+def _kernel(name, address):
+    import numpy as np
+    import kernels
+    from runtime import samplers
+    half = name.endswith("f16")
+    if name.startswith("scatter_noisy"):
+        x, sample, plane, windows = _params(address, [ctypes.c_void_p] * 2 + [ctypes.c_longlong, ctypes.c_int])
+
+        def run():
+            xs = _view(x, windows * 4 * plane, np.float32).reshape(windows, 4, plane)
+            out = _view(sample, 3 * windows * 9 * plane, np.float16 if half else np.float32)
+            out = out.reshape(3 * windows, 9, plane)
+            out[...] = kernels.unet_input_reference(xs.astype(out.dtype), out)
+        return run
+    args = _params(address, [ctypes.c_void_p] * 9 + [ctypes.c_longlong, ctypes.c_int] + [ctypes.c_float] * 9)
+    eps, x, saved, h0, h1, h2, z, x_out, g_out = args[:9]
+    per_window, windows = args[9], args[10]
+    s1, s2, a, a_saved, b0, b1, b2, b3, c = args[11:]
+
+    def run():
+        n = per_window * windows
+        f32 = lambda ptr: _view(ptr, n, np.float32)  # noqa: E731
+        e = _view(eps, 3 * n, np.float16 if half else np.float32).astype(np.float32).reshape(3 * windows, -1)
+        b = [b0, b1, b2, b3]
+        terms = len(b) - next((i for i, v in enumerate(reversed(b)) if v), len(b))
+        u = samplers.Update(x=a, saved=a_saved, eps=tuple(b[:terms]), noise=c)
+        hist = [f32(p).reshape(windows, -1) if p else None for p in (h0, h1, h2)][:max(terms - 1, 0)]
+        new, g = kernels.sampler_step_reference(e, f32(x).reshape(windows, -1), u, s1, s2,
+                                                f32(saved).reshape(windows, -1) if a_saved else None, hist,
+                                                f32(z).reshape(windows, -1) if c else None)
+        f32(x_out)[...] = new.ravel()
+        f32(g_out)[...] = g.ravel()
+    return run

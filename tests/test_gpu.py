@@ -146,3 +146,20 @@ def test_ort_cuda_fp16_against_cpu_fp32(request):
     cpu, gpu = OrtBackend(engines, "cpu"), OrtBackend(engines, "cuda")
     args = _inputs(gpu.engines, 6)
     assert _rel(gpu.unet(*args), cpu.unet(*args)) <= 2e-2
+
+
+def test_device_sampling_equals_the_host_loop(planned):
+    """The kernels' loop on the GPU against the host loop over the same engines (FP32 update, so only
+    rounding-order differences)."""
+    from runtime import Outpainter
+    from runtime.engines.tensorrt import TensorRTBackend
+    from media import scene
+    frames = scene(40, 96, 64)
+    results = {}
+    for on in (False, True):
+        with TensorRTBackend(planned, device_loop=on) as backend:
+            results[on] = Outpainter(engine=backend).outpaint(frames, 24, "1:1", steps=8, batch_windows=2,
+                                                               sampler="dpmpp").latents
+            assert backend.device_loop == on and not [n for n in backend.notes if "host" in n]
+    err = np.abs(results[True] - results[False]).max() / np.abs(results[False]).max()
+    assert err <= 1e-3, err

@@ -228,6 +228,9 @@ def fake_gpu(fake_trt, monkeypatch):
     monkeypatch.undo()  # the real cuda helpers, over the emulated runtime below
     monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
     monkeypatch.setattr(cuda, "_cudart", lambda: fake_cuda)
+    import kernels.device
+    monkeypatch.setattr(kernels.device, "_driver", lambda: fake_cuda.driver)
+    fake_cuda.driver.LAUNCHES.clear()
     fake_cuda.reset()
     fake_trt.EXECUTIONS.clear()
     yield fake_cuda
@@ -281,8 +284,8 @@ def _video():
 
 
 def test_backend_runs_the_pipeline_exactly_on_emulated_gpu(fake_gpu, folder):
-    """Rows split over the profiles that fit, VAE chunks, CUDA graphs replayed, context kept resident:
-    the outputs equal the same functions computed in numpy."""
+    """The host loop over the UNet engine: rows split over the profiles that fit, VAE chunks, CUDA graphs
+    replayed, context kept resident; the outputs equal the same functions computed in numpy."""
     from export.tensorrt_build import build_plans
     from runtime import Outpainter
     from runtime.engines.manifest import open_engines
@@ -294,7 +297,7 @@ def test_backend_runs_the_pipeline_exactly_on_emulated_gpu(fake_gpu, folder):
 
     # Memory for the 1- and 2-window profiles only: 4 windows' 12 rows run as 6 + 6.
     fake_gpu.reset(free=policy.RESERVE_BYTES + 100_000)
-    with TensorRTBackend(folder) as trt:
+    with TensorRTBackend(folder, device_loop=False) as trt:
         assert trt.windows == [1, 2] and trt.memory["activation_bytes"] == 60_000
         counted = _Counting(trt)
         got = Outpainter(engine=counted).outpaint(_video(), 24, "1:1", **kw)
@@ -309,7 +312,7 @@ def test_backend_runs_the_pipeline_exactly_on_emulated_gpu(fake_gpu, folder):
     # Everything fits: one 12-row call per batch, and its CFG context is uploaded once, not every step.
     fake_gpu.reset()
     fake_tensorrt.EXECUTIONS.clear()
-    with TensorRTBackend(folder) as trt:
+    with TensorRTBackend(folder, device_loop=False) as trt:
         assert trt.windows == [1, 2, 4]
         counted = _Counting(trt)
         got = Outpainter(engine=counted).outpaint(_video(), 24, "1:1", **kw)
@@ -337,3 +340,46 @@ def test_backend_memory_cap_and_corrupt_plans_fail_cleanly(fake_gpu, folder):
     with pytest.raises(EnginesError, match="TensorRT cannot load vae_encoder.fp16.plan"):
         TensorRTBackend(folder)
     assert not fake_gpu.ALLOCATED
+
+
+@pytest.mark.parametrize("sampler", ["pndm", "ddpm", "dpmpp"])
+def test_sampling_on_the_device_equals_the_host_loop(fake_gpu, folder, sampler):
+    """The per-step math on the device (timestep table, scatter, UNet graph, fused CFG + update with its
+    history and saved sample, pointer rotation) gives the host loop's latents; batches whose rows are not
+    one profile fall back to the host loop."""
+    from export.tensorrt_build import build_plans
+    from runtime import Outpainter
+    from runtime.engines.manifest import open_engines
+    from runtime.engines.tensorrt import TensorRTBackend
+    build_plans(folder, windows="1,2,4")
+    kw = dict(steps=6, strides=(15, 5, 1), batch_windows=4, sampler=sampler)
+    want = Outpainter(engine=_StandIn(open_engines(folder, "fp16"))).outpaint(_video(), 24, "1:1", **kw)
+    with TensorRTBackend(folder) as trt:
+        counted = _Counting(trt)
+        got = Outpainter(engine=counted).outpaint(_video(), 24, "1:1", **kw)
+        assert trt.device_loop and not trt.notes
+    launches = fake_gpu.driver.LAUNCHES
+    steps = launches.count("sampler_step_f16")
+    assert steps and launches.count("scatter_noisy_f16") == steps
+    np.testing.assert_array_equal(got.latents, want.latents)
+    plan_windows = sum(len(level) for level in got.plan)
+    # Level 0 runs one window at a time (3 rows: a profile), so every batch here ran on the device.
+    assert counted.unet_calls == 0 and steps % kw["steps"] == 0 and steps // kw["steps"] < plan_windows
+    assert not fake_gpu.ALLOCATED
+
+
+def test_device_loop_can_be_turned_off(fake_gpu, folder, monkeypatch):
+    from export.tensorrt_build import build_plans
+    from runtime import Outpainter
+    from runtime.engines.tensorrt import TensorRTBackend
+    build_plans(folder, windows="1,2")
+    monkeypatch.setenv("M3DDM_DEVICE_LOOP", "0")
+    kw = dict(steps=3, strides=(15, 5, 1), batch_windows=2)
+    with TensorRTBackend(folder) as trt:
+        got = Outpainter(engine=trt).outpaint(_video(), 24, "1:1", **kw)
+    assert not fake_gpu.driver.LAUNCHES
+    monkeypatch.delenv("M3DDM_DEVICE_LOOP")
+    with TensorRTBackend(folder) as trt:
+        on = Outpainter(engine=trt).outpaint(_video(), 24, "1:1", **kw)
+    assert fake_gpu.driver.LAUNCHES
+    np.testing.assert_array_equal(got.latents, on.latents)

@@ -100,6 +100,11 @@ class Stream:
         cudart = _cudart()
         call("cudaMemcpyAsync", dst.ptr, src.ptr, nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.handle)
 
+    def copy(self, dst_ptr: int, src_ptr: int, nbytes: int) -> None:
+        """Device to device, in stream order."""
+        cudart = _cudart()
+        call("cudaMemcpyAsync", dst_ptr, src_ptr, nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice, self.handle)
+
     def synchronize(self) -> None:
         call("cudaStreamSynchronize", self.handle)
 

@@ -6,7 +6,8 @@ each profile's need); the contexts use it through USER_MANAGED allocation, which
 engine runs on the one stream. Each I/O tensor has a device buffer and a pinned host buffer at its largest
 shape, bound by name once. Every (profile, shapes) is run eagerly once, then captured as a CUDA graph and
 replayed. A read-only input array passed again (the pipeline's CFG context, the same for all 50 steps of a
-batch) is not uploaded again.
+batch) is not uploaded again. Batches whose rows match a profile are sampled entirely on the GPU
+(``sample_windows``: kernels/ for the per-step math, one download per batch; M3DDM_DEVICE_LOOP=0 turns it off).
 
 Importing this module needs neither TensorRT nor a GPU; constructing the backend checks both and says
 what is missing.
@@ -14,6 +15,7 @@ what is missing.
 from __future__ import annotations
 
 import mmap
+import os
 from pathlib import Path
 
 import numpy as np
@@ -104,21 +106,30 @@ class TrtEngine:
 
     def run(self, profile: int, feeds: dict) -> dict:
         """Inputs by name (any float dtype; cast to the engine's) -> outputs as float32 arrays."""
+        key = self.prepare(profile, {n: v.shape for n, v in feeds.items()}, feeds)
+        self.launch(key)
+        return self.collect()
+
+    def prepare(self, profile: int, shapes: dict, feeds: dict) -> tuple:
+        """Select ``profile``, set every input's shape, upload the ``feeds`` given (the others keep what their
+        device buffers hold); returns the key of this (profile, shapes) for ``launch``."""
         self._select(profile)
         for name in self.inputs:
-            value = feeds[name]
-            if not self.context.set_input_shape(name, value.shape):
-                raise EnginesError(f"{self.path.name}: input {name} {list(value.shape)} is outside profile {profile}")
+            if not self.context.set_input_shape(name, tuple(shapes[name])):
+                raise EnginesError(f"{self.path.name}: input {name} {list(shapes[name])} is outside profile {profile}")
+        for name, value in feeds.items():
             if self._resident.get(name) is value:
                 continue  # the same read-only array as last time: already on the device
-            nbytes = value.size * self.dtypes[name].itemsize
             np.copyto(self.host[name].view(value.shape, self.dtypes[name]), value, casting="unsafe")
-            self.stream.upload(self.device[name], self.host[name], nbytes)
+            self.stream.upload(self.device[name], self.host[name], value.size * self.dtypes[name].itemsize)
             if value.flags.writeable:
                 self._resident.pop(name, None)
             else:
                 self._resident[name] = value
-        key = (profile, tuple(tuple(feeds[n].shape) for n in self.inputs))
+        return (profile, tuple(tuple(shapes[n]) for n in self.inputs))
+
+    def launch(self, key) -> None:
+        """Enqueue the engine for ``key`` on the stream: its CUDA graph, or eagerly (then captured)."""
         graph = self.graphs.get(key)
         if graph is not None:
             graph.launch(self.stream)
@@ -126,6 +137,13 @@ class TrtEngine:
             self._enqueue()
             if self.use_graphs:
                 self._capture(key)
+
+    def forget(self, name: str) -> None:
+        """Input ``name``'s device buffer was written by other means: the next feed uploads again."""
+        self._resident.pop(name, None)
+
+    def collect(self) -> dict:
+        """Wait for the stream; the outputs as float32 arrays."""
         shapes = {n: tuple(self.context.get_tensor_shape(n)) for n in self.outputs}
         for name, shape in shapes.items():
             self.stream.download(self.host[name], self.device[name], int(np.prod(shape)) * self.dtypes[name].itemsize)
@@ -154,7 +172,8 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, engines_dir, precision: str = "fp16", max_batch: int | None = None, device_id: int = 0,
-                 cuda_graphs: bool = True, max_windows: int | None = None, gpu_memory_gb: float | None = None):
+                 cuda_graphs: bool = True, max_windows: int | None = None, gpu_memory_gb: float | None = None,
+                 device_loop: bool | None = None):
         trt = policy.import_tensorrt()
         self.precision = precision
         self.engines = open_engines(engines_dir, precision)
@@ -186,6 +205,8 @@ class TensorRTBackend(Backend):
             self.close()  # a half-built backend gives its GPU memory back
             raise
         self.max_batch = max_batch
+        self.device_loop = os.environ.get("M3DDM_DEVICE_LOOP", "1") != "0" if device_loop is None else device_loop
+        self._device_sampler = None
 
     def _load(self, trt, records, cuda_graphs, max_windows, gpu_memory_gb):
         self.logger = trt.Logger(trt.Logger.WARNING)
@@ -217,6 +238,27 @@ class TensorRTBackend(Backend):
         self.vae_batch = records["vae_encoder"]["profiles"][0][2]
         self.memory = {"weights_bytes": self.weights_bytes, "activation_bytes": act_bytes,
                        "total_bytes": total, "free_after_load_bytes": free}
+
+    def sample_windows(self, sampler, x0, noise, rows, fps_rows, ctx_rows, s1, s2, step_noise=None, callback=None):
+        """A batch of windows sampled on the GPU (runtime/engines/device_sampling.py); None when this batch
+        cannot be (its rows are not one profile, the kernels do not load): the pipeline then runs the
+        host loop over ``unet``."""
+        n = rows.shape[0]
+        if not self.device_loop or n not in self._unet_profile:
+            return None
+        if self._device_sampler is None:
+            from runtime.engines.device_sampling import DeviceSampler
+            try:
+                arch = "compute_" + self.gpu["compute_capability"].replace(".", "")
+                self._device_sampler = DeviceSampler(self._engines["unet"], self.stream, arch)
+            except Exception as exc:  # no NVRTC, an arch it does not know: the host loop still works
+                self.device_loop = False
+                self.notes.append(f"sampling on the host: the device kernels did not load ({str(exc)[:200]})")
+                return None
+        if not self._device_sampler.supports(sampler):
+            return None
+        return self._device_sampler.run(self._unet_profile[n], sampler, x0, noise, rows, fps_rows, ctx_rows, s1, s2,
+                                        step_noise, callback)
 
     def unet(self, sample, timestep, fps, context):
         n = sample.shape[0]
