@@ -67,6 +67,20 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.round(v * 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
+def batches(windows: list, cap: int, sizes=None):
+    """``windows`` in batches of at most ``cap``; with ``sizes`` (the window counts a backend runs best,
+    e.g. its TensorRT profiles) each batch takes the largest of them that fits. Batching never changes
+    the result (every random draw belongs to a window)."""
+    usable = sorted({w for w in (sizes or ()) if w <= cap})
+    start = 0
+    while start < len(windows):
+        rest = len(windows) - start
+        fitting = [w for w in usable if w <= rest]
+        size = fitting[-1] if fitting else min(cap, rest)
+        yield windows[start:start + size]
+        start += size
+
+
 class Pipeline:
     """The sampling core over a Backend; ``runtime.Outpainter`` wraps it with engines and files."""
 
@@ -122,9 +136,8 @@ class Pipeline:
         done = 0
         for level in plan:
             # The first level's windows guide each other in turn; later levels only read earlier levels.
-            size = 1 if level[0].level == 0 else s.batch_windows
-            for start in range(0, len(level), size):
-                batch = level[start:start + size]
+            cap = 1 if level[0].level == 0 else s.batch_windows
+            for batch in batches(level, cap, getattr(self.backend, "windows", None)):
                 ids = range(done, done + len(batch))
                 noise = np.stack([shared if s.window_noise == "shared" else
                                   np.random.default_rng([s.seed, i]).standard_normal(shape).astype(np.float32)

@@ -22,7 +22,7 @@ class cudaMemcpyKind:  # noqa: N801
 
 
 class cudaStreamCaptureMode:  # noqa: N801
-    cudaStreamCaptureModeGlobal = "global"
+    cudaStreamCaptureModeGlobal, cudaStreamCaptureModeThreadLocal = "global", "thread_local"
 
 
 class _Properties:

@@ -94,3 +94,14 @@ def test_runtime_modules_import_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=str(__import__("conftest").ROOT))
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_batches_follow_the_backend_profiles():
+    from runtime.pipeline import batches
+    level = list(range(11))
+    assert [len(b) for b in batches(level, 4)] == [4, 4, 3]
+    assert [len(b) for b in batches(level, 4, [1, 2, 4])] == [4, 4, 2, 1]
+    assert [len(b) for b in batches(level, 4, [1, 2])] == [2] * 5 + [1]
+    assert [len(b) for b in batches(level, 1, [1, 2, 4])] == [1] * 11
+    assert [len(b) for b in batches(level, 3, [1, 2, 4])] == [2] * 5 + [1]
+    assert sum(batches(level, 4, [1, 2, 4]), []) == level

@@ -115,11 +115,13 @@ class Stream:
 
 
 class Graph:
-    """A CUDA graph captured from the work ``record()`` puts on ``stream``; ``launch`` replays it."""
+    """A CUDA graph captured from the work ``record()`` puts on ``stream``; ``launch`` replays it.
+
+    Thread-local capture: other threads (a memory watcher, the frame writer) may call CUDA meanwhile."""
 
     def __init__(self, stream: Stream, record):
         cudart = _cudart()
-        call("cudaStreamBeginCapture", stream.handle, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal)
+        call("cudaStreamBeginCapture", stream.handle, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
         try:
             record()
         finally:
