@@ -271,6 +271,7 @@ def main(argv=None) -> int:
             row[b]["speedup"] = round(row["baseline"]["seconds"] / row[b]["seconds"], 2)
             if what == "video":
                 row[b]["output_fps"] = round(frames / row[b]["seconds"], 3)
+                row[b]["seconds_per_window"] = round(row[b]["stages"]["sample_s"] / max(1, row[b]["windows"]), 3)
         if what == "video":
             row["baseline"]["output_fps"] = round(frames / row["baseline"]["seconds"], 3)
             if "unet_calls" in row["baseline"]:
