@@ -15,6 +15,8 @@ SIZE ?= 256
 # TensorRT plans: auto builds them when TensorRT and a GPU are present (yes: fail without them; no: skip).
 PLANS ?= auto
 WINDOWS ?=
+# More `python -m export` options, e.g. EXPORT_ARGS="--attention-softmax fp16 --opt-level 4".
+EXPORT_ARGS ?=
 
 .PHONY: setup test test-all test-gpu demo engines plans doctor bench bench-model clean
 
@@ -42,7 +44,7 @@ test-gpu: setup
 # UNET/VAE may name local folders.
 engines: setup
 	$(PY) -m export --unet $(UNET) --vae $(VAE) --out $(ENGINES) --precision $(PRECISION) --size $(SIZE) \
-		--plans $(PLANS) $(if $(WINDOWS),--windows $(WINDOWS))
+		--plans $(PLANS) $(if $(WINDOWS),--windows $(WINDOWS)) $(EXPORT_ARGS)
 
 # TensorRT plans for an existing engines folder, built on (and for) this machine's GPU.
 plans: setup

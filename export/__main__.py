@@ -17,6 +17,10 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=RELEASED_MODEL_SIZE,
                     help="model size S in pixels (multiple of 64; 256 for the released weights)")
     ap.add_argument("--force", action="store_true", help="re-export even what is up to date")
+    ap.add_argument("--attention-softmax", choices=["fp32", "fp16"], default="fp32",
+                    help="precision of the UNet's attention softmax in the FP16 graph: fp32 (between Casts, the "
+                         "safe default) or fp16 (as the official model; lets TensorRT fuse the attention: measure "
+                         "memory, speed and output on your GPU)")
     ap.add_argument("--plans", choices=["auto", "yes", "no"], default="auto",
                     help="TensorRT plans from the FP16 graphs: auto builds them when TensorRT and a GPU are here")
     from export.tensorrt_build import add_arguments
@@ -27,7 +31,8 @@ def main(argv=None) -> int:
     from export.engine_folder import export_engines
     from export.model.errors import CheckpointError
     from export.tensorrt_build import run_reporting
-    code = run_reporting(lambda: export_engines(args.unet, args.vae, args.out, precisions, args.size, force=args.force),
+    code = run_reporting(lambda: export_engines(args.unet, args.vae, args.out, precisions, args.size, force=args.force,
+                                                    attention_softmax=args.attention_softmax),
                          "finished graphs are kept and recorded", (CheckpointError, ValueError, OSError))
     return code or run_reporting(lambda: build_plans_if_wanted(args, precisions), "finished plans are kept and recorded")
 

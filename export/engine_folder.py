@@ -99,7 +99,7 @@ def write_manifest(out: Path, manifest: dict) -> None:
 
 
 def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), size: int = 256,
-                   opset: int | None = None, force: bool = False) -> dict:
+                   opset: int | None = None, force: bool = False, attention_softmax: str = "fp32") -> dict:
     """Export what is missing or stale into ``out``; returns the manifest."""
     from export import onnx_export as ox
     from export.trt_onnx_support import problems as trt_problems
@@ -120,14 +120,23 @@ def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), si
         prev_files = prev.get("files") if prev.get("folder") == str(folder) else None
         sources[key] = {"source": str(unet_source if key == "unet" else vae_source), "folder": str(folder),
                         "files": hash_source(folder, prev_files)}
+    if attention_softmax not in ("fp32", "fp16"):
+        raise ValueError(f"attention softmax must be fp32 or fp16, not {attention_softmax!r}")
     options = {"size": size, "opset": opset, "frames": WINDOW_FRAMES, "global_frames": GLOBAL_FRAMES}
     code = code_hash()
-    wanted = {f"{c}.{p}": fingerprint(c, p, sources, options, code) for p in precisions for c in contract.COMPONENTS}
+
+    def opts(comp, prec):
+        # Only the FP16 UNet has FP16 attention to choose; the default leaves older fingerprints as they were.
+        if comp == "unet" and prec == "fp16" and attention_softmax != "fp32":
+            return {**options, "attention_softmax": attention_softmax}
+        return options
+
+    wanted = {f"{c}.{p}": fingerprint(c, p, sources, opts(c, p), code) for p in precisions for c in contract.COMPONENTS}
 
     components = {}
     for key, entry in old.get("components", {}).items():
         comp, prec = key.split(".")
-        current = fingerprint(comp, prec, sources, options, code) if comp in USES and prec in contract.PRECISIONS else None
+        current = fingerprint(comp, prec, sources, opts(comp, prec), code) if comp in USES and prec in contract.PRECISIONS else None
         if entry.get("fingerprint") == current and (out / entry["file"]).is_file() and not (force and key in wanted):
             components[key] = entry
         else:
@@ -184,7 +193,7 @@ def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), si
                                          vae=ox.prepare(model, precision) if comp.startswith("vae") else None)
             path = out / contract.onnx_file(comp, precision)
             log(f"exporting {key} ...")
-            ox.export_component(comp, module, size, precision, path)
+            ox.export_component(comp, module, size, precision, path, softmax_fp32=attention_softmax == "fp32")
             proto = onnx.load(str(path), load_external_data=False)
             refused = trt_problems(proto)
             if refused:
@@ -195,7 +204,8 @@ def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), si
                 "file": path.name, "bytes": path.stat().st_size, "precision": precision, "opset": opset,
                 "external_data": {"file": data.name, "bytes": data.stat().st_size} if data.is_file() else None,
                 "inputs": inputs, "outputs": outputs, "ops": sorted({n.op_type for n in proto.graph.node}),
-                "fingerprint": wanted[key], "export_seconds": round(time.perf_counter() - t0, 1),
+                "fingerprint": wanted[key], "options": opts(comp, precision),
+                "export_seconds": round(time.perf_counter() - t0, 1),
             }
             del proto
             write_manifest(out, manifest)  # after each graph: an interrupted export keeps what finished

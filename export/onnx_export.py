@@ -143,7 +143,8 @@ TRACE_SIZE = 64  # trace at 8x8 latents: FP16 on a CPU is slow, and the graph do
 
 
 def export_component(component: str, module: nn.Module, size: int, precision: str, path: Path,
-                     trace_batch: int = 1, external_above: int = EXTERNAL_ABOVE, trace_size: int | None = TRACE_SIZE) -> Path:
+                     trace_batch: int = 1, external_above: int = EXTERNAL_ABOVE, trace_size: int | None = TRACE_SIZE,
+                     softmax_fp32: bool = True) -> Path:
     """Trace ``module`` (already prepared for ``precision``) and write a cleaned ONNX graph to ``path``.
 
     The trace runs at batch ``trace_batch`` and model size ``trace_size`` with every dimension that differs
@@ -168,7 +169,7 @@ def export_component(component: str, module: nn.Module, size: int, precision: st
     path = Path(path)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp:
         raw = Path(tmp) / "raw.onnx"
-        with torch.no_grad(), export_mode(), warnings.catch_warnings():
+        with torch.no_grad(), export_mode(softmax_fp32), warnings.catch_warnings():
             # Tracer warnings flag Python-side shape checks; every such value is static in the contract.
             warnings.simplefilter("ignore")
             torch.onnx.export(module, args, str(raw), dynamo=False, opset_version=OPSET, do_constant_folding=True,

@@ -275,3 +275,34 @@ def test_graph_traced_small_is_exact_at_a_larger_size(tmp_path, torch_models):
         assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), comp
         # Exporting must leave the model in eval mode (BatchNorm running statistics).
         assert not any(m.training for m in module.modules()), comp
+
+
+def test_fp16_attention_softmax_option(engines, torch_models, tmp_path, shared):
+    """--attention-softmax fp16: only the FP16 UNet is re-exported; its softmax is FP16 (the whole attention
+    pattern in one precision, for TensorRT's fusion) and it still matches torch FP32 within the FP16 bound."""
+    from export.engine_folder import export_engines
+    out = tmp_path / "engines"
+    shutil.copytree(engines, out)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.onnx")}
+    manifest = export_engines(shared("fixtures/tiny_unet"), shared("fixtures/tiny_vae"), out, ("fp32", "fp16"), SIZE,
+                              attention_softmax="fp16")
+    changed = sorted(n for n, t in stamps.items() if (out / n).stat().st_mtime_ns != t)
+    assert changed == ["unet.fp16.onnx"]
+    assert manifest["components"]["unet.fp16"]["options"]["attention_softmax"] == "fp16"
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(out / "unet.fp16.onnx")))
+    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input)}
+    softmax = [types.get(n.input[0]) for n in model.graph.node if n.op_type == "Softmax"]
+    assert softmax and set(softmax) == {onnx.TensorProto.FLOAT16}
+    assert trt_problems(model) == []
+    xs = _inputs("unet", 2, seed=11)
+    want = _torch_reference("unet", *torch_models, xs)
+    backend = OrtBackend(out, device="cpu", precision="fp16")
+    ins = contract.component_io("unet", SIZE)[0]
+    feeds = {s.name: x.astype(np.float32 if s.dtype == "float32" else np.float16) for s, x in zip(ins, xs)}
+    got = backend.session("unet").run(None, feeds)[0].astype(np.float32)
+    assert np.abs(got - want).max() <= FP16_BOUND * np.abs(want).max()
+    # Back to the default: the FP32-softmax graph again.
+    export_engines(shared("fixtures/tiny_unet"), shared("fixtures/tiny_vae"), out, ("fp32", "fp16"), SIZE)
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(out / "unet.fp16.onnx")))
+    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input)}
+    assert {types.get(n.input[0]) for n in model.graph.node if n.op_type == "Softmax"} == {onnx.TensorProto.FLOAT}

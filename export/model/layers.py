@@ -143,11 +143,14 @@ class Attention(nn.Module):
     """Multi-head attention; heads split the channels into contiguous blocks (spec E9).
 
     Eager runs use PyTorch's fused SDPA. For export (``explicit = True``, set by ``export_mode``)
-    the graph spells out MatMul -> Softmax -> MatMul, with the softmax in FP32, which ONNX parsers
-    and TensorRT's attention fusion recognise and which keeps FP16 scores from overflowing.
+    the graph spells out MatMul -> Softmax -> MatMul, which ONNX parsers and TensorRT's attention fusion
+    recognise. In FP16 graphs the softmax runs in FP32 between Casts by default (``softmax_fp32``), which
+    keeps FP16 scores from overflowing but may keep TensorRT from fusing the attention; with it off the
+    whole pattern is FP16, as the official model computes it (its CrossAttention does not upcast).
     """
 
     explicit = False
+    softmax_fp32 = True
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None):
         super().__init__()
@@ -173,7 +176,8 @@ class Attention(nn.Module):
         v = self.to_v(src).reshape(bc, -1, self.heads, c // self.heads).transpose(1, 2)
         if self.explicit:
             scores = torch.matmul(q * (q.shape[-1] ** -0.5), k.transpose(-1, -2))
-            probs = scores.softmax(-1) if q.dtype == torch.float32 else scores.float().softmax(-1).to(q.dtype)
+            upcast = q.dtype != torch.float32 and self.softmax_fp32
+            probs = scores.float().softmax(-1).to(q.dtype) if upcast else scores.softmax(-1)
             out = torch.matmul(probs, v)
         else:
             out = F.scaled_dot_product_attention(q, k, v)
@@ -264,11 +268,14 @@ class SpatioTemporalTransformer(nn.Module):
 class export_mode:
     """Within this context, attention is spelled out for ONNX export (see ``Attention``)."""
 
+    def __init__(self, softmax_fp32: bool = True):
+        self.softmax_fp32 = softmax_fp32
+
     def __enter__(self):
-        self._saved = Attention.explicit
-        Attention.explicit = True
+        self._saved = Attention.explicit, Attention.softmax_fp32
+        Attention.explicit, Attention.softmax_fp32 = True, self.softmax_fp32
         return self
 
     def __exit__(self, *exc):
-        Attention.explicit = self._saved
+        Attention.explicit, Attention.softmax_fp32 = self._saved
         return False
