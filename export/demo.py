@@ -22,7 +22,12 @@ DEMO_SIZE = 64  # model size S: 8x8 latents keep the CPU run to seconds
 DEMO_WIDTHS = (32, 64, 64, 64)
 
 
-def make_checkpoints(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+FULL_VAE_WIDTHS = (128, 256, 512, 512)  # SD1.5's VAE
+
+
+def make_checkpoints(folder: Path, seed: int = 0, full_size: bool = False) -> tuple[Path, Path]:
+    """A random UNet (fp16 safetensors) and VAE in the official formats: small (the demo's), or with the
+    released model's and SD1.5 VAE's shapes (``full_size``: 2.6 GB + 0.3 GB, the real cost for benchmarks)."""
     import torch
     from diffusers import AutoencoderKL
 
@@ -30,7 +35,7 @@ def make_checkpoints(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     unet_dir, vae_dir = folder / "unet", folder / "vae"
     if not (unet_dir / "config.json").is_file():
         torch.manual_seed(seed)
-        model = build_unet(UNetConfig(block_out_channels=DEMO_WIDTHS))
+        model = build_unet(UNetConfig() if full_size else UNetConfig(block_out_channels=DEMO_WIDTHS))
         with torch.no_grad():  # zero-init parts would hide paths; give every weight a value
             for name, p in model.named_parameters():
                 if p.ndim > 1:
@@ -38,9 +43,9 @@ def make_checkpoints(folder: Path, seed: int = 0) -> tuple[Path, Path]:
         save_unet(model, unet_dir, dtype=torch.float16)
     if not (vae_dir / "config.json").is_file():
         torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(block_out_channels=DEMO_WIDTHS, layers_per_block=2,
+        vae = AutoencoderKL(block_out_channels=FULL_VAE_WIDTHS if full_size else DEMO_WIDTHS, layers_per_block=2,
                             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            latent_channels=4, norm_num_groups=32, sample_size=DEMO_SIZE)
+                            latent_channels=4, norm_num_groups=32, sample_size=256 if full_size else DEMO_SIZE)
         vae.save_pretrained(vae_dir)
     return unet_dir, vae_dir
 
