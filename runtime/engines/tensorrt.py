@@ -26,9 +26,6 @@ from runtime.engines.base import Backend, chunks
 from runtime.engines.errors import EnginesError
 from runtime.engines.manifest import open_engines
 
-BATCH_DIM = {"global_encoder": "g", "unet": "N", "vae_encoder": "n", "vae_decoder": "n"}
-
-
 def profile_memory(engine, index: int) -> int:
     for name in ("get_device_memory_size_for_profile_v2", "get_device_memory_size_for_profile"):
         fn = getattr(engine, name, None)
@@ -47,7 +44,10 @@ class TrtEngine:
         try:
             self.engine = runtime.deserialize_cuda_engine(blob)
         finally:
-            blob.close()
+            try:
+                blob.close()
+            except BufferError:  # a view still held by the bindings: the map goes with it
+                pass
         if self.engine is None:
             raise EnginesError(f"TensorRT cannot load {self.path.name} (corrupt, or built by another TensorRT or for "
                                f"another GPU): rebuild it with make plans")
