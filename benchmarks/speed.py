@@ -59,7 +59,13 @@ class GpuMemoryWatch:
 
     @property
     def peak_gb(self) -> float:
+        """In use on the whole device at the peak."""
         return (self.total - self.lowest) / 2 ** 30
+
+    @property
+    def added_bytes(self) -> int:
+        """Taken at the peak beyond what was in use when the block started."""
+        return self.free0 - self.lowest
 
 
 def _on_gpu(fn):

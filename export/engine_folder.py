@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from export.model.loading import WEIGHT_NAMES, load_unet, load_vae, resolve_folder
 from runtime.constants import GLOBAL_FRAMES, RELEASED_VAE_SUBFOLDER, VAE_SCALE_FACTOR, WINDOW_FRAMES
 from runtime.engines import contract
+from runtime.engines.manifest import write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 # The code whose change alters the graphs: a change here re-exports.
@@ -90,12 +90,6 @@ def read_manifest(out: Path) -> dict:
         return m if m.get("format") == contract.MANIFEST_FORMAT else {}
     except (OSError, ValueError):
         return {}
-
-
-def write_manifest(out: Path, manifest: dict) -> None:
-    tmp = out / (contract.MANIFEST + ".partial")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / contract.MANIFEST)
 
 
 def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), size: int = 256,

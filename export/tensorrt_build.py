@@ -13,7 +13,6 @@ from, the options and each profile's activation memory; the runtime refuses a pl
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 from runtime.engines import contract
 from runtime.engines import trt_policy as policy
 from runtime.engines.errors import EnginesError
-from runtime.engines.manifest import open_engines
+from runtime.engines.manifest import open_engines, write_manifest
 from runtime.engines.tensorrt import profile_memory
 
 DEFAULT_OPT_LEVEL = 3  # TensorRT's default; 4-5 search longer for (sometimes) faster kernels
@@ -92,7 +91,7 @@ def build_plan(trt, onnx_path: Path, plan_path: Path, profiles: list[dict], *, o
     _atomic_write(plan_path, blob)
     if cache is not None:
         _atomic_write(timing_cache, config.get_timing_cache().serialize())
-    engine = trt.Runtime(logger).deserialize_cuda_engine(plan_path.read_bytes())
+    engine = trt.Runtime(logger).deserialize_cuda_engine(blob)  # the bytes just written, not a second copy
     if engine is None:
         raise BuildError(f"TensorRT built {plan_path.name} but cannot load it back")
     memory = [profile_memory(engine, i) for i in range(engine.num_optimization_profiles)]
@@ -131,7 +130,7 @@ def build_plans(folder, precision: str = "fp16", windows=None, vae_batch: int = 
     own = {"unet": {"windows": list(windows)}, "vae_encoder": {"vae_batch": vae_batch},
            "vae_decoder": {"vae_batch": vae_batch}, "global_encoder": {}}
     cache = timing_cache_path(folder, gpu, version)
-    manifest = json.loads((folder / contract.MANIFEST).read_text())
+    manifest = dict(engines.manifest)  # as open_engines read and checked it
     plans = manifest.setdefault("plans", {})
     log(f"TensorRT {version} on {gpu['name']} (compute {gpu['compute_capability']}, "
         f"{gpu['memory_bytes'] / 2**30:.0f} GiB): windows {','.join(map(str, windows))}, opt level {opt_level}")
@@ -141,9 +140,8 @@ def build_plans(folder, precision: str = "fp16", windows=None, vae_batch: int = 
         plan_path = folder / contract.plan_file(comp, precision)
         old = plans.get(key, {})
         options = {**common, **own[comp]}
-        current = (not force and plan_path.is_file() and old.get("bytes") == plan_path.stat().st_size
-                   and old.get("options") == options and old.get("gpu") == gpu["name"]
-                   and policy.plan_problem(key, old, entry["fingerprint"], version, gpu) is None)
+        current = (not force and old.get("options") == options and old.get("gpu") == gpu["name"]
+                   and policy.plan_problem(key, old, entry["fingerprint"], version, gpu, folder) is None)
         if current:
             log(f"  {plan_path.name}: up to date")
             continue
@@ -155,9 +153,7 @@ def build_plans(folder, precision: str = "fp16", windows=None, vae_batch: int = 
         plans[key] = {"file": plan_path.name, "precision": precision, "onnx_fingerprint": entry["fingerprint"],
                       "tensorrt": version, "gpu": gpu["name"], "compute_capability": gpu["compute_capability"],
                       "options": options, "profiles": ranges, **built}
-        tmp = folder / (contract.MANIFEST + ".partial")
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, folder / contract.MANIFEST)  # after each plan: an interrupted build keeps what finished
+        write_manifest(folder, manifest)  # after each plan: an interrupted build keeps what finished
         log(f"    {built['bytes'] / 2**20:.1f} MiB in {built['build_seconds']} s; activations "
             + ", ".join(f"{m / 2**20:.0f}" for m in built["device_memory"]) + " MiB per profile")
     return plans

@@ -61,15 +61,6 @@ class Module:
                                      ctypes.addressof(pointers), 0), f"launch of {entry}")
 
 
-def _to_device(stream, array: np.ndarray, keep: list) -> cuda.DeviceBuffer:
-    array = np.ascontiguousarray(array)
-    dev, host = cuda.DeviceBuffer(array.nbytes), cuda.PinnedBuffer(array.nbytes)
-    host.view(array.shape, array.dtype)[...] = array
-    stream.upload(dev, host, array.nbytes)
-    keep += [dev, host]
-    return dev
-
-
 def _to_host(stream, dev: cuda.DeviceBuffer, shape, dtype, keep: list) -> np.ndarray:
     host = cuda.PinnedBuffer(dev.nbytes)
     keep.append(host)
@@ -91,7 +82,7 @@ def check(arch: str = "compute_70", windows: int = 2, latent: int = 32) -> dict:
         for dtype, np_t in (("f32", np.float32), ("f16", np.float16)):
             eps = rng.standard_normal((3 * windows, *shape)).astype(np_t)
             x, saved, h0, h1, h2, z = (rng.standard_normal((windows, *shape)).astype(np.float32) for _ in range(6))
-            d = [_to_device(stream, a, keep) for a in (eps, x, saved, h0, h1, h2, z)]
+            d = [cuda.upload_array(stream, a, keep) for a in (eps, x, saved, h0, h1, h2, z)]
             x_out, g_out = cuda.DeviceBuffer(x.nbytes), cuda.DeviceBuffer(x.nbytes)
             keep += [x_out, g_out]
             step.launch(f"sampler_step_{dtype}", [*d, x_out, g_out, np.int64(per_window), np.int32(windows),
@@ -102,7 +93,7 @@ def check(arch: str = "compute_70", windows: int = 2, latent: int = 32) -> dict:
             got = _to_host(stream, x_out, x.shape, np.float32, keep)
             errors[f"sampler_step_{dtype}"] = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
             sample = rng.standard_normal((3 * windows, 9, *shape[1:])).astype(np_t)
-            d_sample = _to_device(stream, sample, keep)
+            d_sample = cuda.upload_array(stream, sample, keep)
             scatter.launch(f"scatter_noisy_{dtype}", [d[1], d_sample, np.int64(per_window // 4), np.int32(windows)],
                            stream)
             got = _to_host(stream, d_sample, sample.shape, np_t, keep)

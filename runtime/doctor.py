@@ -95,7 +95,7 @@ def check_engines(report: dict, engines_dir, trt_version, found) -> None:
     for comp in contract.COMPONENTS:
         key = f"{comp}.fp16"
         why = policy.plan_problem(key, plans.get(key), engines.manifest["components"].get(key, {}).get("fingerprint"),
-                                  trt_version, found[0])
+                                  trt_version, found[0], engines.folder)
         if why:
             report["problems"].append(why)
             report["fixes"].append(f"make plans ENGINES={engines_dir}")

@@ -17,6 +17,14 @@ def _need(rel: str) -> Path:
     return path
 
 
+def one_error_line(res):
+    """A failed command's stderr: exactly one line, an `error:` one, no traceback; returns it."""
+    assert res.returncode != 0
+    lines = [l for l in res.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in res.stderr, res.stderr
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def shared():
     """Path to a file or folder under ../shared; skips the test, saying why, when it is absent."""

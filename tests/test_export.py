@@ -19,6 +19,11 @@ from runtime.engines.onnxruntime import OrtBackend
 SIZE = 64
 
 
+def _tensor_types(model) -> dict:
+    """Element type of every input and intermediate tensor of a shape-inferred graph."""
+    return {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input)}
+
+
 @pytest.fixture(scope="module")
 def torch_models():
     from export.model import load_unet, load_vae
@@ -126,7 +131,7 @@ def test_fp16_graphs_against_torch_fp32(engines, torch_models, component):
 def test_fp16_graph_keeps_statistics_and_softmax_in_fp32(engines):
     model = onnx.load(str(engines / "unet.fp16.onnx"))
     model = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input)}
+    types = _tensor_types(model)
     for node in model.graph.node:
         if node.op_type in ("InstanceNormalization", "LayerNormalization", "Softmax"):
             assert types.get(node.input[0]) == onnx.TensorProto.FLOAT, (node.op_type, node.name)
@@ -290,7 +295,7 @@ def test_fp16_attention_softmax_option(engines, torch_models, tmp_path, shared):
     assert changed == ["unet.fp16.onnx"]
     assert manifest["components"]["unet.fp16"]["options"]["attention_softmax"] == "fp16"
     model = onnx.shape_inference.infer_shapes(onnx.load(str(out / "unet.fp16.onnx")))
-    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input)}
+    types = _tensor_types(model)
     softmax = [types.get(n.input[0]) for n in model.graph.node if n.op_type == "Softmax"]
     assert softmax and set(softmax) == {onnx.TensorProto.FLOAT16}
     assert trt_problems(model) == []
@@ -304,5 +309,5 @@ def test_fp16_attention_softmax_option(engines, torch_models, tmp_path, shared):
     # Back to the default: the FP32-softmax graph again.
     export_engines(shared("fixtures/tiny_unet"), shared("fixtures/tiny_vae"), out, ("fp32", "fp16"), SIZE)
     model = onnx.shape_inference.infer_shapes(onnx.load(str(out / "unet.fp16.onnx")))
-    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input)}
+    types = _tensor_types(model)
     assert {types.get(n.input[0]) for n in model.graph.node if n.op_type == "Softmax"} == {onnx.TensorProto.FLOAT}

@@ -1,7 +1,6 @@
 """GPU tests (`make test-gpu` / `pytest -m gpu`): kernels, the TensorRT backend and ORT CUDA against the
 CPU reference on the tiny fixtures. Each skips, saying what is missing, on a machine without that part."""
 import shutil
-import threading
 
 import numpy as np
 import pytest
@@ -105,30 +104,16 @@ def test_cuda_graph_replay_equals_eager(planned):
 
 def test_one_window_run_memory_and_output(planned, request):
     engines = request.getfixturevalue("engines")
+    from benchmarks.speed import GpuMemoryWatch
     from runtime import Outpainter
-    from runtime.engines import cuda
     from runtime.engines.tensorrt import TensorRTBackend
     from media import scene
     frames = scene(20, 96, 64)
-    free0, total = cuda.mem_info()
-    lowest = [free0]
-    stop = threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            lowest[0] = min(lowest[0], cuda.mem_info()[0])
-            stop.wait(0.002)
-
-    thread = threading.Thread(target=watch)
-    thread.start()
-    try:
+    with GpuMemoryWatch() as watch:
         with TensorRTBackend(planned, max_windows=1) as backend:
             result = Outpainter(engine=backend).outpaint(frames, 24, "1:1", steps=5, batch_windows=1)
             memory = backend.memory
-    finally:
-        stop.set()
-        thread.join()
-    peak = free0 - lowest[0]
+    peak = watch.added_bytes
     print(f"one-window run: {peak / 2**20:.0f} MiB peak on the GPU, weights {memory['weights_bytes'] / 2**20:.0f} MiB, "
           f"activations {memory['activation_bytes'] / 2**20:.0f} MiB")
     assert peak < 12 * 2**30

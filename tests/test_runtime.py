@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import media
-from conftest import ROOT
+from conftest import ROOT, one_error_line
 from runtime import Outpainter
 
 CLI = [sys.executable, "-m", "runtime.outpaint"]
@@ -18,13 +18,6 @@ FAST = ["--steps", "2"]  # the CLI's plumbing, not sampling quality, is what the
 
 def cli(*args, timeout=600):
     return subprocess.run([*CLI, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-
-
-def one_error_line(res):
-    assert res.returncode != 0
-    lines = [l for l in res.stderr.strip().splitlines() if l.strip()]
-    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in res.stderr, res.stderr
-    return lines[0]
 
 
 def no_leftovers(folder, name):

@@ -114,6 +114,17 @@ class Stream:
             self.handle = None
 
 
+def upload_array(stream: Stream, array: np.ndarray, keep: list) -> DeviceBuffer:
+    """A new device copy of ``array`` (through a new pinned buffer), enqueued on ``stream``; both buffers are
+    appended to ``keep``, which the caller frees once the stream is done with them."""
+    array = np.ascontiguousarray(array)
+    dev, host = DeviceBuffer(array.nbytes), PinnedBuffer(array.nbytes)
+    keep += [dev, host]
+    host.view(array.shape, array.dtype)[...] = array
+    stream.upload(dev, host, array.nbytes)
+    return dev
+
+
 class Graph:
     """A CUDA graph captured from the work ``record()`` puts on ``stream``; ``launch`` replays it.
 

@@ -47,28 +47,22 @@ class DeviceSampler:
         table = np.repeat(np.asarray(sampler.timesteps, np.float32)[:, None], n, axis=1)
         x = sampler.add_noise(np.asarray(x0, np.float32), np.asarray(noise, np.float32))
         nbytes = x.nbytes
-        buffers, pinned = [], []
+        keep: list = []  # every buffer of this batch, freed once the stream is done
 
         def device(nb):
-            buffers.append(cuda.DeviceBuffer(nb))
-            return buffers[-1]
-
-        def upload(array):
-            array = np.ascontiguousarray(array)
-            host = cuda.PinnedBuffer(array.nbytes)
-            pinned.append(host)
-            host.view(array.shape, array.dtype)[...] = array
-            dev = device(array.nbytes)
-            stream.upload(dev, host, array.nbytes)
-            return dev
+            keep.append(cuda.DeviceBuffer(nb))
+            return keep[-1]
 
         try:
-            d_table = upload(table)
-            cur, nxt, saved = upload(x), device(nbytes), device(nbytes)
+            d_table = cuda.upload_array(stream, table, keep)
+            cur, nxt, saved = cuda.upload_array(stream, x, keep), device(nbytes), device(nbytes)
             free = [device(nbytes) for _ in range(self.max_history + 1)]
             hist: list = []
-            z_host = cuda.PinnedBuffer(nbytes) if any(u.noise for u in sampler.updates) else None
-            d_z = device(nbytes) if z_host is not None else None
+            z_host = d_z = None
+            if any(u.noise for u in sampler.updates):
+                d_z = device(nbytes)
+                z_host = cuda.PinnedBuffer(nbytes)
+                keep.append(z_host)
             eps_kernel = f"sampler_step_{self.suffix[engine.dtypes['eps']]}"
             scatter_kernel = f"scatter_noisy_{self.suffix[engine.dtypes['sample']]}"
             row_bytes = n * 4
@@ -101,11 +95,11 @@ class DeviceSampler:
                 if callback is not None:
                     callback(i, t)
             out = cuda.PinnedBuffer(nbytes)
-            pinned.append(out)
+            keep.append(out)
             stream.download(out, cur, nbytes)
             stream.synchronize()
             return out.view(x.shape, np.float32).copy()
         finally:
             stream.synchronize()
-            for buf in buffers + pinned + ([z_host] if z_host is not None else []):
+            for buf in keep:
                 buf.free()

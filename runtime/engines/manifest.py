@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,14 @@ class EngineSet:
     @property
     def context_tokens(self) -> int:
         return self.manifest["model"]["context_tokens"]
+
+
+def write_manifest(folder, manifest: dict) -> None:
+    """Replace ``folder``'s manifest.json atomically (the exporter and the plan builder record as they go)."""
+    folder = Path(folder)
+    tmp = folder / (contract.MANIFEST + ".partial")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, folder / contract.MANIFEST)
 
 
 def _fail(folder: Path, reason: str):

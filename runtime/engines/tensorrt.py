@@ -55,7 +55,6 @@ class TrtEngine:
         self.inputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in self.names if n not in self.inputs]
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in self.names}
-        self.profiles = self.engine.num_optimization_profiles
         self.context = None
         self.device, self.host = {}, {}
         self.graphs: dict[tuple, cuda.Graph] = {}
@@ -190,10 +189,7 @@ class TensorRTBackend(Backend):
             key = f"{comp}.{precision}"
             record = plans.get(key)
             why = policy.plan_problem(key, record, self.engines.manifest["components"][key]["fingerprint"], version,
-                                      self.gpu)
-            path = self.engines.folder / record["file"] if not why else None
-            if not why and (not path.is_file() or path.stat().st_size != record.get("bytes")):
-                why = f"{record['file']} is missing or has changed since it was built; rebuild it with make plans"
+                                      self.gpu, self.engines.folder)
             if why:
                 raise EnginesError(why)
             self.notes += policy.plan_notes(record, self.gpu)

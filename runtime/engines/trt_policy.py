@@ -12,6 +12,7 @@ independent in the UNet, so any call of N = 3k rows runs as a sum of profile siz
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from runtime.engines.errors import EnginesError
 
@@ -67,12 +68,14 @@ def support_problem(tensorrt_version: str, compute_capability: str, gpu_name: st
     return None
 
 
-def plan_problem(key: str, record: dict, onnx_fingerprint: str | None, tensorrt_version: str, gpu: dict) -> str | None:
+def plan_problem(key: str, record: dict, onnx_fingerprint: str | None, tensorrt_version: str, gpu: dict,
+                 folder=None) -> str | None:
     """Why the plan described by ``record`` (its manifest entry) cannot run here; None when it can.
 
     A plan is tied to the TensorRT version that built it and to the GPU architecture; one built from an
     older ONNX graph is stale. Another GPU of the same architecture runs it correctly (TensorRT's tactic
-    choice may then be less than ideal): that is allowed, see ``plan_notes``.
+    choice may then be less than ideal): that is allowed, see ``plan_notes``. With ``folder``, the plan
+    file must also be there with the size the manifest recorded.
     """
     rebuild = "rebuild the plans on this machine: make plans (or python -m export.tensorrt_build --engines DIR)"
     if not isinstance(record, dict) or "file" not in record:
@@ -85,6 +88,10 @@ def plan_problem(key: str, record: dict, onnx_fingerprint: str | None, tensorrt_
     if record.get("compute_capability") != gpu["compute_capability"]:
         return (f"{record['file']} was built for {record.get('gpu')} (compute {record.get('compute_capability')}), this "
                 f"is {gpu['name']} (compute {gpu['compute_capability']}); {rebuild}")
+    if folder is not None:
+        path = Path(folder) / record["file"]
+        if not path.is_file() or path.stat().st_size != record.get("bytes"):
+            return f"{record['file']} is missing or has changed since it was built; {rebuild}"
     return None
 
 
