@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from runtime.constants import GLOBAL_FRAMES, WINDOW_FRAMES
+from m3ddm.facts import GLOBAL_FRAMES, WINDOW_FRAMES
 from runtime.engines import contract
 
 

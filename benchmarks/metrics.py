@@ -12,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from m3ddm.errors import InputError
+
 # What the learned metrics need, and where users get it (the files are not downloadable from here).
 WEIGHTS = {
     "lpips": ("alexnet-owt-7be5be79.pth (torchvision AlexNet) and alex.pth (LPIPS v0.1 linear layers, "
@@ -20,7 +22,7 @@ WEIGHTS = {
 }
 
 
-class MetricError(ValueError):
+class MetricError(InputError):
     """A metric cannot run; the message says why and what to provide."""
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import metrics
+from m3ddm.errors import InputError
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".m4v")
 METRICS = ("mse", "psnr", "ssim", "temporal", "lpips", "fvd")
@@ -106,7 +107,7 @@ def count_frames(path, limit=None) -> int:
 def crop_for(height: int, width: int, mode: str, mask_ratio: float):
     """(top, right, bottom, left) padding that the crop removed, as even pixel counts."""
     if not 0 < mask_ratio < 1:
-        raise ValueError("mask ratio must be between 0 and 1")
+        raise InputError("mask ratio must be between 0 and 1")
     if mode == "horizontal":
         keep = max(2, int(round(width * (1 - mask_ratio) / 2)) * 2)
         left = (width - keep) // 2
@@ -115,7 +116,7 @@ def crop_for(height: int, width: int, mode: str, mask_ratio: float):
         keep = max(2, int(round(height * (1 - mask_ratio) / 2)) * 2)
         top = (height - keep) // 2
         return top, 0, height - keep - top, 0
-    raise ValueError(f"ratio mode must be horizontal or vertical, not {mode!r}")
+    raise InputError(f"ratio mode must be horizontal or vertical, not {mode!r}")
 
 
 def score_video(outpainter, frames: np.ndarray, fps: float, mode: str, mask_ratio: float,

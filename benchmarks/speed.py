@@ -180,7 +180,7 @@ def measure(side: str, what: str, frames: int, common: dict) -> dict:
 # -- host side per frame -------------------------------------------------------------------------------
 def host_side(size: int, heights=(720, 1080), frames: int = 24) -> dict:
     from runtime import geometry
-    from runtime.outpainter import composite
+    from runtime.composite import composite
     from runtime.video import VideoWriter, iter_frames, write_video
     out = {}
     for h in heights:
@@ -246,7 +246,7 @@ def main(argv=None) -> int:
 
     from export.engine_folder import export_engines
     from runtime.doctor import gpus
-    from runtime.engines.onnxruntime import available_providers
+    from runtime.engines.ort import available_providers
     engines = args.engines or str(ROOT / "build" / "bench" / f"engines-{args.size}")
     export_engines(args.unet, args.vae, engines, ("fp32", "fp16"), args.size)
     found = gpus()[0]
@@ -254,7 +254,7 @@ def main(argv=None) -> int:
         ["ort-cpu"] + (["ort-cuda"] if "CUDAExecutionProvider" in available_providers() else [])
         + (["tensorrt"] if found and _has_tensorrt() else []))
     if "tensorrt" in backends:
-        from export.tensorrt_build import build_plans
+        from runtime.engines.trt_build import build_plans
         build_plans(engines)
     common = {"unet": args.unet, "vae": args.vae, "size": args.size, "engines": engines, "calls": args.calls}
     report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",

@@ -1,15 +1,20 @@
 """python -m export --unet SRC --vae SRC --out DIR [--precision fp32|fp16|both] [--size S] [--plans auto|yes|no]"""
 from __future__ import annotations
 
-import argparse
+import logging
 import sys
 
-from runtime.constants import RELEASED_MODEL_SIZE, RELEASED_UNET_REPO, RELEASED_VAE_REPO
+from m3ddm.errors import EnginesError, InputError
+from m3ddm.facts import RELEASED_MODEL_SIZE, RELEASED_UNET_REPO, RELEASED_VAE_REPO
+from runtime import cli
+from runtime.engines import trt_build
+
+log = logging.getLogger("export")  # not __name__: run as __main__
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export",
-                                 description="Export the M3DDM UNet, global encoder and SD1.5 VAE to an engines folder.")
+    ap = cli.Parser(prog="python -m export",
+                    description="Export the M3DDM UNet, global encoder and SD1.5 VAE to an engines folder.")
     ap.add_argument("--unet", default=RELEASED_UNET_REPO, help="UNet checkpoint folder or hub repo id")
     ap.add_argument("--vae", default=RELEASED_VAE_REPO, help="VAE folder, or hub repo id (subfolder vae)")
     ap.add_argument("--out", required=True, help="engines folder to make or update")
@@ -23,25 +28,27 @@ def main(argv=None) -> int:
                          "memory, speed and output on your GPU)")
     ap.add_argument("--plans", choices=["auto", "yes", "no"], default="auto",
                     help="TensorRT plans from the FP16 graphs: auto builds them when TensorRT and a GPU are here")
-    from export.tensorrt_build import add_arguments
-    add_arguments(ap)
+    trt_build.add_arguments(ap)
     args = ap.parse_args(argv)
     precisions = ("fp32", "fp16") if args.precision == "both" else (args.precision,)
+    cli.setup_logging(sys.stdout)
 
-    from export.engine_folder import export_engines
-    from export.model.errors import CheckpointError
-    from export.tensorrt_build import run_reporting
-    code = run_reporting(lambda: export_engines(args.unet, args.vae, args.out, precisions, args.size, force=args.force,
-                                                    attention_softmax=args.attention_softmax),
-                         "finished graphs are kept and recorded", (CheckpointError, ValueError, OSError))
-    return code or run_reporting(lambda: build_plans_if_wanted(args, precisions), "finished plans are kept and recorded")
+    def export():
+        from export.engine_folder import export_engines
+        try:
+            export_engines(args.unet, args.vae, args.out, precisions, args.size, force=args.force,
+                           attention_softmax=args.attention_softmax)
+        except OSError as exc:  # an unwritable or full output folder is the user's to fix
+            raise InputError(f"cannot write the engines folder {args.out}: {exc}") from None
+        build_plans_if_wanted(args, precisions)
+
+    return cli.run(export, interrupted="finished graphs and plans are kept and recorded")
+
 
 def build_plans_if_wanted(args, precisions) -> None:
     """--plans yes: build or fail; auto: build when TensorRT and a GPU are here, else say so and go on."""
-    from export.tensorrt_build import build_plans
     from runtime.engines import cuda
     from runtime.engines import trt_policy as policy
-    from runtime.engines.errors import EnginesError
     if args.plans == "no":
         return
     if "fp16" not in precisions:
@@ -54,11 +61,11 @@ def build_plans_if_wanted(args, precisions) -> None:
     except EnginesError as exc:
         if args.plans == "yes":
             raise
-        print(f"note: no TensorRT plans: {exc}. The ONNX graphs are ready (ONNX Runtime runs them); to add plans "
-              f"later, on the GPU: make plans ENGINES={args.out}", file=sys.stderr)
+        log.warning(f"no TensorRT plans: {exc}. The ONNX graphs are ready (ONNX Runtime runs them); to add plans "
+                    f"later, on the GPU: make plans ENGINES={args.out}")
         return
-    build_plans(args.out, "fp16", args.windows, args.vae_batch, args.opt_level, args.workspace_gb, args.device,
-                args.force, args.verbose)
+    trt_build.build_plans(args.out, "fp16", args.windows, args.vae_batch, args.opt_level, args.workspace_gb,
+                          args.device, args.force, args.verbose)
 
 
 if __name__ == "__main__":

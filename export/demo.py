@@ -11,6 +11,7 @@ step of the product working offline, not the released model's quality.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+log = logging.getLogger("export.demo")  # not __name__: run as __main__
 DEMO_SIZE = 64  # model size S: 8x8 latents keep the CPU run to seconds
 DEMO_WIDTHS = (32, 64, 64, 64)
 
@@ -73,9 +75,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from export.engine_folder import export_engines
-    from runtime import outpaint
+    from runtime import cli, outpaint
     from runtime.video import write_video
 
+    cli.setup_logging(sys.stdout)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     unet_dir, vae_dir = make_checkpoints(args.out / "checkpoints")
@@ -90,7 +93,7 @@ def main(argv=None) -> int:
     code = outpaint.main([str(clip), "-o", str(video), "--ratio", args.ratio, "--engines", str(args.out / "engines"),
                           "--steps", str(args.steps), "--json"])
     if code == 0:
-        print(f"demo: engines in {t1 - t0:.1f} s; outpainted {clip} -> {video}", file=sys.stderr)
+        log.info(f"demo: engines in {t1 - t0:.1f} s; outpainted {clip} -> {video}")
     return code
 
 

@@ -7,25 +7,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 
 import torch
 
 from export.model.loading import WEIGHT_NAMES, load_unet, load_vae, resolve_folder
-from runtime.constants import GLOBAL_FRAMES, RELEASED_VAE_SUBFOLDER, VAE_SCALE_FACTOR, WINDOW_FRAMES
+from m3ddm.errors import InputError
+from m3ddm.facts import GLOBAL_FRAMES, RELEASED_VAE_SUBFOLDER, VAE_SCALE_FACTOR, WINDOW_FRAMES
 from runtime.engines import contract
 from runtime.engines.manifest import write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 # The code whose change alters the graphs: a change here re-exports.
 CODE_FILES = sorted([*(ROOT / "export" / "model").glob("*.py"), ROOT / "export" / "onnx_export.py",
-                     ROOT / "runtime" / "engines" / "contract.py", ROOT / "runtime" / "constants.py"])
-USES = {"global_encoder": "unet", "unet": "unet", "vae_encoder": "vae", "vae_decoder": "vae"}
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
+                     ROOT / "runtime" / "engines" / "contract.py", ROOT / "m3ddm" / "facts.py"])
+log = logging.getLogger(__name__)
 
 
 def _sha256(path: Path) -> str:
@@ -78,7 +76,7 @@ def tool_versions() -> dict:
 
 
 def fingerprint(component: str, precision: str, sources: dict, options: dict, code: str) -> str:
-    used = sources[USES[component]]
+    used = sources[contract.component(component).checkpoint]
     payload = {"component": component, "precision": precision, "options": options, "code": code,
                "files": {k: v["sha256"] for k, v in used["files"].items()}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -115,13 +113,13 @@ def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), si
         sources[key] = {"source": str(unet_source if key == "unet" else vae_source), "folder": str(folder),
                         "files": hash_source(folder, prev_files)}
     if attention_softmax not in ("fp32", "fp16"):
-        raise ValueError(f"attention softmax must be fp32 or fp16, not {attention_softmax!r}")
+        raise InputError(f"attention softmax must be fp32 or fp16, not {attention_softmax!r}")
     options = {"size": size, "opset": opset, "frames": WINDOW_FRAMES, "global_frames": GLOBAL_FRAMES}
     code = code_hash()
 
     def opts(comp, prec):
         # Only the FP16 UNet has FP16 attention to choose; the default leaves older fingerprints as they were.
-        if comp == "unet" and prec == "fp16" and attention_softmax != "fp32":
+        if comp == contract.UNET.name and prec == "fp16" and attention_softmax != "fp32":
             return {**options, "attention_softmax": attention_softmax}
         return options
 
@@ -130,7 +128,8 @@ def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), si
     components = {}
     for key, entry in old.get("components", {}).items():
         comp, prec = key.split(".")
-        current = fingerprint(comp, prec, sources, opts(comp, prec), code) if comp in USES and prec in contract.PRECISIONS else None
+        current = (fingerprint(comp, prec, sources, opts(comp, prec), code)
+                   if comp in contract.COMPONENTS and prec in contract.PRECISIONS else None)
         if entry.get("fingerprint") == current and (out / entry["file"]).is_file() and not (force and key in wanted):
             components[key] = entry
         else:
@@ -153,13 +152,14 @@ def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), si
     if not todo:
         manifest["model"].update({k: v for k, v in old.get("model", {}).items() if k.endswith("_config")})
         write_manifest(out, manifest)
-        log(f"{out}: up to date ({', '.join(sorted(components))})")
+        log.info(f"{out}: up to date ({', '.join(sorted(components))})")
         return manifest
 
     models = {}
-    if any(USES[k.split(".")[0]] == "unet" for k in todo) or "unet_config" not in old.get("model", {}):
+    feeds = {contract.component(k.split(".")[0]).checkpoint for k in todo}
+    if "unet" in feeds or "unet_config" not in old.get("model", {}):
         models["unet"] = load_unet(folders["unet"])
-    if any(USES[k.split(".")[0]] == "vae" for k in todo) or "vae_config" not in old.get("model", {}):
+    if "vae" in feeds or "vae_config" not in old.get("model", {}):
         models["vae"] = load_vae(folders["vae"])
         ox.explicit_vae_attention(models["vae"])
     if "unet" in models:
@@ -172,22 +172,21 @@ def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), si
 
     # FP32 first, then convert the modules in place to FP16: never two copies of the full UNet in RAM.
     for precision in ("fp32", "fp16"):
-        for comp in contract.COMPONENTS:
-            key = f"{comp}.{precision}"
+        for comp in contract.ENGINES:
+            key = comp.key(precision)
             if key not in todo:
                 continue
             t0 = time.perf_counter()
-            model = models[USES[comp]]
-            if comp == "global_encoder" and precision == "fp16":
-                module = ox.graph_module(comp, unet=ox.prepare(model, "fp32"), io_dtype=torch.float16)
+            model = models[comp.checkpoint]
+            if comp is contract.GLOBAL_ENCODER and precision == "fp16":
+                module = ox.graph_module(comp, ox.prepare(model, "fp32"), io_dtype=torch.float16)
                 # The global encoder's graph reads fp16 latents: cast at its input inside the graph.
                 module = _CastInput(module, torch.float32).eval()
             else:
-                module = ox.graph_module(comp, unet=ox.prepare(model, precision) if comp in ("unet", "global_encoder") else None,
-                                         vae=ox.prepare(model, precision) if comp.startswith("vae") else None)
-            path = out / contract.onnx_file(comp, precision)
-            log(f"exporting {key} ...")
-            ox.export_component(comp, module, size, precision, path, softmax_fp32=attention_softmax == "fp32")
+                module = ox.graph_module(comp, ox.prepare(model, precision))
+            path = out / comp.onnx_file(precision)
+            log.info(f"exporting {key} ...")
+            ox.export_component(comp.name, module, size, precision, path, softmax_fp32=attention_softmax == "fp32")
             proto = onnx.load(str(path), load_external_data=False)
             refused = trt_problems(proto)
             if refused:
@@ -198,12 +197,12 @@ def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), si
                 "file": path.name, "bytes": path.stat().st_size, "precision": precision, "opset": opset,
                 "external_data": {"file": data.name, "bytes": data.stat().st_size} if data.is_file() else None,
                 "inputs": inputs, "outputs": outputs, "ops": sorted({n.op_type for n in proto.graph.node}),
-                "fingerprint": wanted[key], "options": opts(comp, precision),
+                "fingerprint": wanted[key], "options": opts(comp.name, precision),
                 "export_seconds": round(time.perf_counter() - t0, 1),
             }
             del proto
             write_manifest(out, manifest)  # after each graph: an interrupted export keeps what finished
-            log(f"  {path.name}: {components[key]['bytes'] / 2**20:.1f} MiB"
+            log.info(f"  {path.name}: {components[key]['bytes'] / 2**20:.1f} MiB"
                 + (f" + {data.stat().st_size / 2**30:.2f} GiB weights" if data.is_file() else "")
                 + f", {components[key]['export_seconds']} s")
     return manifest

@@ -9,7 +9,6 @@ so one graph serves every batch size.
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -20,7 +19,8 @@ import torch
 from torch import nn
 
 from export.model.layers import GroupNorm, LayerNorm, export_mode
-from runtime.constants import VAE_SCALE_FACTOR
+from m3ddm.facts import VAE_SCALE_FACTOR
+from m3ddm.files import replacing
 from runtime.engines import contract
 
 OPSET = 17  # native LayerNormalization; TensorRT 10.4 and 11 parse it
@@ -67,7 +67,7 @@ class VaeEncoderGraph(nn.Module):
 
 
 class VaeDecoderGraph(nn.Module):
-    """scaled latents -> image in about [-1, 1]; multiplies by 1/0.18215 as the official code does (spec E4)."""
+    """scaled latents -> image in about [-1, 1]; multiplies by 1/0.18215 as the official code does (docs/algorithm.md §1.5)."""
 
     def __init__(self, vae):
         super().__init__()
@@ -126,17 +126,18 @@ def example_inputs(component: str, size: int, precision: str, batch: int, genera
     return out
 
 
-def graph_module(component: str, unet=None, vae=None, io_dtype=None) -> nn.Module:
-    """The module whose trace is ``component``'s graph, in eval mode."""
-    if component == "global_encoder":
-        return GlobalEncoderGraph(unet, io_dtype).eval()
-    if component == "unet":
-        return UNetGraph(unet).eval()
-    if component == "vae_encoder":
-        return VaeEncoderGraph(vae).eval()
-    if component == "vae_decoder":
-        return VaeDecoderGraph(vae).eval()
-    raise ValueError(component)
+# The torch module whose trace is each component's graph (the contract's records say everything else).
+GRAPHS = {contract.GLOBAL_ENCODER.name: GlobalEncoderGraph, contract.UNET.name: UNetGraph,
+          contract.VAE_ENCODER.name: VaeEncoderGraph, contract.VAE_DECODER.name: VaeDecoderGraph}
+
+
+def graph_module(component, model=None, *, unet=None, vae=None, **options) -> nn.Module:
+    """The module whose trace is ``component``'s graph (a contract record or its name), in eval mode, over
+    ``model`` (or ``unet``/``vae``: whichever checkpoint the component holds)."""
+    comp = component if isinstance(component, contract.Component) else contract.component(component)
+    if model is None:
+        model = unet if comp.checkpoint == "unet" else vae
+    return GRAPHS[comp.name](model, **options).eval()
 
 
 TRACE_SIZE = 64  # trace at 8x8 latents: FP16 on a CPU is slow, and the graph does not depend on it
@@ -230,41 +231,40 @@ def write_model(model: onnx.ModelProto, path: Path, external_above: int = EXTERN
     tensor by tensor so that no second copy of them is ever held in memory."""
     path = Path(path)
     data_path = path.with_name(path.name + ".data")
-    tmp, tmp_data = path.with_name(path.name + ".partial"), data_path.with_name(data_path.name + ".partial")
     tensors = list(_all_tensors(model))
     external = [t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
     total = sum(_tensor_bytes(t) for t in tensors)
     for stale in (path, data_path):
         stale.unlink(missing_ok=True)
     if not external and total < external_above:
-        onnx.save_model(model, str(tmp))
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            onnx.save_model(model, str(tmp))
         return
-    with open(tmp_data, "wb") as out:
-        for t in tensors:
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                info = {e.key: e.value for e in t.external_data}
-                src = (base_dir or path.parent) / info["location"]
-                with open(src, "rb") as f:
-                    f.seek(int(info.get("offset", 0)))
-                    blob = f.read(int(info["length"])) if "length" in info else f.read()
-            elif len(t.raw_data) >= EXTERNAL_MIN_BYTES:
-                blob = t.raw_data
-            else:
-                continue
-            pad = (-out.tell()) % ALIGN
-            out.write(b"\0" * pad)
-            offset = out.tell()
-            out.write(blob)
-            del t.external_data[:]
-            t.ClearField("raw_data")
-            t.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(len(blob)))):
-                entry = t.external_data.add()
-                entry.key, entry.value = key, value
-    onnx.save_model(model, str(tmp))
-    os.replace(tmp_data, data_path)
-    os.replace(tmp, path)
+    # The weights file first, the graph last: a graph is never there without its weights.
+    with replacing(path) as tmp, replacing(data_path) as tmp_data:
+        with open(tmp_data, "wb") as out:
+            for t in tensors:
+                if t.data_location == onnx.TensorProto.EXTERNAL:
+                    info = {e.key: e.value for e in t.external_data}
+                    src = (base_dir or path.parent) / info["location"]
+                    with open(src, "rb") as f:
+                        f.seek(int(info.get("offset", 0)))
+                        blob = f.read(int(info["length"])) if "length" in info else f.read()
+                elif len(t.raw_data) >= EXTERNAL_MIN_BYTES:
+                    blob = t.raw_data
+                else:
+                    continue
+                pad = (-out.tell()) % ALIGN
+                out.write(b"\0" * pad)
+                offset = out.tell()
+                out.write(blob)
+                del t.external_data[:]
+                t.ClearField("raw_data")
+                t.data_location = onnx.TensorProto.EXTERNAL
+                for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(len(blob)))):
+                    entry = t.external_data.add()
+                    entry.key, entry.value = key, value
+        onnx.save_model(model, str(tmp))
 
 
 def _all_tensors(model: onnx.ModelProto):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from runtime import geometry, guidance
-from runtime.constants import DEFAULT_GUIDANCE, GLOBAL_FRAMES, VAE_DOWNSAMPLE, VAE_SCALE_FACTOR, WINDOW_FRAMES
+from m3ddm.facts import DEFAULT_GUIDANCE, GLOBAL_FRAMES, VAE_DOWNSAMPLE, VAE_SCALE_FACTOR, WINDOW_FRAMES
 from runtime.plan import official_plan
 
 # SD1.5's scheduler/scheduler_config.json, which the official inference loads.

@@ -1,8 +1,10 @@
 """CUDA C for the per-step device math, compiled at run time with NVRTC (cuda-python) and cached on disk.
 
-Each kernel has a numpy reference in the runtime (the kernels must equal it on a GPU): ``sampler_step`` is
-``runtime.guidance.combine`` followed by ``runtime.samplers.apply``; ``unet_input`` is the branch-major copy of
-the noisy latents into the UNet input that ``runtime.pipeline`` does with numpy. Compiling needs no GPU.
+A leaf: it imports nothing of the runtime. The runtime loads and launches the kernels
+(runtime/engines/device_kernels.py) and holds them to their numpy references, which are its own host code:
+``sampler_step`` is ``runtime.guidance.combine`` followed by ``runtime.samplers.apply``; ``unet_input`` is the
+branch-major copy of the noisy latents into the UNet input, ``runtime.guidance.per_branch``. Compiling needs
+no GPU. ``check`` is the one status check of cuda-python calls (runtime, driver and NVRTC APIs alike).
 """
 from __future__ import annotations
 
@@ -10,18 +12,47 @@ import hashlib
 import os
 from pathlib import Path
 
-import numpy as np
+from m3ddm.errors import EnginesError
+from m3ddm.files import atomic_write
 
 HERE = Path(__file__).resolve().parent
 SOURCES = {"sampler_step": "sampler_step.cu", "unet_input": "unet_input.cu"}
 HEADERS = ("half_bits.cuh",)  # handed to NVRTC by name: no include path is needed
 ENTRY_POINTS = {"sampler_step": ("sampler_step_f32", "sampler_step_f16"),
                 "unet_input": ("scatter_noisy_f32", "scatter_noisy_f16")}
-MAX_HISTORY = 3
+MAX_HISTORY = 3  # earlier eps a sampler_step reads (the .cu file's MAX_HISTORY)
 
 
-class KernelError(RuntimeError):
+class CudaError(EnginesError):
+    """A CUDA runtime, driver or NVRTC call failed; the message names the call and CUDA's reason."""
+
+
+class KernelError(CudaError):
     """NVRTC is missing or a kernel did not compile; the message says which and why."""
+
+
+def _reason(status) -> str:
+    """CUDA's own words for ``status`` (each API has its error-string call), else the status' name."""
+    api, call = {"cudaError_t": ("runtime", "cudaGetErrorString"), "CUresult": ("driver", "cuGetErrorString"),
+                 "nvrtcResult": ("nvrtc", "nvrtcGetErrorString")}.get(type(status).__name__, (None, None))
+    try:
+        if api is not None:
+            import importlib
+            text = getattr(importlib.import_module(f"cuda.bindings.{api}"), call)(status)[1]
+            return text.decode() if isinstance(text, bytes) else str(text)
+    except Exception:  # the reason is a courtesy; the failure is reported either way
+        pass
+    return getattr(status, "name", str(status))
+
+
+def check(result, what: str):
+    """cuda-python returns ``(status, *values)`` from every call: raise ``CudaError`` naming ``what`` unless the
+    status is success; else the values (one unwrapped, none as None)."""
+    status = result[0] if isinstance(result, tuple) else result
+    if int(status) != 0:
+        raise CudaError(f"CUDA {what} failed: {_reason(status)} ({int(status)})")
+    rest = result[1:] if isinstance(result, tuple) else ()
+    return rest[0] if len(rest) == 1 else (rest or None)
 
 
 def cache_dir() -> Path:
@@ -33,22 +64,15 @@ def _nvrtc():
     try:
         from cuda.bindings import nvrtc
     except ImportError:
-        raise KernelError("cuda-python (cuda-bindings) is not installed: pip install 'm3ddm-runtime[gpu]'") from None
+        raise KernelError("cuda-python (cuda-bindings) is not installed: pip install 'm3ddm-runtime[kernels]'") from None
     return nvrtc
 
 
-def _check(result, what: str, prog=None):
-    err = result[0]
-    if int(err) != 0:
-        log = ""
-        if prog is not None:
-            nvrtc = _nvrtc()
-            _, size = nvrtc.nvrtcGetProgramLogSize(prog)
-            buf = b" " * size
-            nvrtc.nvrtcGetProgramLog(prog, buf)
-            log = buf.decode(errors="replace").strip().splitlines()[:3]
-        raise KernelError(f"NVRTC {what} failed ({err}): {' | '.join(log) if log else ''}")
-    return result[1:] if len(result) > 2 else (result[1] if len(result) == 2 else None)
+def _log(nvrtc, prog) -> str:
+    size = check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
+    buf = b" " * size
+    check(nvrtc.nvrtcGetProgramLog(prog, buf), "nvrtcGetProgramLog")
+    return " | ".join(buf.decode(errors="replace").strip().splitlines()[:3])
 
 
 def compile_ptx(name: str, arch: str = "compute_70", use_cache: bool = True) -> bytes:
@@ -56,42 +80,25 @@ def compile_ptx(name: str, arch: str = "compute_70", use_cache: bool = True) -> 
     source = (HERE / SOURCES[name]).read_bytes()
     headers = [(HERE / h).read_bytes() for h in HEADERS]
     nvrtc = _nvrtc()
-    _, major, minor = nvrtc.nvrtcVersion()
+    major, minor = check(nvrtc.nvrtcVersion(), "nvrtcVersion")
     key = hashlib.sha256(b"".join([source, *headers]) + arch.encode() + f"{major}.{minor}".encode()).hexdigest()[:16]
     cached = cache_dir() / f"{name}-{arch}-{key}.ptx"
     if use_cache and cached.is_file():
         return cached.read_bytes()
-    prog = _check(nvrtc.nvrtcCreateProgram(source, SOURCES[name].encode(), len(headers), headers,
-                                           [h.encode() for h in HEADERS]), "create")
+    prog = check(nvrtc.nvrtcCreateProgram(source, SOURCES[name].encode(), len(headers), headers,
+                                          [h.encode() for h in HEADERS]), "nvrtcCreateProgram")
     # No fast math: the kernels must match their numpy references to FP32 rounding.
     opts = [f"--gpu-architecture={arch}".encode(), b"--std=c++17", b"-default-device"]
     try:
-        _check(nvrtc.nvrtcCompileProgram(prog, len(opts), opts), f"compile of {SOURCES[name]} for {arch}", prog)
-        size = _check(nvrtc.nvrtcGetPTXSize(prog), "PTX size")
-        ptx = b" " * size
-        _check(nvrtc.nvrtcGetPTX(prog, ptx), "PTX")
+        try:
+            check(nvrtc.nvrtcCompileProgram(prog, len(opts), opts), f"NVRTC compile of {SOURCES[name]} for {arch}")
+        except CudaError as exc:
+            raise KernelError(f"{exc}: {_log(nvrtc, prog)}") from None
+        ptx = b" " * check(nvrtc.nvrtcGetPTXSize(prog), "nvrtcGetPTXSize")
+        check(nvrtc.nvrtcGetPTX(prog, ptx), "nvrtcGetPTX")
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
     if use_cache:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(ptx)
-        os.replace(tmp, cached)
+        atomic_write(cached, ptx)
     return ptx
-
-
-# -- numpy references -------------------------------------------------------------------------------------
-def sampler_step_reference(eps, x, update, s1, s2, saved=None, history=(), z=None):
-    """What ``sampler_step`` computes: (x', guided eps) for W windows from the 3W-row eps."""
-    from runtime import guidance, samplers
-    g = guidance.combine(np.asarray(eps, np.float32), s1, s2).astype(np.float32)
-    return samplers.apply(update, np.asarray(x, np.float32), saved, [g, *history], z), g
-
-
-def unet_input_reference(x, sample):
-    """What ``scatter_noisy`` computes: channels 0..3 of every branch row of ``sample`` [3W, 9, ...] set to x [W, 4, ...]."""
-    out = np.array(sample, copy=True)
-    w = x.shape[0]
-    for b in range(3):
-        out[b * w:(b + 1) * w, :4] = x
-    return out

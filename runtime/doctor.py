@@ -13,6 +13,7 @@ import json
 import platform
 import sys
 
+from m3ddm.errors import first_line
 from runtime.engines import trt_policy as policy
 
 
@@ -61,12 +62,7 @@ def gpus() -> tuple[list[dict], str | None]:
     except Exception as exc:  # no driver library, or a broken install: the doctor reports, never crashes
         if "NotFound" in type(exc).__name__:
             return [], "no NVIDIA GPU (no NVIDIA driver on this machine)"
-        return [], f"the CUDA driver could not be queried ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-
-
-def _first_line(exc) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
+        return [], f"the CUDA driver could not be queried ({type(exc).__name__}: {first_line(exc)})"
 
 
 def _cuda_runtime_version() -> str:
@@ -92,8 +88,8 @@ def check_engines(report: dict, engines_dir, trt_version, found) -> None:
         return
     if trt_version is None or not found:
         return
-    for comp in contract.COMPONENTS:
-        key = f"{comp}.fp16"
+    for comp in contract.ENGINES:
+        key = comp.key("fp16")
         why = policy.plan_problem(key, plans.get(key), engines.manifest["components"].get(key, {}).get("fingerprint"),
                                   trt_version, found[0], engines.folder)
         if why:
@@ -120,7 +116,7 @@ def diagnose(engines_dir=None) -> dict:
             kernels.compile_ptx(name, "compute_70")
         report["kernels"] = "compiled (NVRTC)"
     except Exception as exc:
-        report["kernels"] = f"not compiled: {str(exc).splitlines()[0]}"
+        report["kernels"] = f"not compiled: {first_line(exc)}"
         report["problems"].append("the device kernels do not compile")
         report["fixes"].append("pip install 'm3ddm-runtime[kernels]' (cuda-bindings 12.x and NVRTC for CUDA 12)")
     if why:
@@ -141,9 +137,9 @@ def diagnose(engines_dir=None) -> dict:
             from runtime.engines import cuda
             cuda.set_device(found[0]["index"])
             report["cuda_runtime"] = _cuda_runtime_version()
-            import kernels.device
+            from runtime.engines import device_kernels
             major, minor = found[0]["compute_capability"].split(".")
-            errors = kernels.device.check(f"compute_{major}{minor}")
+            errors = device_kernels.check(f"compute_{major}{minor}")
             report["kernels_on_gpu"] = errors
             if max(errors.values()) > 1e-5:
                 report["problems"].append(f"the device kernels differ from numpy ({errors})")
@@ -151,7 +147,7 @@ def diagnose(engines_dir=None) -> dict:
             from runtime.engines import selftest
             report["tensorrt_selftest"] = selftest.run()
         except Exception as exc:  # the doctor reports, never crashes
-            report["problems"].append(f"the GPU self-test failed: {type(exc).__name__}: {_first_line(exc)}")
+            report["problems"].append(f"the GPU self-test failed: {type(exc).__name__}: {first_line(exc)}")
             report["fixes"].append("check the TensorRT / CUDA install (python -m runtime.doctor --json shows details)")
     if engines_dir is not None:
         check_engines(report, engines_dir, trt, found)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from m3ddm.errors import InputError
+
 INPAINT_RADIUS = 5
 
 
@@ -20,9 +22,9 @@ def parse_ratio(text: str) -> float:
     try:
         a, b = (float(x) for x in str(text).split(":"))
     except ValueError:
-        raise ValueError(f"ratio {text!r} is not of the form W:H (e.g. 9:16)") from None
+        raise InputError(f"ratio {text!r} is not of the form W:H (e.g. 9:16)") from None
     if not (a > 0 and b > 0 and np.isfinite(a) and np.isfinite(b)):
-        raise ValueError(f"ratio {text!r} must have two positive numbers")
+        raise InputError(f"ratio {text!r} must have two positive numbers")
     return a / b
 
 
@@ -64,7 +66,7 @@ def letterbox_geometry(height: int, width: int, ratios, size: int) -> Letterbox:
     rw = min(int(size / max_dim * width), size)
     rh = min(int(size / max_dim * height), size)
     if rw < 1 or rh < 1:
-        raise ValueError(f"a {width}x{height} frame leaves no content on a {size}px canvas for ratios {list(ratios)}")
+        raise InputError(f"a {width}x{height} frame leaves no content on a {size}px canvas for ratios {list(ratios)}")
     return Letterbox(size, (size - rh) // 2, (size - rw) // 2, rh, rw)
 
 
@@ -84,6 +86,12 @@ def inpaint_init(canvas: np.ndarray, box: Letterbox) -> np.ndarray:
     return cv2.inpaint(canvas, box.mask, INPAINT_RADIUS, cv2.INPAINT_TELEA)
 
 
+def canvas_and_init(frame: np.ndarray, box: Letterbox) -> tuple[np.ndarray, np.ndarray]:
+    """A frame's letterboxed canvas and its TELEA noise-init image, computed once per frame."""
+    canvas = letterbox_frame(frame, box)
+    return canvas, inpaint_init(canvas, box)
+
+
 def to_unit_range(images: np.ndarray) -> np.ndarray:
     """uint8 [..., H, W, 3] -> float32 [..., 3, H, W] in [-1, 1]."""
     x = np.moveaxis(images, -1, -3).astype(np.float32) / 255.0
@@ -100,14 +108,14 @@ def padding_geometry(height: int, width: int, pads, size: int) -> Letterbox:
     longer side is S, centred in the S x S square; the content sits at its offset inside it."""
     top, right, bottom, left = (int(p) for p in pads)
     if min(top, right, bottom, left) < 0:
-        raise ValueError("padding must not be negative")
+        raise InputError("padding must not be negative")
     if top + right + bottom + left == 0:
-        raise ValueError("padding adds nothing to outpaint")
+        raise InputError("padding adds nothing to outpaint")
     canvas_h, canvas_w = height + top + bottom, width + left + right
     k = size / max(canvas_h, canvas_w)
     rw, rh = min(int(k * width), size), min(int(k * height), size)
     if rw < 1 or rh < 1:
-        raise ValueError(f"a {width}x{height} frame leaves no content on a {size}px canvas with padding {list(pads)}")
+        raise InputError(f"a {width}x{height} frame leaves no content on a {size}px canvas with padding {list(pads)}")
     ox = (size - canvas_w * k) / 2 + left * k
     oy = (size - canvas_h * k) / 2 + top * k
     return Letterbox(size, min(int(round(oy)), size - rh), min(int(round(ox)), size - rw), rh, rw)

@@ -44,6 +44,8 @@ def combine(eps, s1: float, s2: float):
     return e0 + s1 * (e1 - e0) + s2 * (e2 - e1)
 
 
-def branch_mask(n_windows: int, attr: str) -> np.ndarray:
-    """Per batch row, whether that row's branch has the given input ("local" or "global_")."""
-    return np.repeat(np.array([getattr(b, attr) for b in BRANCHES]), n_windows)
+def per_branch(x):
+    """W windows' rows [W, ...] repeated once per branch, branch-major [3W, ...]: the layout of the UNet batch
+    (the reference of the device kernel ``scatter_noisy``, which writes it into the UNet input)."""
+    return np.concatenate([x] * NUM_BRANCHES)
+

@@ -1,8 +1,7 @@
-"""The outpainting pipeline over an engine backend: frames in, outpainted frames out (no torch).
+"""The outpainting pipeline over an engine backend: canvases in, final latents and generated frames out (no torch).
 
-Per video: each frame's canvas and TELEA init once, every VAE encode once per frame, the global
-encoder once, the window plan level by level with independent windows batched into one engine call
-of 3 x W rows, each output frame decoded once, composited at the source resolution.
+Per video (docs/algorithm.md): every VAE encode once per frame, the global encoder once, the window plan level by
+level with independent windows batched into one engine call of 3 x W rows, each output frame decoded once.
 """
 from __future__ import annotations
 
@@ -11,12 +10,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from m3ddm.facts import GLOBAL_FRAMES, VAE_DOWNSAMPLE, WINDOW_FRAMES
 from runtime import geometry, guidance, samplers
-from runtime.constants import DEFAULT_GUIDANCE, GLOBAL_FRAMES, VAE_DOWNSAMPLE, WINDOW_FRAMES
-from runtime.plan import Window, official_plan
+from runtime.engines.contract import VAE_BATCH
+from runtime.plan import Window, independent_runs, official_plan
 from runtime.resize import resize_antialias
-
-ENCODE_CHUNK = 16  # frames per VAE call: bounds activation memory, long videos included
+from runtime.settings import Settings
 
 
 @dataclass
@@ -29,36 +28,24 @@ class OutpaintResult:
     stats: dict = field(default_factory=dict)
 
 
-@dataclass
-class Settings:
-    ratios: tuple = ("9:16",)
-    pad: tuple | None = None  # (top, right, bottom, left) in source pixels, instead of ratios
-    steps: int | None = None
-    sampler: str = "pndm"
-    seed: int = 6
-    noise: np.ndarray | None = None  # [4, 16, h, w] start noise of every window
-    window_noise: str = "shared"  # "shared" (official: one noise for every window) or "independent"
-    guidance: tuple = DEFAULT_GUIDANCE
-    strides: tuple | None = None
-    batch_windows: int = 4
-    feather: float | None = None  # seam blend width in source pixels (None: 1 % of the shorter side)
-    step_noise: object = None  # callable(window, step) -> [4, 16, h, w]: the fresh noise of stochastic samplers
-    output_height: int | None = None  # scale the outputs to this height (None: the source's own scale)
+@dataclass(frozen=True)
+class VideoLatents:
+    """What sampling reads of one video, computed once by ``Pipeline.prepare``."""
+    inits: np.ndarray  # [T, 4, h, w] latents of the TELEA-inpainted canvases: the start of every window
+    canvases: np.ndarray  # [T, 4, h, w] latents of the letterboxed canvases: the local branches' context
+    mask: np.ndarray  # [h, w] latent mask, 1 where content is missing
+    context: np.ndarray  # [1, L, 320] the global frames' context tokens
+    fps: float
 
-    def check(self, latent: int):
-        if self.window_noise not in ("shared", "independent"):
-            raise ValueError("window_noise must be 'shared' or 'independent'")
-        if self.batch_windows < 1:
-            raise ValueError("batch_windows must be at least 1")
-        if self.strides is not None:
-            if not self.strides or any(int(s) < 1 for s in self.strides) or int(self.strides[-1]) != 1:
-                raise ValueError("strides must be positive integers ending in 1 (e.g. 15,5,1)")
-        if self.noise is not None and tuple(np.shape(self.noise)) != (4, WINDOW_FRAMES, latent, latent):
-            raise ValueError(f"noise must have shape (4, {WINDOW_FRAMES}, {latent}, {latent})")
-        if len(self.guidance) != 2:
-            raise ValueError("guidance takes two scales: s1 (local), s2 (global)")
-        if self.output_height is not None and self.output_height < 2:
-            raise ValueError("output height must be at least 2 pixels")
+    def __len__(self) -> int:
+        return len(self.inits)
+
+
+@dataclass(frozen=True)
+class BatchNoise:
+    """The random draws of one batch of windows, each belonging to its window (never to the batch)."""
+    start: np.ndarray  # [W, 4, 16, h, w] start noise per window
+    steps: list  # per window: step -> [4, 16, h, w], the fresh noise of stochastic samplers
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -100,13 +87,12 @@ class Pipeline:
         return self._null
 
     def encode(self, images_unit: np.ndarray) -> np.ndarray:
-        out = [self.backend.vae_encode(images_unit[i:i + ENCODE_CHUNK]) for i in range(0, len(images_unit), ENCODE_CHUNK)]
-        return np.concatenate(out)
+        return np.concatenate([self.backend.vae_encode(images_unit[i:i + VAE_BATCH])
+                               for i in range(0, len(images_unit), VAE_BATCH)])
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        out = [to_uint8(self.backend.vae_decode(latents[i:i + ENCODE_CHUNK]))
-               for i in range(0, len(latents), ENCODE_CHUNK)]
-        return np.concatenate(out)
+        return np.concatenate([to_uint8(self.backend.vae_decode(latents[i:i + VAE_BATCH]))
+                               for i in range(0, len(latents), VAE_BATCH)])
 
     def global_context(self, frames: np.ndarray) -> np.ndarray:
         """The 16 global frames stretched to S x S (antialiased bilinear, as the official code) -> context."""
@@ -115,14 +101,58 @@ class Pipeline:
         g = resize_antialias(g, self.size, self.size) * 2 - 1
         return self.backend.encode_global(self.encode(g))
 
-    def sample(self, frame_latents, padded_latents, mask_latent, context, fps: float, s: Settings,
-               progress=None, on_batch=None) -> tuple[np.ndarray, list]:
+    def prepare(self, canvases, inits, global_frames, box: geometry.Letterbox, fps: float) -> VideoLatents:
+        """Canvases and TELEA inits [T, S, S, 3] and the 16 global frames -> what sampling reads."""
+        return VideoLatents(inits=self.encode(geometry.to_unit_range(inits)),
+                            canvases=self.encode(geometry.to_unit_range(canvases)),
+                            mask=box.mask[::8, ::8].astype(np.float32),  # nearest: each 8x8 cell's top-left pixel
+                            context=self.global_context(global_frames), fps=float(fps))
+
+    def generate(self, video: VideoLatents, s: Settings, progress=None, sink=None):
+        """Sample and decode: (generated S x S frames, final latents, plan, stats).
+
+        With ``sink(start, frames)``, the generated frames are handed over in order, in chunks of VAE_BATCH,
+        as soon as they are final, while sampling goes on (the file path composites and encodes them on
+        another thread meanwhile); the returned frames are then None.
+        """
+        emitted, decode_s = [0], [0.0]
+
+        def emit(upto, latent_of):
+            # Chunks start at multiples of VAE_BATCH, as decode's: the same frames either way.
+            while emitted[0] < upto:
+                start = emitted[0]
+                end = min(start + VAE_BATCH, upto)
+                td = time.perf_counter()
+                frames = self.decode(np.stack([latent_of[i] for i in range(start, end)]))
+                decode_s[0] += time.perf_counter() - td
+                sink(start, frames)
+                emitted[0] = end
+
+        def on_batch(stored):
+            ready = emitted[0]
+            while ready in stored:
+                ready += 1
+            emit(emitted[0] + (ready - emitted[0]) // VAE_BATCH * VAE_BATCH, stored)
+
+        t1 = time.perf_counter()
+        latents, plan = self.sample(video, s, progress, on_batch=on_batch if sink else None)
+        stats = {"sample_s": time.perf_counter() - t1 - decode_s[0], "windows": sum(len(level) for level in plan)}
+        t2 = time.perf_counter()
+        if sink:
+            emit(len(latents), latents)
+            generated = None
+        else:
+            generated = self.decode(latents)
+        stats["decode_s"] = decode_s[0] + time.perf_counter() - t2
+        return generated, latents, plan, stats
+
+    def sample(self, video: VideoLatents, s: Settings, progress=None, on_batch=None) -> tuple[np.ndarray, list]:
         """Run the plan; returns final latents per frame [T, 4, h, w] and the plan.
 
         ``on_batch(stored)`` is called after every batch with {frame: final latent} so far (a frame's
         latent never changes once stored), so a caller can decode and write frames while sampling goes on.
         """
-        t_count = len(frame_latents)
+        t_count = len(video)
         plan = official_plan(t_count, s.strides)
         sampler = samplers.make_sampler(s.sampler, s.steps)
         shape = (4, WINDOW_FRAMES, self.latent, self.latent)
@@ -130,81 +160,77 @@ class Pipeline:
         # windows differently gives the same video.
         shared = (np.asarray(s.noise, np.float32) if s.noise is not None
                   else np.random.default_rng(s.seed).standard_normal(shape).astype(np.float32))
-        null_latent, null_context = self.null_inputs()
         stored: dict[int, np.ndarray] = {}
         total = sum(len(level) for level in plan)
         done = 0
         for level in plan:
-            # The first level's windows guide each other in turn; later levels only read earlier levels.
-            cap = 1 if level[0].level == 0 else s.batch_windows
-            for batch in batches(level, cap, getattr(self.backend, "windows", None)):
-                ids = range(done, done + len(batch))
-                noise = np.stack([shared if s.window_noise == "shared" else
-                                  np.random.default_rng([s.seed, i]).standard_normal(shape).astype(np.float32)
-                                  for i in ids])
-                if s.step_noise is not None:
-                    draws = [lambda k, i=i: np.asarray(s.step_noise(i, k), np.float32) for i in ids]
-                else:
-                    rngs = [np.random.default_rng([s.seed, i, 1]) for i in ids]
-                    draws = [lambda k, r=r: r.standard_normal(shape).astype(np.float32) for r in rngs]
-                out = self._sample_batch(batch, stored, frame_latents, padded_latents, mask_latent, null_latent,
-                                         context, null_context, fps, noise, sampler, s, draws, progress, done,
-                                         total, len(stored))
-                for w, lat in zip(batch, out):
-                    for p, f in enumerate(w.frames):
-                        stored.setdefault(f, lat[:, p])  # the first generation of a frame wins
-                done += len(batch)
-                if on_batch is not None:
-                    on_batch(stored)
+            for run in independent_runs(level):
+                for batch in batches(run, s.batch_windows, self.backend.windows):
+                    ids = range(done, done + len(batch))
+                    start = np.stack([shared if s.window_noise == "shared" else
+                                      np.random.default_rng([s.seed, i]).standard_normal(shape).astype(np.float32)
+                                      for i in ids])
+                    if s.step_noise is not None:
+                        draws = [lambda k, i=i: np.asarray(s.step_noise(i, k), np.float32) for i in ids]
+                    else:
+                        rngs = [np.random.default_rng([s.seed, i, 1]) for i in ids]
+                        draws = [lambda k, r=r: r.standard_normal(shape).astype(np.float32) for r in rngs]
+
+                    def report(k, t, batch=batch, done=done, frames_done=len(stored)):
+                        if progress:
+                            progress({"stage": "sample", "level": batch[0].level, "stride": batch[0].stride,
+                                      "windows_done": done, "windows": total, "batch": len(batch), "step": k + 1,
+                                      "steps": len(sampler.timesteps), "frames_done": frames_done,
+                                      "frames": t_count, "seconds": time.perf_counter() - t0})
+
+                    t0 = time.perf_counter()
+                    out = self._sample_batch(batch, video, stored, BatchNoise(start, draws), sampler, s, report)
+                    for w, lat in zip(batch, out):
+                        for p, f in enumerate(w.frames):
+                            stored.setdefault(f, lat[:, p])  # the first generation of a frame wins
+                    done += len(batch)
+                    if on_batch is not None:
+                        on_batch(stored)
         return np.stack([stored[i] for i in range(t_count)]), plan
 
-    def _sample_batch(self, batch: list[Window], stored, frame_latents, padded_latents, mask_latent, null_latent,
-                      context, null_context, fps, noise, sampler, s: Settings, draws, progress, done, total,
-                      frames_done):
+    def _sample_batch(self, batch: list[Window], video: VideoLatents, stored: dict, noise: BatchNoise,
+                      sampler: samplers.Sampler, s: Settings, report) -> np.ndarray:
+        """Final latents [W, 4, 16, h, w] of one batch of W windows (docs/algorithm.md §4)."""
         nw = len(batch)
         f, h = WINDOW_FRAMES, self.latent
+        null_latent, null_context = self.null_inputs()
         local = {False: np.empty((nw, 4, f, h, h), np.float32), True: np.empty((nw, 4, f, h, h), np.float32)}
         masks = {False: np.ones((nw, 1, f, h, h), np.float32), True: np.empty((nw, 1, f, h, h), np.float32)}
         x0 = np.empty((nw, 4, f, h, h), np.float32)
         for i, w in enumerate(batch):
             idx = list(w.frames)
-            x0[i] = frame_latents[idx].transpose(1, 0, 2, 3)
-            local[True][i] = padded_latents[idx].transpose(1, 0, 2, 3)
+            x0[i] = video.inits[idx].transpose(1, 0, 2, 3)
+            local[True][i] = video.canvases[idx].transpose(1, 0, 2, 3)
             local[False][i] = null_latent[:, None]
-            masks[True][i] = mask_latent[None, None]
-            for p in w.guides:  # guides enter both local branches, mask 0 (spec 4.3 step 4)
+            masks[True][i] = video.mask[None, None]
+            for p in w.guides:  # guides enter both local branches, mask 0 (docs/algorithm.md §4.2)
                 for branch_local in (False, True):
                     local[branch_local][i, :, p] = stored[w.frames[p]]
                     masks[branch_local][i, :, p] = 0
         rows = guidance.BRANCHES
         local_rows = np.concatenate([local[b.local] for b in rows])
         mask_rows = np.concatenate([masks[b.local] for b in rows])
-        ctx_rows = np.concatenate([np.repeat(context if b.global_ else null_context, nw, axis=0) for b in rows])
+        ctx_rows = np.concatenate([np.repeat(video.context if b.global_ else null_context, nw, axis=0) for b in rows])
         ctx_rows.setflags(write=False)  # the same for every step: a device backend may keep it resident
         n = len(rows) * nw
-        fps_rows = np.full(n, float(fps // batch[0].stride), np.float32)
+        fps_rows = np.full(n, float(video.fps // batch[0].stride), np.float32)
         s1, s2 = s.guidance
-        t0 = time.perf_counter()
 
         def eps_fn(x, t):
-            sample = np.concatenate([np.concatenate([x] * len(rows)), local_rows, mask_rows], axis=1)
+            sample = np.concatenate([guidance.per_branch(x), local_rows, mask_rows], axis=1)
             return guidance.combine(self.backend.unet(sample, np.full(n, float(t), np.float32), fps_rows, ctx_rows),
                                     s1, s2)
 
-        def report(k, t):
-            if progress:
-                progress({"stage": "sample", "level": batch[0].level, "stride": batch[0].stride,
-                          "windows_done": done, "windows": total, "batch": nw, "step": k + 1,
-                          "steps": len(sampler.timesteps), "seconds": time.perf_counter() - t0,
-                          "frames_done": frames_done, "frames": len(frame_latents)})
-
         def step_noise(k, shape):
-            return np.stack([draw(k) for draw in draws])
+            return np.stack([draw(k) for draw in noise.steps])
 
-        on_device = getattr(self.backend, "sample_windows", None)
-        if on_device is not None:  # the whole loop on the GPU, where the backend can
-            out = on_device(sampler, x0, noise, np.concatenate([local_rows, mask_rows], axis=1), fps_rows, ctx_rows,
-                            s1, s2, step_noise, report)
-            if out is not None:
-                return out
-        return samplers.run(sampler, eps_fn, x0, noise, step_noise=step_noise, callback=report)
+        out = self.backend.sample_windows(sampler, x0, noise.start, np.concatenate([local_rows, mask_rows], axis=1),
+                                          fps_rows, ctx_rows, s1, s2, step_noise, report)
+        if out is not None:  # the whole loop on the device
+            return out
+        return samplers.run(sampler, eps_fn, x0, noise.start, step_noise=step_noise, callback=report)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from m3ddm.errors import InputError
+
 TRAIN_STEPS = 1000
 BETA_START, BETA_END = 0.00085, 0.012
 STEPS_OFFSET = 1  # SD1.5's scheduler config: "leading" spacing plus this offset
@@ -35,7 +37,7 @@ def alphas_cumprod() -> np.ndarray:
 def leading_timesteps(steps: int) -> np.ndarray:
     """Ascending 'leading' timesteps with SD1.5's offset: 1, 21, ..., 981 for 50 steps."""
     if not 1 <= steps <= TRAIN_STEPS:
-        raise ValueError(f"steps must be between 1 and {TRAIN_STEPS}, not {steps}")
+        raise InputError(f"steps must be between 1 and {TRAIN_STEPS}, not {steps}")
     ratio = TRAIN_STEPS // steps
     return (np.arange(steps) * ratio).round().astype(np.int64) + STEPS_OFFSET
 
@@ -91,7 +93,7 @@ class PNDM(Sampler):
 
     def _plan(self, steps):
         if steps < 2:
-            raise ValueError("the PNDM sampler needs at least 2 steps")
+            raise InputError("the PNDM sampler needs at least 2 steps")
         asc = leading_timesteps(steps)
         plms = np.concatenate([asc[:-1], asc[-2:-1], asc[-1:]])[::-1]  # 981, 961, 961, 941, ..., 1
         ratio = TRAIN_STEPS // steps
@@ -214,7 +216,7 @@ def make_sampler(name: str, steps: int | None = None) -> Sampler:
     try:
         cls = SAMPLERS[name]
     except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}") from None
+        raise InputError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}") from None
     return cls(DEFAULT_STEPS[name] if steps is None else int(steps))
 
 

@@ -149,7 +149,7 @@ def cudaGraphDestroy(graph):
     return (0,)
 
 
-# -- the driver API calls kernels/device.py makes; kernels run as their numpy references ---------------------
+# -- the driver API calls runtime/engines/device_kernels.py makes; kernels run as their numpy references -----
 class driver:  # noqa: N801 - stands in for the module cuda.bindings.driver
     LAUNCHES: list[str] = []
 
@@ -182,8 +182,8 @@ def _view(ptr, count, dtype):
 
 def _kernel(name, address):
     import numpy as np
-    import kernels
-    from runtime import samplers
+    from runtime import guidance, samplers
+    from runtime.engines.device_kernels import sampler_step_reference
     half = name.endswith("f16")
     if name.startswith("scatter_noisy"):
         x, sample, plane, windows = _params(address, [ctypes.c_void_p] * 2 + [ctypes.c_longlong, ctypes.c_int])
@@ -192,7 +192,7 @@ def _kernel(name, address):
             xs = _view(x, windows * 4 * plane, np.float32).reshape(windows, 4, plane)
             out = _view(sample, 3 * windows * 9 * plane, np.float16 if half else np.float32)
             out = out.reshape(3 * windows, 9, plane)
-            out[...] = kernels.unet_input_reference(xs.astype(out.dtype), out)
+            out[:, :4] = guidance.per_branch(xs.astype(out.dtype))
         return run
     args = _params(address, [ctypes.c_void_p] * 9 + [ctypes.c_longlong, ctypes.c_int] + [ctypes.c_float] * 9)
     eps, x, saved, h0, h1, h2, z, x_out, g_out = args[:9]
@@ -207,7 +207,7 @@ def _kernel(name, address):
         terms = len(b) - next((i for i, v in enumerate(reversed(b)) if v), len(b))
         u = samplers.Update(x=a, saved=a_saved, eps=tuple(b[:terms]), noise=c)
         hist = [f32(p).reshape(windows, -1) if p else None for p in (h0, h1, h2)][:max(terms - 1, 0)]
-        new, g = kernels.sampler_step_reference(e, f32(x).reshape(windows, -1), u, s1, s2,
+        new, g = sampler_step_reference(e, f32(x).reshape(windows, -1), u, s1, s2,
                                                 f32(saved).reshape(windows, -1) if a_saved else None, hist,
                                                 f32(z).reshape(windows, -1) if c else None)
         f32(x_out)[...] = new.ravel()

@@ -1,6 +1,6 @@
 """A stand-in for the `tensorrt` module, for testing our side of the TensorRT boundary on machines without it.
 
-It implements only the calls export/tensorrt_build.py and runtime/engines/tensorrt.py make, with the names
+It implements only the calls runtime/engines/trt_build.py and runtime/engines/tensorrt.py make, with the names
 and signatures of the TensorRT 10/11 Python API (read from NVIDIA/TensorRT's python/src/infer/pyCore.cpp and
 parsers/pyOnnx.cpp), and it checks what TensorRT would check: optimisation-profile shapes against the ONNX
 graph's inputs (rank, fixed dimensions, min <= opt <= max, every dynamic input covered), that the network is

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from runtime import geometry
-from runtime.outpainter import composite
+from runtime.composite import composite
 
 
 def full_frame(source, generated, box, target, feather=None):

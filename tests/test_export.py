@@ -14,7 +14,7 @@ from conftest import ROOT, _need, make_engines
 from export import onnx_export as ox
 from export.trt_onnx_support import problems as trt_problems
 from runtime.engines import EnginesError, contract, open_engines
-from runtime.engines.onnxruntime import OrtBackend
+from runtime.engines.ort import OrtBackend
 
 SIZE = 64
 
@@ -159,7 +159,11 @@ def test_unet_batch_is_dynamic(engines, torch_models):
 def test_backend_interface_and_session_reuse(engines, torch_models):
     unet, vae = torch_models
     a, b = OrtBackend(engines, threads=1), OrtBackend(engines, threads=1)
-    assert a.session("unet") is b.session("unet")
+    assert a.session("unet") is a.session("unet")  # built once per backend
+    assert a.session("unet") is not b.session("unet")  # each backend owns its sessions
+    b.close()  # releases them: a closed backend is not used again
+    with pytest.raises(EnginesError, match="closed"):
+        b.session("unet")
     images = np.random.default_rng(0).uniform(-1, 1, (5, 3, SIZE, SIZE)).astype(np.float32)
     small = OrtBackend(engines, max_batch=2)
     np.testing.assert_allclose(small.vae_encode(images), a.vae_encode(images), rtol=1e-5, atol=1e-5)
@@ -229,7 +233,7 @@ def test_runtime_refuses_folders_that_do_not_match(engines, tmp_path):
 
 
 def test_runtime_engines_modules_import_without_torch():
-    code = ("import sys, runtime.engines, runtime.engines.onnxruntime, runtime.engines.base\n"
+    code = ("import sys, runtime.engines, runtime.engines.ort, runtime.engines.base\n"
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.stdout.strip() == "False", out.stderr

@@ -89,7 +89,7 @@ def test_plan_matches_the_golden_run(shared):
 
 
 def test_runtime_modules_import_without_torch():
-    code = ("import sys, runtime.geometry, runtime.plan, runtime.guidance, runtime.constants\n"
+    code = ("import sys, runtime.geometry, runtime.plan, runtime.guidance, m3ddm.facts\n"
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=str(__import__("conftest").ROOT))
@@ -105,3 +105,19 @@ def test_batches_follow_the_backend_profiles():
     assert [len(b) for b in batches(level, 1, [1, 2, 4])] == [1] * 11
     assert [len(b) for b in batches(level, 3, [1, 2, 4])] == [2] * 5 + [1]
     assert sum(batches(level, 4, [1, 2, 4]), []) == level
+
+
+@pytest.mark.parametrize("strides", [None, (30, 15, 1), (10, 1), (4, 1), (7, 3, 1)])
+@pytest.mark.parametrize("t", [16, 49, 60, 100, 255, 600])
+def test_independent_runs_never_batch_a_window_with_the_one_it_reads(t, strides):
+    from runtime.plan import independent_runs
+    plan = official_plan(t, strides)
+    for level in plan:
+        runs = independent_runs(level)
+        assert sum(runs, []) == level
+        for run in runs:
+            generated = {f for w in run for p, f in enumerate(w.frames) if p not in w.guides}
+            assert not any(w.frames[p] in generated for w in run for p in w.guides), (t, strides, level[0].level)
+    if strides is None:  # the official plan: level 0 in turn, every later level one batchable run
+        runs = [independent_runs(level) for level in plan]
+        assert all(len(r) == 1 for r in runs[0]) and all(len(r) == 1 for r in runs[1:])

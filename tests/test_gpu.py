@@ -29,8 +29,8 @@ def _arch(gpu) -> str:
 
 
 def test_kernels_with_the_driver_api_equal_numpy():
-    import kernels.device
-    errors = kernels.device.check(_arch(_gpu()))
+    from runtime.engines import device_kernels
+    errors = device_kernels.check(_arch(_gpu()))
     assert errors["sampler_step_f32"] <= 1e-5 and errors["sampler_step_f16"] <= 1e-5, errors
     assert errors["scatter_noisy_f32"] == 0 and errors["scatter_noisy_f16"] == 0, errors
 
@@ -50,7 +50,7 @@ def planned(request, tmp_path_factory):
     _gpu()
     _tensorrt()
     engines = request.getfixturevalue("engines")  # only once a GPU and TensorRT are known to be here
-    from export.tensorrt_build import build_plans
+    from runtime.engines.trt_build import build_plans
     folder = tmp_path_factory.mktemp("planned") / "engines"
     shutil.copytree(engines, folder)
     build_plans(folder, windows="1,2", opt_level=2)
@@ -71,7 +71,7 @@ def _rel(a, b) -> float:
 
 def test_tensorrt_fp16_against_ort_cpu_fp32(planned, request):
     engines = request.getfixturevalue("engines")
-    from runtime.engines.onnxruntime import OrtBackend
+    from runtime.engines.ort import OrtBackend
     from runtime.engines.tensorrt import TensorRTBackend
     cpu = OrtBackend(engines, "cpu")
     with TensorRTBackend(planned) as trt:
@@ -90,6 +90,7 @@ def test_tensorrt_fp16_against_ort_cpu_fp32(planned, request):
 
 
 def test_cuda_graph_replay_equals_eager(planned):
+    from runtime.engines import contract
     from runtime.engines.tensorrt import TensorRTBackend
     with TensorRTBackend(planned, cuda_graphs=False) as eager:
         args = _inputs(eager.engines, 6)
@@ -97,7 +98,7 @@ def test_cuda_graph_replay_equals_eager(planned):
     with TensorRTBackend(planned) as graphed:
         first = graphed.unet(*args)  # eager, then captured
         replay = graphed.unet(*args)
-        assert graphed._engines["unet"].graphs, "no CUDA graph was captured"
+        assert graphed._engines[contract.UNET].graphs, "no CUDA graph was captured"
     np.testing.assert_array_equal(first, want)
     np.testing.assert_array_equal(replay, want)
 
@@ -124,7 +125,7 @@ def test_one_window_run_memory_and_output(planned, request):
 
 def test_ort_cuda_fp16_against_cpu_fp32(request):
     _gpu()
-    from runtime.engines.onnxruntime import OrtBackend, available_providers
+    from runtime.engines.ort import OrtBackend, available_providers
     if "CUDAExecutionProvider" not in available_providers():
         pytest.skip("needs onnxruntime-gpu (CUDA provider)")
     engines = request.getfixturevalue("engines")

@@ -323,7 +323,7 @@ class _Recording:
 def test_file_frames_are_written_while_sampling_goes_on(engines, tmp_path):
     """Frames are composited and encoded as soon as they are final, during the last level's sampling, and
     the file holds exactly what the arrays path computes."""
-    from runtime.engines.onnxruntime import OrtBackend
+    from runtime.engines.ort import OrtBackend
     frames = media.scene(70, 80, 48, seed=3)
     src = tmp_path / "in.mkv"
     media.write(src, frames, codec="ffv1", pix_fmt="bgr0")
@@ -342,8 +342,8 @@ def test_file_frames_are_written_while_sampling_goes_on(engines, tmp_path):
 
 
 def test_a_failing_writer_stops_the_run_and_leaves_no_file(engines, tmp_path, monkeypatch):
-    from runtime import outpainter as op_module
-    from runtime.engines.onnxruntime import OrtBackend
+    from runtime import composite as op_module
+    from runtime.engines.ort import OrtBackend
     src = tmp_path / "in.mp4"
     media.write(src, media.scene(70, 80, 48))
     calls = []

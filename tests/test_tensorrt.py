@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from runtime.engines import EnginesError, contract
+from runtime.engines.base import Backend
 from runtime.engines import trt_policy as policy
 
 from conftest import ROOT, one_error_line
@@ -106,7 +107,7 @@ def folder(engines, tmp_path):
 
 
 def test_build_plans_requests_and_records(fake_trt, folder):
-    from export.tensorrt_build import build_plans
+    from runtime.engines.trt_build import build_plans
     plans = build_plans(folder, windows="1,2,4")
     manifest = json.loads((folder / contract.MANIFEST).read_text())
     assert manifest["plans"] == plans and sorted(plans) == sorted(f"{c}.fp16" for c in contract.COMPONENTS)
@@ -144,7 +145,7 @@ def test_build_plans_requests_and_records(fake_trt, folder):
 
 
 def test_build_refuses_volta_with_new_tensorrt(fake_trt, folder, monkeypatch):
-    from export.tensorrt_build import build_plans
+    from runtime.engines.trt_build import build_plans
     from runtime.engines import cuda
     monkeypatch.setattr(cuda, "device_properties", lambda index: dict(V100))
     monkeypatch.setattr(fake_trt, "__version__", "10.5.0.18")
@@ -154,7 +155,7 @@ def test_build_refuses_volta_with_new_tensorrt(fake_trt, folder, monkeypatch):
 
 
 def test_backend_refuses_plans_for_another_machine(fake_trt, folder):
-    from export.tensorrt_build import build_plans
+    from runtime.engines.trt_build import build_plans
     from runtime.engines.tensorrt import TensorRTBackend
     build_plans(folder, windows="1")
     fake_trt.__version__ = "10.4.1.0"
@@ -226,8 +227,7 @@ def fake_gpu(fake_trt, monkeypatch):
     monkeypatch.undo()  # the real cuda helpers, over the emulated runtime below
     monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
     monkeypatch.setattr(cuda, "_cudart", lambda: fake_cuda)
-    import kernels.device
-    monkeypatch.setattr(kernels.device, "_driver", lambda: fake_cuda.driver)
+    monkeypatch.setattr(cuda, "_driver", lambda: fake_cuda.driver)
     fake_cuda.driver.LAUNCHES.clear()
     fake_cuda.reset()
     fake_trt.EXECUTIONS.clear()
@@ -235,14 +235,13 @@ def fake_gpu(fake_trt, monkeypatch):
     fake_cuda.reset()
 
 
-class _StandIn:
+class _StandIn(Backend):
     """What the fake engines compute, in numpy with the graphs' FP16 rounding: the reference backend."""
-    name, precision, notes = "numpy", "fp16", ()
+    name, precision = "numpy", "fp16"
 
     def __init__(self, engines_set):
         import fake_tensorrt
         self.engines, self.f = engines_set, fake_tensorrt.COMPUTE
-        self.model_size = engines_set.model_size
 
     @staticmethod
     def _h(x):
@@ -284,7 +283,7 @@ def _video():
 def test_backend_runs_the_pipeline_exactly_on_emulated_gpu(fake_gpu, folder):
     """The host loop over the UNet engine: rows split over the profiles that fit, VAE chunks, CUDA graphs
     replayed, context kept resident; the outputs equal the same functions computed in numpy."""
-    from export.tensorrt_build import build_plans
+    from runtime.engines.trt_build import build_plans
     from runtime import Outpainter
     from runtime.engines.manifest import open_engines
     from runtime.engines.tensorrt import TensorRTBackend
@@ -301,7 +300,7 @@ def test_backend_runs_the_pipeline_exactly_on_emulated_gpu(fake_gpu, folder):
         got = Outpainter(engine=counted).outpaint(_video(), 24, "1:1", **kw)
         np.testing.assert_array_equal(got.latents, want.latents)
         np.testing.assert_array_equal(got.frames, want.frames)
-        unet = trt._engines["unet"]
+        unet = trt._engines[contract.UNET]
         assert len(unet.graphs) == 2  # one per (profile, shapes): 6 rows and 3 rows
         launches = sum(1 for e in fake_gpu.LOG if e[0] == "graph")
         assert launches > counted.unet_calls  # nearly every chunk replayed a graph
@@ -315,14 +314,14 @@ def test_backend_runs_the_pipeline_exactly_on_emulated_gpu(fake_gpu, folder):
         counted = _Counting(trt)
         got = Outpainter(engine=counted).outpaint(_video(), 24, "1:1", **kw)
         np.testing.assert_array_equal(got.latents, want.latents)
-        ctx = trt._engines["unet"].device["context"].ptr
+        ctx = trt._engines[contract.UNET].device["context"].ptr
         uploads = sum(1 for kind, dst, _ in fake_gpu.LOG if kind == "h2d" and dst == ctx)
         assert uploads * kw["steps"] == counted.unet_calls
         assert fake_tensorrt.EXECUTIONS.count("eps") == counted.unet_calls
 
 
 def test_backend_memory_cap_and_corrupt_plans_fail_cleanly(fake_gpu, folder):
-    from export.tensorrt_build import build_plans
+    from runtime.engines.trt_build import build_plans
     from runtime.engines.tensorrt import TensorRTBackend
     build_plans(folder, windows="1,2")
     with pytest.raises(EnginesError, match="--gpu-memory 1e-05 GB is too little"):
@@ -345,7 +344,7 @@ def test_sampling_on_the_device_equals_the_host_loop(fake_gpu, folder, sampler):
     """The per-step math on the device (timestep table, scatter, UNet graph, fused CFG + update with its
     history and saved sample, pointer rotation) gives the host loop's latents; batches whose rows are not
     one profile fall back to the host loop."""
-    from export.tensorrt_build import build_plans
+    from runtime.engines.trt_build import build_plans
     from runtime import Outpainter
     from runtime.engines.manifest import open_engines
     from runtime.engines.tensorrt import TensorRTBackend
@@ -367,7 +366,7 @@ def test_sampling_on_the_device_equals_the_host_loop(fake_gpu, folder, sampler):
 
 
 def test_device_loop_can_be_turned_off(fake_gpu, folder, monkeypatch):
-    from export.tensorrt_build import build_plans
+    from runtime.engines.trt_build import build_plans
     from runtime import Outpainter
     from runtime.engines.tensorrt import TensorRTBackend
     build_plans(folder, windows="1,2")

@@ -15,7 +15,8 @@ import torch
 
 from export.model.config import UNetConfig
 from export.model.errors import CheckpointError
-from runtime.constants import RELEASED_UNET_REPO, RELEASED_VAE_REPO, RELEASED_VAE_SUBFOLDER
+from m3ddm.errors import first_line
+from m3ddm.facts import RELEASED_UNET_REPO, RELEASED_VAE_REPO, RELEASED_VAE_SUBFOLDER
 
 WEIGHT_NAMES = (
     "diffusion_pytorch_model.safetensors",
@@ -42,9 +43,8 @@ def _hub_snapshot(repo_id: str, subfolder: str | None, what: str) -> Path:
     try:
         root = Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:  # network, auth, missing repo: all end here with one line
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"cannot get {what} '{repo_id}' from the Hugging Face hub ({type(exc).__name__}: {reason}); "
+            f"cannot get {what} '{repo_id}' from the Hugging Face hub ({type(exc).__name__}: {first_line(exc)}); "
             f"without network access, download it elsewhere and pass its local folder instead "
             f"(a folder with config.json and diffusion_pytorch_model.safetensors or .bin)") from None
     return root / subfolder if subfolder else root
@@ -95,8 +95,7 @@ def _load_one(path: Path, convert) -> dict[str, torch.Tensor]:
                 raise
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(f"cannot read weights {path}: {type(exc).__name__}: {first}") from None
+        raise CheckpointError(f"cannot read weights {path}: {type(exc).__name__}: {first_line(exc)}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state dict")
     if "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -198,6 +197,6 @@ def load_vae(source=RELEASED_VAE_REPO, dtype=torch.float32, device="cpu"):
     try:
         vae = AutoencoderKL.from_pretrained(str(folder), torch_dtype=dtype, low_cpu_mem_usage=False)
     except Exception as exc:
-        raise CheckpointError(f"cannot load the VAE from {folder}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise CheckpointError(f"cannot load the VAE from {folder}: {type(exc).__name__}: {first_line(exc)}") from None
     vae.source = str(folder)
     return vae.to(device).eval().requires_grad_(False)

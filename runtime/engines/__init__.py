@@ -1,5 +1,5 @@
 """Engines: the folder contract, and one backend module per inference library."""
-from runtime.engines.errors import EnginesError
+from m3ddm.errors import EnginesError
 from runtime.engines.manifest import EngineSet, open_engines
 
 __all__ = ["EnginesError", "EngineSet", "open_engines"]

@@ -2,6 +2,11 @@
 
 Host arrays in, host arrays out (float32 numpy); a backend converts to its own precision and device.
 Batch dimensions are split into chunks of at most ``max_batch`` items where the engine has a limit.
+
+Inputs are the caller's: a backend never writes to them. An input array that is read-only
+(``flags.writeable`` False) may be kept on the device and not uploaded again while the same array object
+is passed again (the pipeline's CFG context, the same for every step of a batch); a caller that wants
+fresh data passes a new or a writeable array.
 """
 from __future__ import annotations
 
@@ -13,10 +18,12 @@ from runtime.engines.manifest import EngineSet
 
 
 class Backend(ABC):
-    name: str = "backend"
+    name: str = "backend"  # reported in stats and summaries ("ort", "tensorrt", ...)
     precision: str
     engines: EngineSet
     notes: tuple | list = ()  # what the user should know about this choice (e.g. why TensorRT was passed over)
+    windows: tuple | None = None  # window counts W (3W UNet rows) the backend runs best, e.g. its TensorRT
+    #                               profiles; the pipeline sizes its batches to them. None: any size is as good.
 
     @property
     def model_size(self) -> int:
@@ -37,6 +44,16 @@ class Backend(ABC):
     @abstractmethod
     def vae_decode(self, latents: np.ndarray) -> np.ndarray:
         """scaled latents [n, 4, S/8, S/8] -> images [n, 3, S, S] in about [-1, 1]."""
+
+    def sample_windows(self, sampler, x0, noise, rows, fps_rows, ctx_rows, s1, s2, step_noise=None,
+                       callback=None) -> np.ndarray | None:
+        """Optional: sample a whole batch of W windows on the device, the same arithmetic as
+        ``runtime.samplers.run`` over ``unet`` and ``runtime.guidance.combine``. ``x0``/``noise`` [W, 4, F, h, w],
+        ``rows`` [3W, 5, F, h, w] the UNet input's channels 4..8 (context latents, mask), branch-major;
+        ``step_noise(step, shape)`` the fresh noise of stochastic samplers, ``callback(step, t)`` after each step.
+        Returns the final latents [W, 4, F, h, w], or None where this backend (or this batch) cannot: the
+        pipeline then runs the host loop over ``unet``."""
+        return None
 
     def close(self) -> None:
         """Release sessions and device memory (a closed backend must not be used again)."""

@@ -1,7 +1,11 @@
-"""The few CUDA runtime calls the GPU path needs, over cuda-python (no torch, no CuPy).
+"""The few CUDA calls the GPU path needs, over cuda-python (no torch, no CuPy).
 
-Device buffers, pinned host buffers with numpy views, one stream, memory info and CUDA graphs. Every
-call is checked; a failure raises ``CudaError`` naming the call and the CUDA error.
+Device buffers, pinned host buffers with numpy views, one stream, memory info and CUDA graphs (runtime API),
+and the driver calls that load and launch kernels (runtime/engines/device_kernels.py). Every call goes through
+``kernels.check``, the one status check: a failure raises ``CudaError`` naming the call and CUDA's reason.
+
+Why not cuda.core, NVIDIA's higher layer over these bindings: its PTX compile calls the CUDA driver, so the
+kernels would no longer compile on a machine without a GPU (CI), and its API was renamed as recently as 1.0.
 """
 from __future__ import annotations
 
@@ -9,11 +13,10 @@ import ctypes
 
 import numpy as np
 
-from runtime.engines.errors import EnginesError
+from kernels import CudaError, check
 
-
-class CudaError(EnginesError):
-    pass
+__all__ = ["CudaError", "call", "driver_call", "set_device", "device_properties", "mem_info", "DeviceBuffer",
+           "PinnedBuffer", "Stream", "upload_array", "Graph"]
 
 
 def _cudart():
@@ -24,16 +27,22 @@ def _cudart():
     return cudart
 
 
+def _driver():
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        raise CudaError("cuda-python is not installed: pip install 'm3ddm-runtime[gpu]' (cuda-bindings 12.x)") from None
+    return driver
+
+
 def call(name: str, *args):
-    """cudart.<name>(*args), checked; returns the results after the error code (one value unwrapped)."""
-    cudart = _cudart()
-    result = getattr(cudart, name)(*args)
-    err = result[0] if isinstance(result, tuple) else result
-    if err != cudart.cudaError_t.cudaSuccess:
-        _, text = cudart.cudaGetErrorString(err)
-        raise CudaError(f"CUDA {name} failed: {text.decode() if isinstance(text, bytes) else text} ({int(err)})")
-    rest = result[1:] if isinstance(result, tuple) else ()
-    return rest[0] if len(rest) == 1 else (rest or None)
+    """cudart.<name>(*args), checked; returns the results after the status (one value unwrapped)."""
+    return check(getattr(_cudart(), name)(*args), name)
+
+
+def driver_call(name: str, *args):
+    """The CUDA driver's <name>(*args), checked, as ``call``."""
+    return check(getattr(_driver(), name)(*args), name)
 
 
 def set_device(index: int) -> None:

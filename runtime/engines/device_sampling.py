@@ -19,10 +19,10 @@ THREADS, BLOCKS = 256, 1024
 class DeviceSampler:
     def __init__(self, engine, stream: cuda.Stream, arch: str):
         import kernels
-        import kernels.device
+        from runtime.engines.device_kernels import Module
         self.engine, self.stream = engine, stream
-        self.step = kernels.device.Module("sampler_step", arch)
-        self.scatter = kernels.device.Module("unet_input", arch)
+        self.step = Module("sampler_step", arch)
+        self.scatter = Module("unet_input", arch)
         self.max_history = kernels.MAX_HISTORY
         self.suffix = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32"}
 

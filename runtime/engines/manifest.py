@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from m3ddm.errors import EnginesError
+from m3ddm.files import atomic_write
 from runtime.engines import contract
-from runtime.engines.errors import EnginesError
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,7 @@ class EngineSet:
 
 def write_manifest(folder, manifest: dict) -> None:
     """Replace ``folder``'s manifest.json atomically (the exporter and the plan builder record as they go)."""
-    folder = Path(folder)
-    tmp = folder / (contract.MANIFEST + ".partial")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, folder / contract.MANIFEST)
+    atomic_write(Path(folder) / contract.MANIFEST, json.dumps(manifest, indent=1))
 
 
 def _fail(folder: Path, reason: str):

@@ -56,7 +56,7 @@ def run(workdir=None) -> dict:
     """Build, run (eager, then CUDA graph replay) and compare; returns the figures; raises on failure."""
     import onnxruntime as ort
 
-    from export.tensorrt_build import build_plan
+    from runtime.engines.trt_build import build_plan
     from runtime.engines import cuda
     from runtime.engines import trt_policy as policy
     from runtime.engines.tensorrt import TrtEngine

@@ -15,24 +15,16 @@ what is missing.
 from __future__ import annotations
 
 import mmap
-import os
 from pathlib import Path
 
 import numpy as np
 
+from runtime import env
 from runtime.engines import contract, cuda
 from runtime.engines import trt_policy as policy
 from runtime.engines.base import Backend, chunks
-from runtime.engines.errors import EnginesError
+from m3ddm.errors import EnginesError
 from runtime.engines.manifest import open_engines
-
-def profile_memory(engine, index: int) -> int:
-    for name in ("get_device_memory_size_for_profile_v2", "get_device_memory_size_for_profile"):
-        fn = getattr(engine, name, None)
-        if fn is not None:
-            return int(fn(index))
-    return int(getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size)
-
 
 class TrtEngine:
     """One plan: engine, context on the shared activation buffer, bound I/O buffers, CUDA graphs."""
@@ -62,7 +54,7 @@ class TrtEngine:
         self._resident: dict[str, np.ndarray] = {}
 
     def profile_bytes(self, index: int) -> int:
-        return profile_memory(self.engine, index)
+        return policy.profile_memory(self.engine, index)
 
     def max_shape(self, name: str, profile: int) -> tuple:
         return tuple(self.engine.get_tensor_profile_shape(name, profile)[2])
@@ -185,8 +177,8 @@ class TensorRTBackend(Backend):
         plans = self.engines.manifest.get("plans") or {}
         self.notes: list[str] = []
         records = {}
-        for comp in contract.COMPONENTS:
-            key = f"{comp}.{precision}"
+        for comp in contract.ENGINES:
+            key = comp.key(precision)
             record = plans.get(key)
             why = policy.plan_problem(key, record, self.engines.manifest["components"][key]["fingerprint"], version,
                                       self.gpu, self.engines.folder)
@@ -201,7 +193,7 @@ class TensorRTBackend(Backend):
             self.close()  # a half-built backend gives its GPU memory back
             raise
         self.max_batch = max_batch
-        self.device_loop = os.environ.get("M3DDM_DEVICE_LOOP", "1") != "0" if device_loop is None else device_loop
+        self.device_loop = env.device_loop() if device_loop is None else device_loop
         self._device_sampler = None
 
     def _load(self, trt, records, cuda_graphs, max_windows, gpu_memory_gb):
@@ -209,17 +201,17 @@ class TensorRTBackend(Backend):
         self.runtime = trt.Runtime(self.logger)
         free_before, total = cuda.mem_info()
         self._engines = {}
-        for c in contract.COMPONENTS:  # one at a time, so close() frees what loaded if a later one fails
+        for c in contract.ENGINES:  # one at a time, so close() frees what loaded if a later one fails
             self._engines[c] = TrtEngine(trt, self.runtime, self.engines.folder / records[c]["file"], self.stream,
                                          cuda_graphs)
         free, _ = cuda.mem_info()
         self.weights_bytes = free_before - free
-        unet = self._engines["unet"]
-        rows = [r[0] for r in records["unet"]["profiles"]]
+        unet = self._engines[contract.UNET]
+        rows = [r[0] for r in records[contract.UNET]["profiles"]]
         profile_bytes = {n // 3: unet.profile_bytes(i) for i, n in enumerate(rows)}
         if max_windows:
             profile_bytes = {w: b for w, b in profile_bytes.items() if w <= max_windows} or {1: profile_bytes[1]}
-        other = max(e.profile_bytes(0) for c, e in self._engines.items() if c != "unet")
+        other = max(e.profile_bytes(0) for c, e in self._engines.items() if c is not contract.UNET)
         budget = int(gpu_memory_gb * 2**30) - self.weights_bytes if gpu_memory_gb else None
         need = max(profile_bytes[min(profile_bytes)], other)
         if budget is not None and budget < need:
@@ -230,8 +222,8 @@ class TensorRTBackend(Backend):
         self.activations = cuda.DeviceBuffer(act_bytes)
         self._unet_profile = {3 * w: rows.index(3 * w) for w in self.windows}
         for comp, engine in self._engines.items():
-            engine.activate(self.activations, list(self._unet_profile.values()) if comp == "unet" else [0])
-        self.vae_batch = records["vae_encoder"]["profiles"][0][2]
+            engine.activate(self.activations, list(self._unet_profile.values()) if comp is contract.UNET else [0])
+        self.vae_batch = records[contract.VAE_ENCODER]["profiles"][0][2]
         self.memory = {"weights_bytes": self.weights_bytes, "activation_bytes": act_bytes,
                        "total_bytes": total, "free_after_load_bytes": free}
 
@@ -246,7 +238,7 @@ class TensorRTBackend(Backend):
             from runtime.engines.device_sampling import DeviceSampler
             try:
                 arch = "compute_" + self.gpu["compute_capability"].replace(".", "")
-                self._device_sampler = DeviceSampler(self._engines["unet"], self.stream, arch)
+                self._device_sampler = DeviceSampler(self._engines[contract.UNET], self.stream, arch)
             except Exception as exc:  # no NVRTC, an arch it does not know: the host loop still works
                 self.device_loop = False
                 self.notes.append(f"sampling on the host: the device kernels did not load ({str(exc)[:200]})")
@@ -270,23 +262,26 @@ class TensorRTBackend(Backend):
 
     def _unet_call(self, rows, sample, timestep, fps, context):
         feeds = {"sample": sample, "timestep": timestep, "fps": fps, "context": context}
-        return self._engines["unet"].run(self._unet_profile[rows], feeds)["eps"]
+        return self._engines[contract.UNET].run(self._unet_profile[rows], feeds)[contract.UNET.output]
 
     def encode_global(self, global_latents):
         g = self.engines.manifest["model"]["global_frames"]
         if global_latents.shape[0] != g:
             raise ValueError(f"the global encoder plan takes exactly {g} frames, not {global_latents.shape[0]}")
-        return self._engines["global_encoder"].run(0, {"global_latents": global_latents})["context"]
+        enc = contract.GLOBAL_ENCODER
+        return self._engines[enc].run(0, {enc.input: global_latents})[enc.output]
 
-    def _batched(self, component, name, out, x):
+    def _batched(self, component: contract.Component, x):
         step = min(self.vae_batch, self.max_batch or self.vae_batch)
-        return np.concatenate([self._engines[component].run(0, {name: x[s]})[out] for s in chunks(x.shape[0], step)])
+        engine = self._engines[component]
+        return np.concatenate([engine.run(0, {component.input: x[s]})[component.output]
+                               for s in chunks(x.shape[0], step)])
 
     def vae_encode(self, images):
-        return self._batched("vae_encoder", "image", "latent", images)
+        return self._batched(contract.VAE_ENCODER, images)
 
     def vae_decode(self, latents):
-        return self._batched("vae_decoder", "latent", "image", latents)
+        return self._batched(contract.VAE_DECODER, latents)
 
     def close(self):
         for engine in getattr(self, "_engines", {}).values():

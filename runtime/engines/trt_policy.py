@@ -1,8 +1,8 @@
 """TensorRT facts in one place, as pure functions: which TensorRT runs on which GPU, which optimisation
 profiles a plan holds, whether a plan may run here, how many windows fit in GPU memory.
 
-Both sides use it: the builder (export/tensorrt_build.py) writes what it decided into the manifest, the
-backend (runtime/engines/tensorrt.py) and the doctor check it. Nothing here imports TensorRT or CUDA.
+The builder (runtime/engines/trt_build.py) writes what it decided into the manifest; the backend
+(runtime/engines/tensorrt.py) and the doctor check it. Nothing here imports TensorRT or CUDA.
 
 UNet plans hold one *static* profile per window count W (N = 3W rows, the CFG branches of W windows):
 static shapes get the best kernels and CUDA graphs, and TensorRT reports each profile's activation memory
@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from runtime.engines.errors import EnginesError
+from m3ddm.errors import EnginesError, InputError, first_line
 
 MIN_TENSORRT = (10, 0)  # name-based I/O, execute_async_v3, USER_MANAGED context memory
 MAX_TENSORRT_MAJOR = 11  # newest major this code is written against
@@ -24,7 +24,6 @@ FIRST_TURING = (7, 5)
 INSTALL_HINT = ("install TensorRT from NVIDIA: pip install --extra-index-url https://pypi.nvidia.com tensorrt-cu12 "
                 "(V100: tensorrt-cu12==10.4.*, with CUDA 12), or use an NGC container")
 DEFAULT_WINDOWS = (1, 2, 4)
-VAE_BATCH = 16  # images per VAE call: the pipeline's ENCODE_CHUNK
 RESERVE_BYTES = 768 << 20  # left free on the GPU: CUDA context growth, cuBLAS/cuDNN handles, fragmentation
 
 
@@ -35,7 +34,7 @@ def import_tensorrt():
         raise EnginesError(f"TensorRT is not installed here ({INSTALL_HINT}); the ONNX Runtime backends work without it "
                            f"(--backend ort)") from None
     except Exception as exc:  # the PyPI stub, or a wheel without its libnvinfer
-        raise EnginesError(f"TensorRT cannot be imported ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+        raise EnginesError(f"TensorRT cannot be imported ({type(exc).__name__}: {first_line(exc)}); "
                            f"{INSTALL_HINT}") from None
     return tensorrt
 
@@ -108,9 +107,9 @@ def parse_windows(text) -> tuple[int, ...]:
     try:
         counts = {int(x) for x in items if str(x).strip()}
     except ValueError:
-        raise ValueError(f"window counts must be integers like 1,2,4, not {text!r}") from None
+        raise InputError(f"window counts must be integers like 1,2,4, not {text!r}") from None
     if not counts or min(counts) < 1 or max(counts) > 64:
-        raise ValueError(f"window counts must be between 1 and 64, not {text!r}")
+        raise InputError(f"window counts must be between 1 and 64, not {text!r}")
     return tuple(sorted(counts | {1}))
 
 
@@ -124,15 +123,14 @@ def default_windows(gpu_memory_bytes: int) -> tuple[int, ...]:
     return DEFAULT_WINDOWS
 
 
-def profiles(component: str, windows=DEFAULT_WINDOWS, vae_batch: int = VAE_BATCH, global_frames: int = 16):
-    """Optimisation profiles of a component as [{input: (min, opt, max) of the batch dimension}, ...]."""
-    if component == "unet":
-        return [{"N": (3 * w, 3 * w, 3 * w)} for w in windows]
-    if component == "global_encoder":
-        return [{"g": (global_frames, global_frames, global_frames)}]
-    if component in ("vae_encoder", "vae_decoder"):
-        return [{"n": (1, vae_batch, vae_batch)}]
-    raise ValueError(f"unknown component {component!r}")
+def profile_memory(engine, index: int) -> int:
+    """Activation bytes a deserialized engine needs for optimisation profile ``index`` (TensorRT 10.x and 11
+    name the call differently; the oldest only report the engine's maximum)."""
+    for name in ("get_device_memory_size_for_profile_v2", "get_device_memory_size_for_profile"):
+        fn = getattr(engine, name, None)
+        if fn is not None:
+            return int(fn(index))
+    return int(getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size)
 
 
 def profile_shapes(batch: tuple, spec_shape: list, dim_name: str) -> tuple[list, list, list]:

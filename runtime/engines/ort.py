@@ -1,24 +1,19 @@
 """ONNX Runtime backend: CPU provider with the FP32 graphs; CUDA provider with the FP16 graphs.
 
-Sessions are built once per (engines folder, graph, provider, threads) and shared by every backend
-object in the process. On CUDA, inputs and outputs go through IOBinding; V100 users need
-onnxruntime-gpu <= 1.26 (the last CUDA-12 build with sm_70 kernels).
+Each backend builds its sessions once, when first used, and ``close()`` releases them. On CUDA, inputs and
+outputs go through IOBinding; V100 users need onnxruntime-gpu <= 1.26 (the last CUDA-12 build with sm_70
+kernels).
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
 
+from m3ddm.errors import EnginesError, first_line
 from runtime.engines import contract
 from runtime.engines.base import Backend, chunks
-from runtime.engines.errors import EnginesError
 from runtime.engines.manifest import open_engines
-
-_SESSIONS: dict[tuple, object] = {}
-_LOCK = threading.Lock()
-_IO = {c: contract.component_io(c, 64) for c in contract.COMPONENTS}  # names only; shapes differ per S
 
 
 def _import_ort():
@@ -60,18 +55,17 @@ class OrtBackend(Backend):
         else:
             self.providers = ["CPUExecutionProvider"]
         self.threads = threads
-        self._sessions = {}
+        self._sessions: dict[str, object] = {}
 
-    def session(self, component: str):
-        if component not in self._sessions:
-            path = self.engines.onnx_path(component, self.precision).resolve()
-            key = (str(path), path.stat().st_mtime_ns, self.device, self.device_id, self.threads)
-            with _LOCK:
-                sess = _SESSIONS.get(key)
-                if sess is None:
-                    sess = _SESSIONS[key] = self._make_session(path)
-            self._sessions[component] = sess
-        return self._sessions[component]
+    def session(self, component):
+        """The ONNX Runtime session of ``component`` (a contract record or its name), built when first asked."""
+        if isinstance(component, str):
+            component = contract.component(component)
+        if self._sessions is None:
+            raise EnginesError("this ONNX Runtime backend was closed")
+        if component.name not in self._sessions:
+            self._sessions[component.name] = self._make_session(self.engines.onnx_path(component.name, self.precision))
+        return self._sessions[component.name]
 
     def _make_session(self, path: Path):
         ort = _import_ort()
@@ -82,18 +76,16 @@ class OrtBackend(Backend):
         try:
             return ort.InferenceSession(str(path), opts, providers=self.providers)
         except Exception as exc:  # a corrupt or foreign graph: one line, not ORT's multi-line dump
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EnginesError(f"ONNX Runtime cannot load {path.name}: {first}") from None
+            raise EnginesError(f"ONNX Runtime cannot load {path.name}: {first_line(exc)}") from None
 
-    def _run(self, component: str, feeds: dict) -> np.ndarray:
+    def _run(self, component: contract.Component, feeds: dict) -> np.ndarray:
         sess = self.session(component)
-        out_name = _IO[component][1][0].name
         if self.device == "cpu":
-            return sess.run([out_name], feeds)[0]
+            return sess.run([component.output], feeds)[0]
         binding = sess.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        binding.bind_output(out_name, "cuda", self.device_id)
+        binding.bind_output(component.output, "cuda", self.device_id)
         sess.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
@@ -101,14 +93,13 @@ class OrtBackend(Backend):
         return np.ascontiguousarray(x, dtype=self.dtype)
 
     def encode_global(self, global_latents):
-        out = self._run("global_encoder", {"global_latents": self._cast(global_latents)})
+        out = self._run(contract.GLOBAL_ENCODER, {contract.GLOBAL_ENCODER.input: self._cast(global_latents)})
         return out.astype(np.float32, copy=False)
 
     def unet(self, sample, timestep, fps, context):
-        n = sample.shape[0]
         outs = []
-        for s in chunks(n, self.max_batch):
-            outs.append(self._run("unet", {
+        for s in chunks(sample.shape[0], self.max_batch):
+            outs.append(self._run(contract.UNET, {
                 "sample": self._cast(sample[s]),
                 "timestep": np.ascontiguousarray(timestep[s], dtype=np.float32),
                 "fps": np.ascontiguousarray(fps[s], dtype=np.float32),
@@ -116,21 +107,15 @@ class OrtBackend(Backend):
             }))
         return np.concatenate(outs).astype(np.float32, copy=False)
 
-    def _batched(self, component: str, name: str, x) -> np.ndarray:
-        outs = [self._run(component, {name: self._cast(x[s])}) for s in chunks(x.shape[0], self.max_batch)]
+    def _batched(self, component: contract.Component, x) -> np.ndarray:
+        outs = [self._run(component, {component.input: self._cast(x[s])}) for s in chunks(x.shape[0], self.max_batch)]
         return np.concatenate(outs).astype(np.float32, copy=False)
 
     def vae_encode(self, images):
-        return self._batched("vae_encoder", "image", images)
+        return self._batched(contract.VAE_ENCODER, images)
 
     def vae_decode(self, latents):
-        return self._batched("vae_decoder", "latent", latents)
+        return self._batched(contract.VAE_DECODER, latents)
 
     def close(self):
-        self._sessions.clear()
-
-
-def release_sessions() -> None:
-    """Drop every cached session (frees their memory once no backend holds them)."""
-    with _LOCK:
-        _SESSIONS.clear()
+        self._sessions = None  # the sessions (and their memory) go with their last reference

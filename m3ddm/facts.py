@@ -1,6 +1,6 @@
-"""Facts about the released model that both the export side and the runtime rely on.
+"""Facts about the released model that the export side and the runtime both rely on.
 
-Each fact lives here once; everything else imports it.
+Each fact lives here once; everything else imports it (docs/algorithm.md §1 says where each comes from).
 """
 
 # Stable Diffusion 1.5 VAE latent scale: latents fed to the UNet are posterior means times this.

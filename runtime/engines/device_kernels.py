@@ -1,7 +1,8 @@
-"""Running the kernels with cuda-python's driver API (what users have; the tests may also use CuPy).
+"""Loading and launching the kernels of ``kernels/`` with cuda-python's driver API (what users have).
 
-``check()`` is the doctor's kernel test: both kernels, FP32 and FP16, on random data against their numpy
-references, on the current GPU.
+``check()`` is the doctor's kernel test: both kernels, FP32 and FP16, on random data on the current GPU,
+against their numpy references, the runtime's own host code (``guidance.combine`` + ``samplers.apply``,
+``guidance.per_branch``).
 """
 from __future__ import annotations
 
@@ -10,33 +11,21 @@ import ctypes
 import numpy as np
 
 import kernels
+from runtime import guidance, samplers
 from runtime.engines import cuda
-
-
-def _driver():
-    from cuda.bindings import driver
-    return driver
-
-
-def _ok(result, what):
-    err = result[0] if isinstance(result, tuple) else result
-    if int(err) != 0:
-        raise kernels.KernelError(f"CUDA driver {what} failed ({err})")
-    return result[1] if isinstance(result, tuple) and len(result) > 1 else None
 
 
 class Module:
     """The PTX of one kernel source loaded on the current device (JIT-compiled by the driver for it)."""
 
     def __init__(self, name: str, arch: str = "compute_70"):
-        drv = _driver()
         cuda.call("cudaFree", 0)  # make the runtime's primary context current for the driver API
-        self.module = _ok(drv.cuModuleLoadData(kernels.compile_ptx(name, arch)), f"load of {name}")
+        self.module = cuda.driver_call("cuModuleLoadData", kernels.compile_ptx(name, arch))
         self.functions = {}
 
     def function(self, entry: str):
         if entry not in self.functions:
-            self.functions[entry] = _ok(_driver().cuModuleGetFunction(self.module, entry.encode()), f"lookup of {entry}")
+            self.functions[entry] = cuda.driver_call("cuModuleGetFunction", self.module, entry.encode())
         return self.functions[entry]
 
     def launch(self, entry: str, args, stream: cuda.Stream, threads: int = 256, blocks: int = 1024) -> None:
@@ -57,8 +46,14 @@ class Module:
             else:
                 raise TypeError(f"kernel argument of type {type(a).__name__}")
         pointers = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
-        _ok(_driver().cuLaunchKernel(self.function(entry), blocks, 1, 1, threads, 1, 1, 0, int(stream),
-                                     ctypes.addressof(pointers), 0), f"launch of {entry}")
+        cuda.driver_call("cuLaunchKernel", self.function(entry), blocks, 1, 1, threads, 1, 1, 0, int(stream),
+                         ctypes.addressof(pointers), 0)
+
+
+def sampler_step_reference(eps, x, update, s1, s2, saved=None, history=(), z=None):
+    """What ``sampler_step`` computes, in the runtime's own terms: (x', guided eps) of W windows from 3W eps rows."""
+    g = guidance.combine(np.asarray(eps, np.float32), s1, s2).astype(np.float32)
+    return samplers.apply(update, np.asarray(x, np.float32), saved, [g, *history], z), g
 
 
 def _to_host(stream, dev: cuda.DeviceBuffer, shape, dtype, keep: list) -> np.ndarray:
@@ -70,8 +65,7 @@ def _to_host(stream, dev: cuda.DeviceBuffer, shape, dtype, keep: list) -> np.nda
 
 
 def check(arch: str = "compute_70", windows: int = 2, latent: int = 32) -> dict:
-    """Max abs error of each kernel against numpy on this GPU: {"sampler_step_f16": 3e-7, ...}."""
-    from runtime import samplers
+    """Max error of each kernel against numpy on this GPU: {"sampler_step_f16": 3e-7, ...}."""
     rng = np.random.default_rng(0)
     shape = (4, 16, latent, latent)
     per_window = int(np.prod(shape))
@@ -89,7 +83,7 @@ def check(arch: str = "compute_70", windows: int = 2, latent: int = 32) -> dict:
                                                    np.float32(2.0), np.float32(4.0), np.float32(u.x),
                                                    np.float32(u.saved), *map(np.float32, u.eps), np.float32(u.noise)],
                         stream)
-            want, g = kernels.sampler_step_reference(eps.astype(np.float32), x, u, 2.0, 4.0, saved, (h0, h1, h2), z)
+            want, _ = sampler_step_reference(eps, x, u, 2.0, 4.0, saved, (h0, h1, h2), z)
             got = _to_host(stream, x_out, x.shape, np.float32, keep)
             errors[f"sampler_step_{dtype}"] = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
             sample = rng.standard_normal((3 * windows, 9, *shape[1:])).astype(np_t)
@@ -97,7 +91,8 @@ def check(arch: str = "compute_70", windows: int = 2, latent: int = 32) -> dict:
             scatter.launch(f"scatter_noisy_{dtype}", [d[1], d_sample, np.int64(per_window // 4), np.int32(windows)],
                            stream)
             got = _to_host(stream, d_sample, sample.shape, np_t, keep)
-            want = kernels.unet_input_reference(x.astype(np_t), sample)
+            want = sample.copy()
+            want[:, :4] = guidance.per_branch(x)
             errors[f"scatter_noisy_{dtype}"] = float(np.abs(got.astype(np.float32) - want.astype(np.float32)).max())
     finally:
         for b in keep:

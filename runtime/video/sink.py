@@ -1,156 +1,20 @@
-"""Video in and out with PyAV (FFmpeg): RGB frames with their timestamps, rotation applied, audio kept.
+"""Writing videos with PyAV (FFmpeg): RGB frames at the caller's timestamps, audio remuxed, all or nothing.
 
-Reading decodes the first video stream (or the one asked for) to RGB24, whatever its bit depth, and
-returns per-frame times so that variable frame rate survives. Writing encodes H.264 yuv420p by default
-at the source timestamps, remuxes the first audio stream unchanged when the container takes its codec
-(else re-encodes it to AAC), and writes to a temporary file renamed into place at the end: a failed
-run never leaves a partial output, and never touches the input.
+Encodes H.264 yuv420p by default at the source timestamps, remuxes the first audio stream unchanged when the
+container takes its codec (else re-encodes it to AAC, or Opus for webm), and writes to a temporary file
+renamed into place at the end: a failed run never leaves a partial output, and never touches the input.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-
-class VideoError(ValueError):
-    """The video cannot be read or written; the message is one line for the user."""
-
-
-def _av():
-    try:
-        import av
-    except ImportError:
-        raise VideoError("PyAV is not installed: pip install av") from None
-    return av
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-@dataclass
-class VideoInfo:
-    path: str
-    width: int  # as displayed (rotation applied)
-    height: int
-    fps: float  # average frame rate
-    frames: int = 0  # decoded frames (0 until read)
-    duration: float = 0.0
-    rotation: int = 0  # counter-clockwise degrees applied to the decoded frames
-    pix_fmt: str = ""
-    codec: str = ""
-    has_audio: bool = False
-    stream_index: int = 0
-    times: np.ndarray = field(default_factory=lambda: np.zeros(0))
-
-
-def _open_input(path):
-    av = _av()
-    path = Path(path)
-    if not path.exists():
-        raise VideoError(f"input {path} does not exist")
-    if path.is_dir():
-        raise VideoError(f"input {path} is a folder, not a video file")
-    if path.stat().st_size == 0:
-        raise VideoError(f"input {path} is empty (0 bytes)")
-    try:
-        return av.open(str(path), metadata_errors="ignore")
-    except Exception as exc:
-        raise VideoError(f"cannot open {path} as a video: {_first_line(exc)}") from None
-
-
-def _video_stream(container, path, index):
-    streams = container.streams.video
-    if not streams:
-        raise VideoError(f"{path} has no video stream" + (" (audio only)" if container.streams.audio else ""))
-    if index is None:
-        return streams[0]
-    if not 0 <= index < len(streams):
-        raise VideoError(f"{path} has {len(streams)} video stream(s); there is no video stream {index}")
-    return streams[index]
-
-
-def _display(frame) -> np.ndarray:
-    rgb = frame.to_ndarray(format="rgb24")
-    k = int(round((getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
-    return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
-
-
-def iter_frames(path, stream: int | None = None, rgb: bool = True) -> Iterator[tuple[np.ndarray, float, int]]:
-    """(RGB uint8 [H, W, 3] as displayed, time in seconds, rotation) per decoded frame.
-
-    ``rgb=False`` skips the colour conversion and yields None for the picture (a cheap counting pass).
-    """
-    container = _open_input(path)
-    try:
-        vs = _video_stream(container, path, stream)
-        vs.thread_type = "AUTO"
-        last_t = None
-        try:
-            for frame in container.decode(vs):
-                t = frame.time
-                if t is None:  # no pts: count on from the last one at the average rate
-                    rate = float(vs.average_rate or vs.guessed_rate or 30)
-                    t = 0.0 if last_t is None else last_t + 1.0 / rate
-                last_t = t
-                yield (_display(frame) if rgb else None), float(t), int(getattr(frame, "rotation", 0) or 0)
-        except VideoError:
-            raise
-        except Exception as exc:  # corrupt data after some frames: keep what decoded, if anything
-            if last_t is None:
-                raise VideoError(f"cannot decode {path}: {_first_line(exc)}") from None
-    finally:
-        container.close()
-
-
-def probe(path, stream: int | None = None) -> VideoInfo:
-    container = _open_input(path)
-    try:
-        vs = _video_stream(container, path, stream)
-        rate = vs.average_rate or vs.guessed_rate
-        cc = vs.codec_context
-        return VideoInfo(str(path), cc.width, cc.height, float(rate) if rate else 0.0, pix_fmt=cc.pix_fmt or "",
-                         codec=cc.name, has_audio=bool(container.streams.audio), stream_index=vs.index)
-    finally:
-        container.close()
-
-
-def read_video(path, stream: int | None = None, max_frames: int | None = None) -> tuple[np.ndarray, VideoInfo]:
-    """All frames (RGB uint8 [T, H, W, 3], as displayed) and the video's info, times included."""
-    info = probe(path, stream)
-    frames, times, rotation = [], [], 0
-    for rgb, t, rot in iter_frames(path, stream):
-        if frames and rgb.shape != frames[0].shape:
-            raise VideoError(f"{path}: frame size changes mid-stream ({frames[0].shape[1]}x{frames[0].shape[0]} "
-                             f"to {rgb.shape[1]}x{rgb.shape[0]}), which is not supported")
-        frames.append(rgb)
-        times.append(t)
-        rotation = rot
-        if max_frames and len(frames) >= max_frames:
-            break
-    if not frames:
-        raise VideoError(f"{path} has no decodable video frames")
-    info.frames = len(frames)
-    info.height, info.width = frames[0].shape[:2]
-    info.rotation = rotation
-    info.times = np.asarray(times, dtype=np.float64)
-    info.fps = info.fps or fps_from_times(info.times)
-    info.duration = float(info.times[-1] - info.times[0] + 1.0 / max(info.fps, 1e-6)) if len(times) else 0.0
-    return np.stack(frames), info
-
-
-def fps_from_times(times: np.ndarray) -> float:
-    """Average frame rate from frame times, for streams that declare none (30 if it cannot be told)."""
-    if len(times) < 2:
-        return 30.0
-    span = times[-1] - times[0]
-    return float((len(times) - 1) / span) if span > 0 else 30.0
+from m3ddm.errors import first_line
+from runtime.video.source import VideoError, _av
 
 
 @dataclass
@@ -221,7 +85,7 @@ class VideoWriter:
             raise
         except Exception as exc:
             self.abort()
-            raise VideoError(f"cannot write {self.path}: {_first_line(exc)}") from None
+            raise VideoError(f"cannot write {self.path}: {first_line(exc)}") from None
 
     def commit(self) -> Path:
         try:
@@ -239,7 +103,7 @@ class VideoWriter:
         except VideoError:
             raise
         except Exception as exc:
-            raise VideoError(f"cannot write {self.path}: {_first_line(exc)}") from None
+            raise VideoError(f"cannot write {self.path}: {first_line(exc)}") from None
         finally:
             self.abort()
 

@@ -1,0 +1,179 @@
+"""The file path of ``Outpainter.outpaint_file``: a video file in, one video file per target out, streamed.
+
+The source is decoded three times (timestamps, canvases, composite) instead of being held in memory, so a
+long 1080p video costs about S x S x 3 bytes a frame, not its full frames. Frames are composited and
+encoded on a writer thread as soon as they are final, while the engines sample the rest; every output is
+written to a temporary file and renamed at the end, all or nothing across the targets of one call.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+
+from m3ddm.facts import GLOBAL_FRAMES
+from runtime import composite, geometry
+from runtime.settings import Settings
+from runtime.video import EncodeOptions, VideoError, VideoWriter, check_output_path, fps_from_times, iter_frames, probe
+
+
+def output_paths(output: Path, labels) -> dict:
+    """{label: path}: ``output`` itself for one target, else ``output`` with a ``_WxH`` suffix per target."""
+    labels = [str(l).replace(":", "x") for l in labels]
+    if len(labels) == 1:
+        return {labels[0]: Path(output)}
+    output = Path(output)
+    return {l: output.with_name(f"{output.stem}_{l}{output.suffix}") for l in labels}
+
+
+def outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None = None,
+                  encode: EncodeOptions | None = None, overwrite: bool = True, progress=None, lock=None) -> dict:
+    """Outpaint a video file with ``pipeline`` (runtime.pipeline.Pipeline); see ``Outpainter.outpaint_file``.
+    ``lock`` is held while the engines run."""
+    input, output = Path(input), Path(output)
+    s.check(pipeline.latent)
+    paths = output_paths(output, s.labels)
+    for p in paths.values():
+        if p.resolve() == input.resolve():
+            raise VideoError(f"output {p} would overwrite the input")
+        if p.exists() and not overwrite:
+            raise VideoError(f"output {p} exists (pass overwrite=True / drop --no-overwrite)")
+        check_output_path(p)
+    info = probe(input, stream)
+    t0 = time.perf_counter()
+    times = np.array([t for _, t, _ in iter_frames(input, stream, rgb=False)], dtype=np.float64)
+    if len(times) == 0:
+        raise VideoError(f"{input} has no decodable video frames")
+    t_count = len(times)
+    fps = info.fps or fps_from_times(times)
+    gidx = geometry.global_frame_indices(t_count, GLOBAL_FRAMES)
+    canvases, inits, global_frames = [], [], {}
+    box = targets = shape = None
+    for i, (rgb, _, _) in enumerate(iter_frames(input, stream)):
+        if i >= t_count:
+            break
+        if box is None:
+            shape = rgb.shape
+            box, targets = s.layout(rgb.shape[0], rgb.shape[1], pipeline.size)
+        elif rgb.shape != shape:
+            raise VideoError(f"{input}: the frame size changes mid-stream, which is not supported")
+        canvas, init = geometry.canvas_and_init(rgb, box)
+        canvases.append(canvas)
+        inits.append(init)
+        if i in gidx:
+            global_frames[i] = rgb
+    if len(canvases) != t_count:
+        raise VideoError(f"{input}: decoding gave {len(canvases)} frames after counting {t_count}")
+    writers = {t.label: VideoWriter(paths[t.label], fps, encode, audio_from=input) for t in targets}
+    finisher = _Finisher(lambda rgb, gen: composite.finish(rgb, gen, box, targets, s.feather, s.output_height),
+                         iter_frames(input, stream), times, writers, input)
+    written = {}
+    t1 = time.perf_counter()
+    try:
+        finisher.start()
+        with lock or nullcontext():
+            tp = time.perf_counter()
+            video = pipeline.prepare(np.stack(canvases), np.stack(inits), np.stack([global_frames[i] for i in gidx]),
+                                     box, fps)
+            del canvases, inits
+            prepare_s = time.perf_counter() - tp
+            if progress:
+                progress({"stage": "prepared", "seconds": prepare_s})
+            _, _, _, stats = pipeline.generate(video, s, progress, sink=finisher.put)
+        t2 = time.perf_counter()
+        finisher.finish(t_count)
+        stats["finish_wait_s"] = time.perf_counter() - t2
+        for label, w in writers.items():
+            written[label] = w.commit()
+    except BaseException:
+        finisher.cancel()
+        for w in writers.values():
+            w.abort()
+        for p in written.values():  # all or nothing across the targets of one call
+            p.unlink(missing_ok=True)
+        raise
+    stats.update(prepare_s=prepare_s, encode_s=finisher.seconds, generate_and_encode_s=time.perf_counter() - t1,
+                 total_s=time.perf_counter() - t0)
+    return {"input": str(input), "outputs": {k: str(v) for k, v in written.items()}, "frames": t_count,
+            "fps": fps, "source_size": [int(shape[1]), int(shape[0])],
+            "output_size": composite.output_size(targets[0], s.output_height), "has_audio": info.has_audio,
+            "windows": stats["windows"], **{k: round(v, 3) for k, v in stats.items() if k.endswith("_s")}}
+
+
+class _Finisher(threading.Thread):
+    """Composites and encodes generated frames, in order, as they arrive (a bounded queue of chunks),
+    reading the source a frame at a time. A failure here stops the producer at its next ``put``."""
+
+    def __init__(self, compose, source_frames, times, writers, input):
+        super().__init__(name="m3ddm-finisher", daemon=True)
+        self.compose, self.source, self.times, self.writers, self.input = compose, source_frames, times, writers, input
+        self.chunks = queue.Queue(maxsize=2)
+        self.error = None
+        self.done = 0
+        self.seconds = 0.0
+        self.cancelled = threading.Event()
+
+    def run(self):
+        try:
+            for start, frames in iter(self.chunks.get, None):
+                if self.cancelled.is_set():
+                    return
+                t0 = time.perf_counter()
+                for k, generated in enumerate(frames):
+                    try:
+                        rgb, _, _ = next(self.source)
+                    except StopIteration:
+                        raise VideoError(f"{self.input}: the source ended at frame {start + k} on re-reading") from None
+                    for label, frame in self.compose(rgb, generated):
+                        self.writers[label].write(frame, self.times[start + k])
+                self.done = start + len(frames)
+                self.seconds += time.perf_counter() - t0
+        except BaseException as exc:  # handed to the producer
+            self.error = exc
+
+    def _raise(self):
+        if self.error is not None:
+            raise self.error
+
+    def put(self, start, frames):
+        while True:
+            self._raise()
+            try:
+                self.chunks.put((start, frames), timeout=0.1)
+                return
+            except queue.Full:
+                if not self.is_alive():
+                    self._raise()
+                    raise RuntimeError("the frame writer stopped")
+
+    def finish(self, total):
+        self.put_end()
+        self.join()
+        self._raise()
+        if self.done != total:
+            raise RuntimeError(f"wrote {self.done} of {total} frames")
+
+    def put_end(self):
+        while self.is_alive():
+            try:
+                self.chunks.put(None, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def cancel(self):
+        self.cancelled.set()
+        while True:  # unblock the thread: drop what waits, then the end marker
+            try:
+                self.chunks.get_nowait()
+            except queue.Empty:
+                break
+        self.put_end()
+        self.join(timeout=30)
+        close = getattr(self.source, "close", None)
+        if close:
+            close()

@@ -1,0 +1,143 @@
+"""The shape of the code: one-way layers, one error vocabulary, one CLI wrapper, atomic files, environment switches."""
+import ast
+import io
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from m3ddm import errors
+from m3ddm.files import atomic_write, replacing
+
+
+def _imports(folder: str) -> dict:
+    """{file: {top-level package of every import in it, at any depth}} for the project's files under ``folder``."""
+    found = {}
+    for path in (ROOT / folder).rglob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+@pytest.mark.parametrize("folder,forbidden", [
+    ("m3ddm", {"kernels", "runtime", "export", "benchmarks"}),  # the base: imports nothing of ours
+    ("kernels", {"runtime", "export", "benchmarks"}),  # CUDA sources and their compile only
+    ("runtime", {"export", "benchmarks", "torch"}),  # the product: no torch, no export side
+    ("export/model", {"runtime", "benchmarks"}),  # the model knows nothing of the runtime
+])
+def test_layers_import_only_downwards(folder, forbidden):
+    wrong = {f: sorted(names & forbidden) for f, names in _imports(folder).items() if names & forbidden}
+    assert not wrong, f"{folder}/ reaches up or sideways: {wrong}"
+
+
+def test_first_line_never_raises():
+    class Broken(Exception):
+        def __str__(self):
+            raise RuntimeError("no text")
+
+    assert errors.first_line(ValueError("")) == "ValueError"
+    assert errors.first_line(ValueError("\n\n  second\nthird")) == "second"
+    assert errors.first_line(Broken()) == "Broken"
+
+
+def test_every_domain_error_carries_its_exit_code():
+    from export.model import CheckpointError
+    from kernels import CudaError, KernelError
+    from runtime.engines import EnginesError
+    from runtime.engines.trt_build import BuildError
+    from runtime.video import VideoError
+    for cls, code in [(VideoError, 2), (CheckpointError, 2), (errors.InputError, 2), (EnginesError, 3),
+                      (CudaError, 3), (KernelError, 3), (BuildError, 3)]:
+        assert issubclass(cls, errors.M3DDMError) and errors.exit_code(cls("x")) == code, cls
+    assert issubclass(VideoError, ValueError)  # callers that catch ValueError keep working
+    assert errors.exit_code(ValueError("x")) == 2 and errors.exit_code(KeyError("x")) == 1
+
+
+@pytest.mark.parametrize("exc,code,words", [
+    (errors.InputError("bad ratio\nmore"), 2, "error: bad ratio"),
+    (errors.EnginesError("no plans"), 3, "error: no plans"),
+    (KeyboardInterrupt(), 130, "error: interrupted; no output was written"),
+    (MemoryError(), 1, "error: out of memory; smaller"),
+    (KeyError("k"), 1, "error: unexpected KeyError: 'k' (M3DDM_DEBUG=1 shows the traceback)"),
+])
+def test_cli_run_turns_failures_into_one_line_and_a_code(exc, code, words, capsys, monkeypatch):
+    from runtime import cli
+    monkeypatch.delenv("M3DDM_DEBUG", raising=False)
+
+    def body():
+        raise exc
+
+    assert cli.run(body, out_of_memory="smaller") == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(words), err
+    assert cli.run(lambda: None) == 0 and cli.run(lambda: 4) == 4
+
+
+def test_debug_shows_the_traceback_of_unexpected_errors(monkeypatch):
+    from runtime import cli
+    monkeypatch.setenv("M3DDM_DEBUG", "1")
+    with pytest.raises(KeyError):
+        cli.run(lambda: {}["missing"])
+
+
+def test_logging_progress_notes_and_quiet(monkeypatch):
+    from runtime import cli
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    log = logging.getLogger("runtime.some_module")
+    try:
+        cli.setup_logging(out)
+        log.info("step 1")
+        log.warning("plans not used")
+        assert out.getvalue() == "step 1\n" and err.getvalue() == "note: plans not used\n"
+        cli.setup_logging(out, quiet=True)
+        log.info("step 2")
+        log.warning("hidden")
+        assert out.getvalue() == "step 1\n" and err.getvalue() == "note: plans not used\n"
+    finally:
+        for name in cli.PACKAGES:
+            logging.getLogger(name).handlers.clear()
+            logging.getLogger(name).propagate = True
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "manifest.json"
+    atomic_write(target, "old")
+    atomic_write(target, b"new")
+    assert target.read_bytes() == b"new"
+    with pytest.raises(OSError):
+        with replacing(target) as tmp:
+            tmp.write_text("half")
+            raise OSError("disk full (simulated)")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
+def test_environment_switches_are_read_when_asked(monkeypatch, tmp_path):
+    from runtime import env
+    monkeypatch.delenv(env.ENGINES, raising=False)
+    assert env.engines_dir() == "engines"
+    monkeypatch.setenv(env.ENGINES, str(tmp_path))
+    assert env.engines_dir() == str(tmp_path)
+    monkeypatch.setenv(env.DEVICE_LOOP, "0")
+    assert not env.device_loop()
+    monkeypatch.setenv(env.SHARED, str(tmp_path))
+    assert env.shared_dir(ROOT) == tmp_path
+    readme = (ROOT / "README.md").read_text()
+    assert all(name in readme for name in (env.ENGINES, env.DEVICE_LOOP, env.DEBUG, env.SHARED))
+
+
+def test_plan_builder_entry_point_is_thin_and_runs_without_torch():
+    code = ("import sys, runtime.engines.trt_build, runtime.engines.selftest, runtime.engines.device_kernels, kernels\n"
+            "print('torch' in sys.modules, 'export' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.stdout.split() == ["False", "False"], res.stderr
+    res = subprocess.run([sys.executable, "-m", "export.tensorrt_build", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0 and "--windows" in res.stdout
