@@ -8,7 +8,7 @@ Two costs, one result:
   once per video and the frame latents encoded once per frame. Same eps, same trajectory.
 
 Sampling is diffusers' PNDMScheduler with SD1.5's scheduler config, driven as the official
-pipeline drives it (start noise at the second PNDM timestep, the loop from there: spec 4.3 step 9).
+pipeline drives it (start noise at the second PNDM timestep, the loop from there: docs/algorithm.md §5.3).
 VAE encodes take the posterior mean (the official code samples with an unseeded RNG).
 This module is the oracle for parity tests of the runtime and the baseline of the benchmarks.
 """
@@ -105,14 +105,14 @@ class ReferencePipeline:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents [n, 4, h, w] -> images in [0, 1] (multiplied by 1/0.18215, spec E4)."""
+        """Scaled latents [n, 4, h, w] -> images in [0, 1] (multiplied by 1/0.18215, docs/algorithm.md §1.5)."""
         vae_dtype = next(self.vae.parameters()).dtype
         images = self.vae.decode((latents * (1 / VAE_SCALE_FACTOR)).to(vae_dtype)).sample
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
     @staticmethod
     def latent_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
-        """Nearest-neighbour downsample: the top-left pixel of each 8x8 cell (spec 4.3 step 2)."""
+        """Nearest-neighbour downsample: the top-left pixel of each 8x8 cell (docs/algorithm.md §2.2)."""
         return F.interpolate(mask[None, None].float(), size=(size, size))[0, 0]
 
     def global_contexts(self, global_latents: torch.Tensor):
@@ -188,7 +188,7 @@ class ReferencePipeline:
     @torch.no_grad()
     def video(self, frames: np.ndarray, fps: float, ratios=("9:16",), size: int = 256, noise=None,
               seed: int = 6, strides=None):
-        """The official inference loop over a video (spec 4.2-4.5), ``frames`` RGB uint8 [T, H, W, 3].
+        """The official inference loop over a video (docs/algorithm.md §2-§6), ``frames`` RGB uint8 [T, H, W, 3].
 
         Returns (latents [T, 4, h, w] first generation wins, composited S x S frames per written index
         as the official code writes them, the plan). ``noise`` [4, 16, h, w] is every window's start
@@ -237,14 +237,14 @@ class ReferencePipeline:
                 images = self.decode(out.permute(1, 0, 2, 3))
                 for p, f in enumerate(idx):
                     stored.setdefault(f, out[:, p].clone())
-                    # The official file index (spec 5.1: it runs past T-1 for padded positions).
+                    # The official file index (docs/algorithm.md §6.4: it runs past T-1 for padded positions).
                     written[idx[0] + p * w.stride] = self._official_composite(images[p], padded[f], mask)
         latents = torch.stack([stored[i] for i in range(t_count)])
         return latents, written, plan
 
     @staticmethod
     def _official_composite(image: torch.Tensor, padded: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-        """padded_original * (1 - M) + generated * M, truncated to uint8 (spec 4.4)."""
+        """padded_original * (1 - M) + generated * M, truncated to uint8 (docs/algorithm.md §6.4)."""
         generated = np.round(image.float().cpu().numpy() * 255)
         original = (padded.float().cpu().numpy() / 2 + 0.5) * 255
         m = mask.cpu().numpy()

@@ -1,9 +1,9 @@
-"""Canvas geometry and the noise-init image, as the official inference computes them (spec 4.2).
+"""Canvas geometry and the noise-init image, as the official inference computes them (docs/algorithm.md §2).
 
 Pure numpy + OpenCV. The S x S canvas holds the source frame letterboxed so that the canvas of the
 target ratio(s), scaled to longer side S, is centred in it; the pixel mask is 1 where content is
 missing. The one deliberate difference: the canvas is always S x S, also for sources smaller than S
-(the official code then uses a smaller, possibly fractional size and crashes, spec 5.9).
+(the official code then uses a smaller, possibly fractional size and crashes; docs/algorithm.md §2.1).
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class Letterbox:
 
 
 def letterbox_geometry(height: int, width: int, ratios, size: int) -> Letterbox:
-    """Official arithmetic: int(S / max_dim * w) evaluated in that order, clipped to S (spec E2)."""
+    """Official arithmetic: int(S / max_dim * w) evaluated in that order, clipped to S (docs/algorithm.md §2.1)."""
     canvas_h, canvas_w = target_canvas(height, width, ratios)
     max_dim = max(canvas_h, canvas_w)
     rw = min(int(size / max_dim * width), size)
@@ -99,7 +99,7 @@ def to_unit_range(images: np.ndarray) -> np.ndarray:
 
 
 def global_frame_indices(num_frames: int, count: int) -> np.ndarray:
-    """linspace(0, T-1, count) truncated to integers (spec 4.1)."""
+    """linspace(0, T-1, count) truncated to integers (docs/algorithm.md §2.4)."""
     return np.linspace(0, num_frames - 1, count).astype(np.int64)
 
 

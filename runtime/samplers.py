@@ -11,7 +11,7 @@ coefficients, and this file is its reference.
 
 - ``pndm``: PLMS as SD1.5's PNDMScheduler (skip_prk_steps) computes it, driven as the official
   M3DDM pipeline drives it: start noise at the second PLMS timestep (961 for 50 steps), then the loop
-  over the list from there, which misaligns the warm-up (spec 4.3 step 9). The default: it reproduces
+  over the list from there, which misaligns the warm-up (docs/algorithm.md §5.3). The default: it reproduces
   the released model's sampling trajectory.
 - ``ddpm`` (the paper's sampler), ``ddim`` (eta 0) and ``dpmpp`` (DPM-Solver++ 2M) on the same betas.
 """
@@ -81,7 +81,7 @@ class Sampler:
 
 
 def _eps_step(a_t: float, a_prev: float) -> tuple[float, float]:
-    """PNDM's _get_prev_sample as x' = cx * x + ce * eps (diffusers pndm, spec E5)."""
+    """PNDM's _get_prev_sample as x' = cx * x + ce * eps (diffusers pndm; docs/algorithm.md §5.3)."""
     cx = (a_prev / a_t) ** 0.5
     denom = a_t * (1 - a_prev) ** 0.5 + (a_t * (1 - a_t) * a_prev) ** 0.5
     return cx, -(a_prev - a_t) / denom

@@ -15,7 +15,7 @@ def test_fp16_peak_by_device_name(name, peak):
 
 
 def test_official_unet_call_flops_match_the_specification():
-    """M3DDM_SPEC.md 1.12: one official call (4 branches x 16 frames at 32x32 latents) is 22.7 TFLOP."""
+    """docs/algorithm.md §4.1: one official call (4 branches x 16 frames at 32x32 latents) is 22.7 TFLOP."""
     f = unet_flops(size=256)
     assert f["official_call"] / 1e12 == pytest.approx(22.7, abs=0.05)
     assert f["unet_call"] < 0.7 * f["official_call"]  # 3 branches, context K/V once per item

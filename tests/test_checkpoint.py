@@ -29,7 +29,7 @@ def test_full_size_state_dict_equals_release_manifest(shared):
         assert str(tensor.dtype).removeprefix("torch.") == dtype, key
     assert model.num_parameters() == RELEASED_PARAMETERS
     buffers = sum(b.numel() for b in model.buffers())
-    assert buffers == 2019  # BatchNorm running statistics of the global encoder (spec 1.1)
+    assert buffers == 2019  # BatchNorm running statistics of the global encoder (docs/algorithm.md §1.6)
 
 
 def test_default_config_is_the_released_one(shared):

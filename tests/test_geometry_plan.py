@@ -1,4 +1,4 @@
-"""Canvas geometry and the window plan against the spec's worked examples and the golden run."""
+"""Canvas geometry and the window plan against the worked examples of docs/algorithm.md §2.1 and §3.4, and the golden run."""
 import json
 import subprocess
 import sys
@@ -11,8 +11,8 @@ from runtime.plan import official_plan
 
 
 @pytest.mark.parametrize("w,h,ratios,box", [
-    (1920, 1080, ["9:16"], (87, 56, 81, 144)),  # spec 4.2: 144x81 at rows 87-167, columns 56-199
-    (1280, 720, ["9:16", "16:9"], (88, 56, 80, 144)),  # E2: 144x80 at rows 88-167
+    (1920, 1080, ["9:16"], (87, 56, 81, 144)),  # docs/algorithm.md §2.1: 144x81 at rows 87-167, columns 56-199
+    (1280, 720, ["9:16", "16:9"], (88, 56, 80, 144)),  # §2.1: 144x80 at rows 88-167
     (640, 360, ["9:16", "16:9"], (88, 56, 80, 144)),
 ])
 def test_letterbox_worked_examples(w, h, ratios, box):

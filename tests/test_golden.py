@@ -84,7 +84,7 @@ def test_reference_pipeline_reproduces_the_official_run(shared, tiny_unet, tiny_
     assert [list(w.guides) for w in windows] == [w["guide_positions"] for w in meta["windows"]]
     scale = np.abs(d["latents"]).max()
     assert np.abs(latents.numpy() - d["latents"]).max() < 1e-5 * scale
-    # What the official code writes, its extra indexes past T-1 included (spec 5.1).
+    # What the official code writes, its extra indexes past T-1 included (docs/algorithm.md §6.4).
     assert sorted(written) == list(d["written_index"])
     frames = np.stack([written[i] for i in d["written_index"]]).astype(int)
     diff = np.abs(frames - d["written_frames"])

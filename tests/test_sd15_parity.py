@@ -1,6 +1,6 @@
 """The parts that M3DDM shares with Stable Diffusion 1.5, against diffusers' own modules.
 
-Weights go from the diffusers module into ours by the key mapping of spec section 3 (renamed
+Weights go from the diffusers module into ours by the key mapping of docs/algorithm.md §1.6 (renamed
 spatial convs, Conv2d kernels gaining a temporal axis of 1). Temporal parts are made the identity
 (Dirac temporal convs, zero fps projection, zero temporal output projection) so that what remains is
 exactly the SD1.5 computation, per frame.
@@ -39,7 +39,7 @@ def randomize(module, seed):
 
 
 def sd_to_m3ddm(state, ours):
-    """Spec 3: SD key -> M3DDM key, Conv2d kernels reshaped to the Conv3d/Pseudo3DConv layout."""
+    """docs/algorithm.md §1.6: SD key -> M3DDM key, Conv2d kernels reshaped to the Conv3d/Pseudo3DConv layout."""
     out = {}
     for key, value in state.items():
         for conv in ("conv1", "conv2"):

@@ -15,7 +15,7 @@ UP_BLOCKS = ("UpBlockP3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAtt
 class UNetConfig:
     """Fields of the official UNet3DConditionModel config that shape the network.
 
-    Defaults are the released model's (spec 1.1). ``attention_head_dim`` is, as in the official
+    Defaults are the released model's (docs/algorithm.md §1.6). ``attention_head_dim`` is, as in the official
     code, the number of heads, not their width.
     """
 

@@ -1,4 +1,4 @@
-"""The global-frame encoder ("LightImageEncoder", spec 1.8).
+"""The global-frame encoder ("LightImageEncoder", docs/algorithm.md §1.4).
 
 Five stages of two bottleneck ResNet layers each, with the key names of the Hugging Face
 transformers ResNet that the official model instantiates, then a valid 3x3 conv to 320 channels.

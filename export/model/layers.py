@@ -15,13 +15,13 @@ from torch import nn
 
 # Channels of every sinusoidal embedding input to the temporal-position MLPs (fixed in the model).
 TEMPORAL_POSITION_CHANNELS = 320
-TIME_MAX_PERIOD = 1000  # diffusion timestep and temporal position (spec 1.3)
+TIME_MAX_PERIOD = 1000  # diffusion timestep and temporal position (docs/algorithm.md §1.3)
 FPS_MAX_PERIOD = 30
 
 
 def sinusoid(values: torch.Tensor, channels: int, max_period: float,
              flip_sin_to_cos: bool = True, freq_shift: float = 0.0) -> torch.Tensor:
-    """Sinusoidal embedding [N, channels] of N scalar values (spec 1.3)."""
+    """Sinusoidal embedding [N, channels] of N scalar values (docs/algorithm.md §1.3)."""
     half = channels // 2
     exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=values.device)
     freqs = torch.exp(exponent / (half - freq_shift))
@@ -140,7 +140,7 @@ class Upsample(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention; heads split the channels into contiguous blocks (spec E9).
+    """Multi-head attention; heads split the channels into contiguous blocks (docs/algorithm.md §1.2).
 
     Eager runs use PyTorch's fused SDPA. For export (``explicit = True``, set by ``export_mode``)
     the graph spells out MatMul -> Softmax -> MatMul, which ONNX parsers and TensorRT's attention fusion

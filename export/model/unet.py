@@ -1,4 +1,4 @@
-"""The M3DDM masked 3-D diffusion UNet (spec 1.2-1.9), with official checkpoint key names.
+"""The M3DDM masked 3-D diffusion UNet (docs/algorithm.md §1), with official checkpoint key names.
 
 Deployment-minded split of the official forward: the global encoder runs once per video
 (``encode_global``), and ``forward`` takes the finished cross-attention context per batch row, so
