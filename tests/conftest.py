@@ -1,4 +1,9 @@
-import os
+"""Fixtures. Tests that need only *some* tiny model use checkpoints the project makes itself (``checkpoints``,
+``tiny_models``, ``engines``: seeded, the shared fixtures' architecture, cached under the pytest cache); only the
+comparisons with what the official code computes use ../shared (``shared``, ``tiny_unet``, ``golden_engines``),
+and skip, saying why, where it is absent."""
+import hashlib
+import shutil
 import sys
 from pathlib import Path
 
@@ -6,8 +11,11 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("M3DDM_SHARED", ROOT.parent / "shared"))
 sys.path.insert(0, str(ROOT))
+
+from runtime.env import shared_dir  # noqa: E402 - after the path is set
+
+SHARED = shared_dir(ROOT)
 
 
 def _need(rel: str) -> Path:
@@ -33,14 +41,45 @@ def shared():
 
 @pytest.fixture(scope="session")
 def tiny_unet():
+    """The official-format fixture UNet, the one the golden data was computed with."""
     from export.model import load_unet
     return load_unet(_need("fixtures/tiny_unet"))
 
 
 @pytest.fixture(scope="session")
 def tiny_vae():
+    """The official-format fixture VAE, the one the golden data was computed with."""
     from export.model import load_vae
     return load_vae(_need("fixtures/tiny_vae"))
+
+
+def _maker_key() -> str:
+    """Changes when the code that makes or loads the checkpoints does: the cache is then made anew."""
+    files = [ROOT / "export" / "demo.py", *sorted((ROOT / "export" / "model").glob("*.py"))]
+    return hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()[:12]
+
+
+@pytest.fixture(scope="session")
+def checkpoints(request) -> tuple[Path, Path]:
+    """(UNet folder, VAE folder): a tiny random M3DDM UNet (fp16 safetensors) and SD1.5-structured VAE in the
+    official formats, widths 32,64,64,64 as the shared fixtures, made by the project (export.demo, seed 0)."""
+    from export.demo import make_checkpoints
+    folder = Path(request.config.cache.mkdir("m3ddm-checkpoints")) / _maker_key()
+    if not (folder / "done").is_file():  # made whole, then renamed: an interrupted run never leaves half
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        make_checkpoints(tmp, seed=0)
+        (tmp / "done").write_text("")
+        tmp.rename(folder)
+    return folder / "unet", folder / "vae"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(checkpoints):
+    """(unet, vae) torch models of ``checkpoints``."""
+    from export.model import load_unet, load_vae
+    return load_unet(checkpoints[0]), load_vae(checkpoints[1])
 
 
 @pytest.fixture(scope="session")
@@ -55,19 +94,27 @@ def rng():
     return np.random.default_rng(1234)
 
 
-def make_engines(out, *extra, unet=None, vae=None, size=64):
-    """`make engines` on the fixtures (or the given checkpoints) into ``out``."""
+def make_engines(out, *extra, unet, vae, size=64):
+    """`make engines` on the given checkpoints into ``out``."""
     import subprocess
-    cmd = ["make", "-s", "engines", f"UNET={unet or SHARED / 'fixtures/tiny_unet'}",
-           f"VAE={vae or SHARED / 'fixtures/tiny_vae'}", f"ENGINES={out}", f"SIZE={size}", *extra]
+    cmd = ["make", "-s", "engines", f"UNET={unet}", f"VAE={vae}", f"ENGINES={out}", f"SIZE={size}", *extra]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="session")
-def engines(tmp_path_factory):
-    """An engines folder (FP32 and FP16 ONNX) made by `make engines` from the tiny fixtures, S = 64."""
-    _need("fixtures/tiny_unet")
+def engines(tmp_path_factory, checkpoints):
+    """An engines folder (FP32 and FP16 ONNX) made by `make engines` from ``checkpoints``, S = 64."""
     out = tmp_path_factory.mktemp("engines")
-    res = make_engines(out)
+    res = make_engines(out, unet=checkpoints[0], vae=checkpoints[1])
+    assert res.returncode == 0, res.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def golden_engines(tmp_path_factory):
+    """An engines folder (FP32 ONNX) of the shared fixtures, whose official results are the golden data."""
+    unet, vae = _need("fixtures/tiny_unet"), _need("fixtures/tiny_vae")
+    out = tmp_path_factory.mktemp("golden_engines")
+    res = make_engines(out, "PRECISION=fp32", unet=unet, vae=vae)
     assert res.returncode == 0, res.stderr[-2000:]
     return out

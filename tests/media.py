@@ -74,3 +74,24 @@ def decode(path):
         if c.streams.audio:
             samples = sum(f.samples for f in c.decode(audio=0))
     return np.stack(frames), np.array(times), samples, fps
+
+
+def photo(width: int = 1280, height: int = 720, seed: int = 0) -> np.ndarray:
+    """A photo-like still, RGB uint8 [H, W, 3]: detail at every scale (noise summed over octaves, as natural
+    images have), with edges (discs and bars); made here, so no test needs a real photo to pan over."""
+    import cv2
+    rng = np.random.default_rng(seed)
+    img = np.zeros((height, width, 3), np.float32)
+    for octave in range(1, 8):
+        cells = 2 ** octave
+        grid = rng.standard_normal((cells * height // width + 2, cells + 2, 3)).astype(np.float32)
+        img += cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC) * (0.8 ** octave)
+    img = (img - img.min()) / (img.max() - img.min()) * 255
+    for _ in range(40):
+        colour = tuple(float(c) for c in rng.uniform(0, 255, 3))
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        if rng.random() < 0.5:
+            cv2.circle(img, (x, y), int(rng.integers(8, height // 6)), colour, -1)
+        else:
+            cv2.rectangle(img, (x, y), (x + int(rng.integers(10, width // 5)), y + int(rng.integers(4, 30))), colour, -1)
+    return img.clip(0, 255).astype(np.uint8)

@@ -52,8 +52,8 @@ def test_safetensors_fp16_and_bin_fp32_hold_the_same_weights(shared):
             torch.testing.assert_close(a[key], b[key].half().float(), rtol=0, atol=0, msg=key)
 
 
-def test_load_in_fp16(shared):
-    model = load_unet(shared("fixtures/tiny_unet"), dtype=torch.float16)
+def test_load_in_fp16(checkpoints):
+    model = load_unet(checkpoints[0], dtype=torch.float16)
     assert {p.dtype for p in model.parameters()} == {torch.float16}
     bn = model.global_img_encoder.resnet_layer[0].layers[0].layer[0].normalization
     assert bn.num_batches_tracked.dtype == torch.int64
@@ -110,9 +110,9 @@ def test_config_of_another_model_is_refused(tmp_path, tiny_config):
         load_unet(tmp_path)
 
 
-def test_full_config_against_tiny_weights_lists_shape_mismatches(tmp_path, tiny_config, shared):
+def test_full_config_against_tiny_weights_lists_shape_mismatches(tmp_path, tiny_config):
     save_unet(build_unet(tiny_config), tmp_path)
-    (tmp_path / "config.json").write_text(shared("reference/m3ddm_unet_config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(UNetConfig().to_dict()))  # the released model's
     with pytest.raises(CheckpointError, match=r"mis-shaped keys: .*and \d+ more"):
         load_unet(tmp_path)
 
@@ -155,12 +155,12 @@ def test_offline_hub_source_names_the_repo_and_the_way_out(tmp_path):
     assert "\n" not in line
 
 
-def test_vae_loads_from_folder_and_from_a_repo_layout(shared, tmp_path):
+def test_vae_loads_from_folder_and_from_a_repo_layout(checkpoints, tmp_path):
     import shutil
     from export.model import load_vae
-    vae = load_vae(shared("fixtures/tiny_vae"))
+    vae = load_vae(checkpoints[1])
     assert vae.config.latent_channels == 4
-    shutil.copytree(shared("fixtures/tiny_vae"), tmp_path / "sd15" / "vae")
+    shutil.copytree(checkpoints[1], tmp_path / "sd15" / "vae")
     again = load_vae(tmp_path / "sd15")
     for (k, a), b in zip(vae.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), k

@@ -25,9 +25,8 @@ def _tensor_types(model) -> dict:
 
 
 @pytest.fixture(scope="module")
-def torch_models():
-    from export.model import load_unet, load_vae
-    return load_unet(_need("fixtures/tiny_unet")), load_vae(_need("fixtures/tiny_vae"))
+def torch_models(tiny_models):
+    return tiny_models
 
 
 def test_make_engines_produces_a_complete_folder(engines):
@@ -46,20 +45,20 @@ def test_make_engines_produces_a_complete_folder(engines):
     assert {"torch", "onnx", "diffusers"} <= set(manifest["tools"])
 
 
-def test_rerun_does_nothing(engines):
+def test_rerun_does_nothing(engines, checkpoints):
     before = {p.name: p.stat().st_mtime_ns for p in engines.iterdir()}
-    res = make_engines(engines)
+    res = make_engines(engines, unet=checkpoints[0], vae=checkpoints[1])
     assert res.returncode == 0 and "up to date" in res.stdout
     after = {p.name: p.stat().st_mtime_ns for p in engines.iterdir() if p.name != "manifest.json"}
     assert all(before[k] == v for k, v in after.items())
 
 
-def test_changed_checkpoint_reexports_only_what_it_feeds(tmp_path, shared):
+def test_changed_checkpoint_reexports_only_what_it_feeds(tmp_path, checkpoints):
     from safetensors.torch import load_file, save_file
-    unet = tmp_path / "unet"
-    shutil.copytree(shared("fixtures/tiny_unet"), unet)
+    unet, vae = tmp_path / "unet", checkpoints[1]
+    shutil.copytree(checkpoints[0], unet)
     out = tmp_path / "engines"
-    assert make_engines(out, "PRECISION=fp32", unet=unet).returncode == 0
+    assert make_engines(out, "PRECISION=fp32", unet=unet, vae=vae).returncode == 0
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.onnx")}
     first = json.loads((out / "manifest.json").read_text())["components"]
     weights = unet / "diffusion_pytorch_model.safetensors"
@@ -67,7 +66,7 @@ def test_changed_checkpoint_reexports_only_what_it_feeds(tmp_path, shared):
     state["conv_in.bias"] = state["conv_in.bias"] + 1
     time.sleep(0.01)
     save_file(state, str(weights))
-    res = make_engines(out, "PRECISION=fp32", unet=unet)
+    res = make_engines(out, "PRECISION=fp32", unet=unet, vae=vae)
     assert res.returncode == 0, res.stderr
     second = json.loads((out / "manifest.json").read_text())["components"]
     assert second["unet.fp32"]["fingerprint"] != first["unet.fp32"]["fingerprint"]
@@ -286,14 +285,14 @@ def test_graph_traced_small_is_exact_at_a_larger_size(tmp_path, torch_models):
         assert not any(m.training for m in module.modules()), comp
 
 
-def test_fp16_attention_softmax_option(engines, torch_models, tmp_path, shared):
+def test_fp16_attention_softmax_option(engines, torch_models, tmp_path, checkpoints):
     """--attention-softmax fp16: only the FP16 UNet is re-exported; its softmax is FP16 (the whole attention
     pattern in one precision, for TensorRT's fusion) and it still matches torch FP32 within the FP16 bound."""
     from export.engine_folder import export_engines
     out = tmp_path / "engines"
     shutil.copytree(engines, out)
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.onnx")}
-    manifest = export_engines(shared("fixtures/tiny_unet"), shared("fixtures/tiny_vae"), out, ("fp32", "fp16"), SIZE,
+    manifest = export_engines(*checkpoints, out, ("fp32", "fp16"), SIZE,
                               attention_softmax="fp16")
     changed = sorted(n for n, t in stamps.items() if (out / n).stat().st_mtime_ns != t)
     assert changed == ["unet.fp16.onnx"]
@@ -311,7 +310,7 @@ def test_fp16_attention_softmax_option(engines, torch_models, tmp_path, shared):
     got = backend.session("unet").run(None, feeds)[0].astype(np.float32)
     assert np.abs(got - want).max() <= FP16_BOUND * np.abs(want).max()
     # Back to the default: the FP32-softmax graph again.
-    export_engines(shared("fixtures/tiny_unet"), shared("fixtures/tiny_vae"), out, ("fp32", "fp16"), SIZE)
+    export_engines(*checkpoints, out, ("fp32", "fp16"), SIZE)
     model = onnx.shape_inference.infer_shapes(onnx.load(str(out / "unet.fp16.onnx")))
     types = _tensor_types(model)
     assert {types.get(n.input[0]) for n in model.graph.node if n.op_type == "Softmax"} == {onnx.TensorProto.FLOAT}

@@ -1,6 +1,6 @@
 """An oracle denoiser that knows a video's ground truth must let the whole pipeline reconstruct it.
 
-The video is a pan/zoom over a real photo; each frame's ground-truth canvas is a 64x64 crop, and the
+The video is a pan/zoom over a photo-like still (tests/media.py); each frame's ground-truth canvas is a 64x64 crop, and the
 source video is that crop's central 64x36 band, so the outpainted borders have a known truth. The
 "VAE" is analytic (8x8 mean, then a fixed 3->4 linear map; decode inverts it) and the "UNet" returns
 the eps that points from its input to the ground-truth latents of the frames it recognises in the
@@ -95,10 +95,9 @@ def pan_zoom_video(photo, frames):
 
 
 @pytest.fixture(scope="module")
-def photo(shared):
-    import av
-    with av.open(str(shared("media/cockatoo.mp4"))) as c:
-        return next(c.decode(video=0)).to_ndarray(format="rgb24")
+def photo():
+    import media
+    return media.photo(1280, 720, seed=3)
 
 
 def unit(images):

@@ -1,4 +1,4 @@
-"""The runtime end to end on ONNX Runtime engines made from the fixtures: API, CLI, real footage, bad input."""
+"""The runtime end to end on ONNX Runtime engines: API, CLI, clips made here and real footage, bad input."""
 import hashlib
 import json
 import os
@@ -30,7 +30,15 @@ def outpainter(engines):
     return Outpainter(engines, backend="ort")
 
 
-def test_official_run_reproduced_by_the_runtime(outpainter, shared):
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A phone-like clip made here: 36 frames of 320x240 at 30 fps, H.264 with an AAC track."""
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    media.write(path, media.scene(36, 320, 240, seed=7), fps=30, audio=True)
+    return path
+
+
+def test_official_run_reproduced_by_the_runtime(golden_engines, shared):
     """ORT FP32 engines, the golden 20-frame run's noise: the official final latents.
 
     The bound is 1 % of the latents' scale, not 1e-5: the tiny fixture VAE's latent of the all-black null
@@ -39,6 +47,7 @@ def test_official_run_reproduced_by_the_runtime(outpainter, shared):
     moves it by ~0.02 and the final latents by ~0.3 % (measured). With the official batch's latents
     pinned, the runtime matches to ~1e-6 (next test)."""
     d = np.load(shared("golden/run_dense_realshort_9x16.npz"))
+    outpainter = Outpainter(golden_engines, backend="ort")
     result = outpainter.outpaint(d["source_frames"], float(d["fps"]), ratio="9:16", noise=d["noise"][0])
     scale = np.abs(d["latents"]).max()
     assert np.abs(result.latents - d["latents"]).max() <= 1e-2 * scale
@@ -134,8 +143,9 @@ def test_several_ratios_and_explicit_padding(outpainter):
         outpainter.outpaint(frames, 24, ratio="wide")
 
 
-def test_cli_on_real_footage(engines, shared, tmp_path):
-    src = shared("media/realshort.mp4")
+@pytest.mark.parametrize("source", ["made here", "media/realshort.mp4"])
+def test_cli_on_a_phone_clip(engines, shared, clip, tmp_path, source):
+    src = clip if source == "made here" else shared(source)
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     out = tmp_path / "out.mp4"
     res = cli(src, "-o", out, "--ratio", "9:16", "--engines", engines, "--json", "--quiet")
@@ -151,17 +161,23 @@ def test_cli_on_real_footage(engines, shared, tmp_path):
     assert hashlib.sha256(src.read_bytes()).hexdigest() == digest
 
 
-def test_read_video_for_api_users(shared):
+@pytest.mark.parametrize("source", ["made here", "media/cockatoo.mp4"])
+def test_read_video_for_api_users(shared, tmp_path, source):
     from runtime.video import read_video
-    frames, info = read_video(shared("media/cockatoo.mp4"), max_frames=10)
+    if source == "made here":
+        src = tmp_path / "camera.mp4"
+        media.write(src, media.scene(12, 1280, 720, seed=4), fps=20, pix_fmt="yuv444p", audio=True)
+    else:
+        src = shared(source)
+    frames, info = read_video(src, max_frames=10)
     assert frames.shape == (10, 720, 1280, 3) and info.fps == 20.0 and info.has_audio
     np.testing.assert_allclose(info.times, np.arange(10) / 20.0)
     assert info.pix_fmt == "yuv444p"
 
 
-def test_cli_keeps_the_centre_pixel_exact(engines, shared, tmp_path):
+def test_cli_keeps_the_centre_pixel_exact(engines, clip, tmp_path):
     """Lossless RGB output (FFV1 in Matroska): the source frames sit in the output bit for bit."""
-    src = shared("media/realshort.mp4")
+    src = clip
     out = tmp_path / "out.mkv"
     res = cli(src, "-o", out, "--engines", engines, "--codec", "ffv1", "--pix-fmt", "bgr0", "--quiet", *FAST)
     assert res.returncode == 0, res.stderr
@@ -217,12 +233,12 @@ def test_unusual_inputs_give_correct_outputs(engines, tmp_path, case):
         assert np.abs(centre - upright).mean() < np.abs(centre - wrong).mean() / 2
 
 
-def test_bad_inputs_fail_cleanly(engines, tmp_path, shared):
+def test_bad_inputs_fail_cleanly(engines, tmp_path, clip):
     out = tmp_path / "out.mp4"
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
     truncated = tmp_path / "truncated.mp4"
-    data = shared("media/realshort.mp4").read_bytes()
+    data = clip.read_bytes()
     truncated.write_bytes(data[: len(data) // 3])
     audio = tmp_path / "audio.m4a"
     media.write_audio_only(audio)
@@ -246,8 +262,8 @@ def test_bad_inputs_fail_cleanly(engines, tmp_path, shared):
         assert 0 < len(media.decode(out)[0]) <= 36
 
 
-def test_bad_output_and_arguments_fail_cleanly(engines, tmp_path, shared):
-    src = shared("media/realshort.mp4")
+def test_bad_output_and_arguments_fail_cleanly(engines, tmp_path, clip):
+    src = clip
     line = one_error_line(cli(src, "-o", tmp_path / "no" / "such" / "dir.mp4", "--engines", engines, *FAST))
     assert "does not exist" in line
     blocker = tmp_path / "file"
@@ -273,7 +289,7 @@ def test_an_existing_output_survives_a_failed_run(engines, tmp_path):
     assert out.read_bytes() == b"previous result"
 
 
-def test_engines_of_another_model_are_refused(engines, tmp_path, shared):
+def test_engines_of_another_model_are_refused(engines, tmp_path, clip):
     import shutil
     other = tmp_path / "engines"
     shutil.copytree(engines, other)
@@ -282,9 +298,9 @@ def test_engines_of_another_model_are_refused(engines, tmp_path, shared):
         for spec in entry["inputs"] + entry["outputs"]:
             spec["shape"] = [d * 4 if isinstance(d, int) and d in (8, 64) else d for d in spec["shape"]]
     (other / "manifest.json").write_text(json.dumps(manifest))
-    res = cli(shared("media/realshort.mp4"), "-o", tmp_path / "o.mp4", "--engines", other, *FAST)
+    res = cli(clip, "-o", tmp_path / "o.mp4", "--engines", other, *FAST)
     assert res.returncode == 3 and "engines folder" in one_error_line(res)
-    res = cli(shared("media/realshort.mp4"), "-o", tmp_path / "o.mp4", "--engines", tmp_path / "none", *FAST)
+    res = cli(clip, "-o", tmp_path / "o.mp4", "--engines", tmp_path / "none", *FAST)
     assert "make engines" in one_error_line(res)
 
 

@@ -209,12 +209,13 @@ def test_auto_passes_over_unusable_plans_and_says_why(folder):
     assert any("TensorRT plans not used" in n for n in out.backend.notes)
 
 
-def test_make_engines_plans_flag(engines, folder):
+def test_make_engines_plans_flag(engines, folder, checkpoints):
     from conftest import make_engines
-    res = make_engines(folder)  # auto: no TensorRT here, the ONNX graphs stay usable
+    unet, vae = checkpoints
+    res = make_engines(folder, unet=unet, vae=vae)  # auto: no TensorRT here, the ONNX graphs stay usable
     assert res.returncode == 0, res.stderr[-1500:]
     assert "note: no TensorRT plans" in res.stderr and "make plans" in res.stderr
-    res = make_engines(folder, "PLANS=yes")
+    res = make_engines(folder, "PLANS=yes", unet=unet, vae=vae)
     assert res.returncode != 0 and "error: TensorRT is not installed" in res.stderr
     assert "Traceback" not in res.stderr
 
