@@ -4,10 +4,11 @@ and carries the exit code a command line gives it; its message is one line that 
     M3DDMError (1)
     ├── InputError (2, also a ValueError): a bad video, option, checkpoint or output path
     │     VideoError (runtime.video), CheckpointError (export.model), MetricError (benchmarks)
-    └── EnginesError (3): an engines folder, backend or GPU environment that cannot be used
-          CudaError (runtime.engines.cuda), BuildError (runtime.engines.trt_build)
+    ├── EnginesError (3): an engines folder, backend or GPU environment that cannot be used
+    │     CudaError (runtime.engines.cuda), BuildError (runtime.engines.trt_build)
+    └── Cancelled (130): the caller's cancel token was set; the job stopped at a step boundary
 
-A command interrupted by SIGINT exits 130 (``KeyboardInterrupt``).
+A command stopped by SIGINT exits 130, by SIGTERM 143 (128 + the signal's number, as shells report it).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_ENGINES = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class M3DDMError(Exception):
@@ -31,6 +33,17 @@ class InputError(M3DDMError, ValueError):
 class EnginesError(M3DDMError, RuntimeError):
     """An engines folder, backend or the GPU environment cannot be used (missing library, GPU, stale plan)."""
     exit_code = EXIT_ENGINES
+
+
+class Cancelled(M3DDMError):
+    """The job was cancelled (a cancel token set, or a signal): it stopped between two steps, no output written."""
+    exit_code = EXIT_INTERRUPTED
+
+
+def check_cancel(cancel) -> None:
+    """Raise Cancelled when the cancel token (anything with ``is_set()``, e.g. a threading.Event) is set."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled")
 
 
 def first_line(exc: BaseException) -> str:

@@ -1,9 +1,35 @@
-"""Atomic file replacement: a reader sees the old file or the whole new one, never a partial write."""
+"""Atomic file replacement: a reader sees the old file or the whole new one, never a partial write.
+
+Every temporary file being written is registered in ``PARTIAL`` until it is renamed or removed, so a command
+that must exit without unwinding (a second Ctrl-C) can still remove them all (``remove_partials``).
+"""
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
+
+PARTIAL: set[Path] = set()
+_lock = threading.Lock()
+
+
+def track_partial(path, active: bool = True) -> None:
+    """Register (``active``) or forget a temporary file that must not outlive the process."""
+    with _lock:
+        (PARTIAL.add if active else PARTIAL.discard)(Path(path))
+
+
+def remove_partials() -> None:
+    """Remove every temporary file still being written (on a forced exit)."""
+    with _lock:
+        paths = list(PARTIAL)
+        PARTIAL.clear()
+    for p in paths:
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 @contextmanager
@@ -12,11 +38,13 @@ def replacing(path):
     on POSIX), on failure it is removed and ``path`` is left as it was."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    track_partial(tmp)
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        track_partial(tmp, False)
 
 
 def atomic_write(path, data) -> Path:

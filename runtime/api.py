@@ -10,13 +10,11 @@ from __future__ import annotations
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from m3ddm.errors import InputError
-from m3ddm.facts import GLOBAL_FRAMES
-from runtime import composite, env, geometry, streaming
+from runtime import composite, env, streaming
 from runtime.engines.select import make_backend
 from runtime.pipeline import OutpaintResult, Pipeline
 from runtime.settings import Settings
@@ -29,6 +27,7 @@ class Outpainter:
 
     def __init__(self, engines_dir=None, backend: str = "auto", *, threads: int | None = None,
                  max_batch: int | None = None, gpu_memory_gb: float | None = None, engine=None):
+        check_resources(threads, gpu_memory_gb)
         self.backend = engine if engine is not None else make_backend(
             engines_dir if engines_dir is not None else env.engines_dir(), backend, threads, max_batch, gpu_memory_gb)
         self.pipeline = Pipeline(self.backend)
@@ -49,7 +48,7 @@ class Outpainter:
     # -- arrays -------------------------------------------------------------------------------
     def outpaint(self, frames: np.ndarray, fps: float, ratio=None, steps: int | None = None, sampler: str | None = None,
                  seed: int | None = None, noise=None, *, settings: Settings | None = None, progress=None,
-                 **options) -> OutpaintResult:
+                 cancel=None, **options) -> OutpaintResult:
         """RGB uint8 [T, H, W, 3] at ``fps`` -> the outpainted video (``.frames``) and final latents.
 
         The run is ``settings`` (a ``Settings``; its defaults when None: ratio 9:16, 50 PNDM steps, seed 6) with
@@ -57,6 +56,8 @@ class Outpainter:
         ``.outputs``), ``pad`` = (top, right, bottom, left) in source pixels instead of ratios, ``noise``
         [4, 16, h, w] every window's start noise, ``step_noise(window, step)`` the per-step noise of
         stochastic samplers, ``output_height`` to rescale the outputs, and every other Settings field.
+        ``cancel`` (anything with ``is_set()``, e.g. a threading.Event) is checked between steps: once set,
+        the call raises m3ddm.errors.Cancelled.
         """
         s = Settings.build(settings, ratio=ratio, steps=steps, sampler=sampler, seed=seed, noise=noise, **options)
         frames = _check_frames(frames, fps)
@@ -64,17 +65,12 @@ class Outpainter:
         t_count, height, width = frames.shape[:3]
         box, targets = s.layout(height, width, self.size)
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # OpenCV releases the GIL
-            pairs = list(pool.map(lambda f: geometry.canvas_and_init(f, box), frames))
-        gidx = geometry.global_frame_indices(t_count, GLOBAL_FRAMES)
         with self._lock:
-            video = self.pipeline.prepare(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]),
-                                          frames[gidx], box, float(fps))
-            del pairs
+            video = self.pipeline.prepare(iter(frames), t_count, box, float(fps), progress, cancel)
             prepare_s = time.perf_counter() - t0
             if progress:
                 progress({"stage": "prepared", "seconds": prepare_s})
-            generated, latents, plan, stats = self.pipeline.generate(video, s, progress)
+            generated, latents, plan, stats = self.pipeline.generate(video, s, progress, cancel=cancel)
         t3 = time.perf_counter()
         outputs = {t.label: np.stack([composite.scale_output(composite.composite(frames[i], generated[i], box, t,
                                                                                  s.feather), s.output_height)
@@ -86,17 +82,43 @@ class Outpainter:
 
     # -- files --------------------------------------------------------------------------------
     def outpaint_file(self, input, output, ratio=None, *, settings: Settings | None = None, stream: int | None = None,
-                      encode: EncodeOptions | None = None, overwrite: bool = True, progress=None, **options) -> dict:
+                      encode: EncodeOptions | None = None, overwrite: bool = True, progress=None, cancel=None,
+                      **options) -> dict:
         """Outpaint a video file; with several targets, ``output`` gets a ``_WxH`` suffix per target.
 
         The run is ``settings`` with the keyword arguments given applied, as for ``outpaint``. Streams the
         source (runtime/streaming.py) instead of holding it in memory. Returns a summary (paths, frame count,
         fps, timings). Raises VideoError/InputError/EnginesError with a one-line message; on failure no output
-        file is left behind and existing outputs are untouched.
+        file is left behind and existing outputs are untouched. ``cancel`` as for ``outpaint``.
         """
         s = Settings.build(settings, ratio=ratio, **options)
         return streaming.outpaint_file(self.pipeline, input, output, s, stream=stream, encode=encode,
-                                       overwrite=overwrite, progress=progress, lock=self._lock)
+                                       overwrite=overwrite, progress=progress, lock=self._lock, cancel=cancel)
+
+    def interrupt(self) -> None:
+        """Abort the engine call in flight, if the backend can (ONNX Runtime can): with a cancel token set,
+        the job then stops at once instead of at the end of its current step. Safe from any thread."""
+        self.backend.interrupt()
+
+
+MAX_GPU_MEMORY_GB = 4096.0
+
+
+def check_resources(threads, gpu_memory_gb) -> None:
+    """Refuse thread counts and memory caps that cannot mean anything on this machine (10^5 threads would
+    not fail: they would be created, one by one)."""
+    most = max(256, 4 * (os.cpu_count() or 1))
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                or not 1 <= threads <= most):
+        raise InputError(f"threads must be an integer from 1 to {most}, not {threads}")
+    if gpu_memory_gb is not None:
+        try:
+            gb = float(gpu_memory_gb)
+        except (TypeError, ValueError):
+            raise InputError(f"gpu memory must be a number of GB, not {gpu_memory_gb!r}") from None
+        if not (np.isfinite(gb) and 0 < gb <= MAX_GPU_MEMORY_GB):
+            raise InputError(f"gpu memory must be a finite number of GB above 0 and at most {MAX_GPU_MEMORY_GB:g}, "
+                             f"not {gpu_memory_gb}")
 
 
 def _check_frames(frames, fps) -> np.ndarray:

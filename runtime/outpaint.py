@@ -9,9 +9,10 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 
-from m3ddm.errors import EXIT_BAD_INPUT
+from m3ddm.errors import EXIT_BAD_INPUT, InputError, check_cancel, first_line
 from runtime import cli, env
 
 log = logging.getLogger("runtime.outpaint")  # not __name__: run as __main__
@@ -19,6 +20,7 @@ log = logging.getLogger("runtime.outpaint")  # not __name__: run as __main__
 
 def parser() -> cli.Parser:
     from runtime.engines.select import BACKENDS
+    from runtime.settings import MAX_PIXELS
     from runtime.samplers import SAMPLERS
     ap = cli.Parser(prog="python -m runtime.outpaint",
                     description="Outpaint a video to another aspect ratio with M3DDM engines.")
@@ -42,6 +44,8 @@ def parser() -> cli.Parser:
     ap.add_argument("--feather", type=float, help="seam blend width in source pixels (default 1%% of the shorter side)")
     ap.add_argument("--height", type=int, help="scale the output to this height (default: the source's own scale)")
     ap.add_argument("--stream", type=int, help="video stream index (default: the first)")
+    ap.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                    help=f"refuse frames, read or written, larger than this many pixels (default {MAX_PIXELS}: 8K)")
     ap.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime")
     ap.add_argument("--gpu-memory", type=float, metavar="GB",
                     help="TensorRT: the most GPU memory this run may take (weights included); the window batch "
@@ -57,27 +61,44 @@ def parser() -> cli.Parser:
 
 
 class Progress:
-    """One status line on stderr: redrawn in place on a terminal, a line per window batch otherwise."""
+    """One status line on stderr: redrawn in place on a terminal; otherwise a line per window batch, and
+    during the prepare stage a line every few seconds."""
+
+    EVERY_S = 5.0
 
     def __init__(self, enabled: bool):
         self.enabled, self.tty = enabled, sys.stderr.isatty()
         self.t0 = time.perf_counter()
         self.last_batch = None
+        self.last_line = 0.0
+
+    def _show(self, line: str, final: bool):
+        if self.tty:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        elif final:
+            print(line, file=sys.stderr, flush=True)
+            self.last_line = time.perf_counter()
 
     def __call__(self, event: dict):
-        if not self.enabled or event.get("stage") != "sample":
+        if not self.enabled:
             return
         elapsed = time.perf_counter() - self.t0
+        if event.get("stage") == "prepare":
+            n, total = event["frames_done"], event["frames"]
+            self._show(f"prepare  frames {n:>5}/{total}  {n / max(event['seconds'], 1e-9):6.1f} frames/s  {elapsed:6.1f} s",
+                       n == total or time.perf_counter() - self.last_line > self.EVERY_S)
+            return
+        if event.get("stage") != "sample":
+            return
         line = (f"level {event['level'] + 1} (stride {event['stride']})  windows {event['windows_done'] + event['batch']:>3}"
                 f"/{event['windows']}  step {event['step']:>3}/{event['steps']}"
                 f"  {event['step'] / max(event['seconds'], 1e-9):5.2f} steps/s"
                 f"  {event['frames_done'] / max(elapsed, 1e-9):5.2f} frames/s  {elapsed:6.1f} s")
         key = (event["windows_done"], event["batch"])
-        if self.tty:
-            print("\r" + line, end="", file=sys.stderr, flush=True)
-        elif event["step"] == event["steps"] and key != self.last_batch:
-            print(line, file=sys.stderr, flush=True)
+        final = event["step"] == event["steps"] and key != self.last_batch
+        if final:
             self.last_batch = key
+        self._show(line, final)
 
     def close(self):
         if self.enabled and self.tty:
@@ -91,7 +112,7 @@ def settings(args):
                     sampler=args.sampler, seed=args.seed, strides=args.strides,
                     guidance=args.guidance if args.guidance is not None else Settings.guidance,
                     batch_windows=args.batch_windows, window_noise=args.window_noise, feather=args.feather,
-                    output_height=args.height)
+                    output_height=args.height, max_pixels=args.max_pixels)
 
 
 def main(argv=None) -> int:
@@ -99,25 +120,37 @@ def main(argv=None) -> int:
     cli.setup_logging(quiet=args.quiet)
     if not os.path.exists(args.input):
         return cli.fail(EXIT_BAD_INPUT, f"input {args.input} does not exist")
-    for name in ("steps", "batch_windows", "threads", "height", "gpu_memory"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            return cli.fail(EXIT_BAD_INPUT, f"--{name.replace('_', '-')} must be at least 1")
+    try:  # every option, and the encoder, before the engines load or a frame is decoded
+        from runtime.api import check_resources
+        from runtime.streaming import output_paths
+        from runtime.video import EncodeOptions
+        if args.stream is not None and args.stream < 0:
+            raise InputError("--stream must be 0 or more")
+        check_resources(args.threads, args.gpu_memory)
+        run_settings = settings(args)
+        run_settings.check()
+        encode = EncodeOptions(codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt, audio=not args.no_audio)
+        for path in output_paths(args.output, run_settings.labels).values():
+            encode.check(path)
+    except (InputError, ValueError) as exc:
+        return cli.fail(EXIT_BAD_INPUT, first_line(exc))
     progress = Progress(not args.quiet)
     t0 = time.perf_counter()
+    cancel = threading.Event()
+    outpainter = None
 
     def run():
+        nonlocal outpainter
         from runtime.api import Outpainter
-        from runtime.video import EncodeOptions
         try:
             outpainter = Outpainter(args.engines, backend=args.backend, threads=args.threads,
                                     gpu_memory_gb=args.gpu_memory)
+            check_cancel(cancel)
             for note in outpainter.backend.notes:
                 log.warning(note)
-            summary = outpainter.outpaint_file(
-                args.input, args.output, settings=settings(args), stream=args.stream, overwrite=not args.no_overwrite,
-                encode=EncodeOptions(codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt, audio=not args.no_audio),
-                progress=progress)
+            summary = outpainter.outpaint_file(args.input, args.output, settings=run_settings, stream=args.stream,
+                                               overwrite=not args.no_overwrite, encode=encode, progress=progress,
+                                               cancel=cancel)
         finally:
             progress.close()
         summary["seconds"] = round(time.perf_counter() - t0, 3)
@@ -128,7 +161,11 @@ def main(argv=None) -> int:
             log.info(f"wrote {', '.join(summary['outputs'].values())}: {summary['frames']} frames, "
                      f"{summary['output_size'][0]}x{summary['output_size'][1]}, {summary['seconds']:.1f} s")
 
-    return cli.run(run, out_of_memory="try a smaller --batch-windows")
+    def on_signal():
+        if outpainter is not None:
+            outpainter.interrupt()
+
+    return cli.run(run, out_of_memory="try a smaller --batch-windows", cancel=cancel, on_signal=on_signal)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,15 @@ level with independent windows batched into one engine call of 3 x W rows, each 
 """
 from __future__ import annotations
 
+import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from m3ddm.errors import check_cancel
 from m3ddm.facts import GLOBAL_FRAMES, VAE_DOWNSAMPLE, WINDOW_FRAMES
 from runtime import geometry, guidance, samplers
 from runtime.engines.contract import VAE_BATCH
@@ -94,21 +98,62 @@ class Pipeline:
         return np.concatenate([to_uint8(self.backend.vae_decode(latents[i:i + VAE_BATCH]))
                                for i in range(0, len(latents), VAE_BATCH)])
 
-    def global_context(self, frames: np.ndarray) -> np.ndarray:
-        """The 16 global frames stretched to S x S (antialiased bilinear, as the official code) -> context."""
-        gidx = geometry.global_frame_indices(len(frames), GLOBAL_FRAMES)
-        g = frames[gidx].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-        g = resize_antialias(g, self.size, self.size) * 2 - 1
-        return self.backend.encode_global(self.encode(g))
+    def global_image(self, rgb: np.ndarray) -> np.ndarray:
+        """One global frame stretched to S x S (antialiased bilinear, as the official code), [3, S, S] in [-1, 1].
+        Made as the frame is decoded, so a long 4K video never holds its full-size frames."""
+        g = rgb.transpose(2, 0, 1).astype(np.float32) / 255.0
+        return resize_antialias(g, self.size, self.size) * 2 - 1
 
-    def prepare(self, canvases, inits, global_frames, box: geometry.Letterbox, fps: float) -> VideoLatents:
-        """Canvases and TELEA inits [T, S, S, 3] and the 16 global frames -> what sampling reads."""
-        return VideoLatents(inits=self.encode(geometry.to_unit_range(inits)),
-                            canvases=self.encode(geometry.to_unit_range(canvases)),
+    def prepare(self, frames, count: int, box: geometry.Letterbox, fps: float, progress=None,
+                cancel=None) -> VideoLatents:
+        """The ``count`` RGB frames (any iterable, read once) -> what sampling reads.
+
+        Canvases and TELEA inits are made and VAE-encoded VAE_BATCH frames at a time, as the frames arrive:
+        memory grows with the latents (T x 4 x S/8 x S/8), not with the canvases (T x S x S x 3, twice).
+        ``progress`` gets a "prepare" event per chunk; ``cancel`` is checked per chunk.
+        """
+        wanted = set(int(i) for i in geometry.global_frame_indices(count, GLOBAL_FRAMES))
+        inits, canvases, global_images = [], [], {}
+        ready: list[tuple[np.ndarray, np.ndarray]] = []  # (canvas, init) of the chunk being filled
+        pending: deque = deque()  # frames being letterboxed and inpainted: a few at a time, never the video
+        done, t0 = 0, time.perf_counter()
+        workers = min(8, os.cpu_count() or 1)
+
+        def take(until: int):
+            nonlocal done
+            while len(pending) > until:
+                ready.append(pending.popleft().result())
+                if len(ready) == VAE_BATCH or (not pending and until == 0):  # encode()'s chunks: same latents
+                    for out, k in ((inits, 1), (canvases, 0)):
+                        latents = self.encode(geometry.to_unit_range(np.stack([p[k] for p in ready])))
+                        if not out:  # filled in place: the latents are held once, never copied whole
+                            out.append(np.empty((count, *latents.shape[1:]), np.float32))
+                        out[0][done:done + len(ready)] = latents
+                    done += len(ready)
+                    ready.clear()
+                    if progress:
+                        progress({"stage": "prepare", "frames_done": done, "frames": count,
+                                  "seconds": time.perf_counter() - t0})
+
+        with ThreadPoolExecutor(workers) as pool:  # OpenCV releases the GIL
+            for i, rgb in enumerate(frames):
+                if i >= count:
+                    break
+                check_cancel(cancel)
+                if i in wanted:
+                    global_images[i] = self.global_image(rgb)
+                pending.append(pool.submit(geometry.canvas_and_init, rgb, box))
+                take(2 * workers)
+            take(0)
+        if done != count:
+            raise ValueError(f"the video gave {done} frames, {count} expected")
+        gidx = geometry.global_frame_indices(count, GLOBAL_FRAMES)
+        context = self.backend.encode_global(self.encode(np.stack([global_images[int(i)] for i in gidx])))
+        return VideoLatents(inits=inits[0], canvases=canvases[0],
                             mask=box.mask[::8, ::8].astype(np.float32),  # nearest: each 8x8 cell's top-left pixel
-                            context=self.global_context(global_frames), fps=float(fps))
+                            context=context, fps=float(fps))
 
-    def generate(self, video: VideoLatents, s: Settings, progress=None, sink=None):
+    def generate(self, video: VideoLatents, s: Settings, progress=None, sink=None, cancel=None):
         """Sample and decode: (generated S x S frames, final latents, plan, stats).
 
         With ``sink(start, frames)``, the generated frames are handed over in order, in chunks of VAE_BATCH,
@@ -135,7 +180,7 @@ class Pipeline:
             emit(emitted[0] + (ready - emitted[0]) // VAE_BATCH * VAE_BATCH, stored)
 
         t1 = time.perf_counter()
-        latents, plan = self.sample(video, s, progress, on_batch=on_batch if sink else None)
+        latents, plan = self.sample(video, s, progress, on_batch=on_batch if sink else None, cancel=cancel)
         stats = {"sample_s": time.perf_counter() - t1 - decode_s[0], "windows": sum(len(level) for level in plan)}
         t2 = time.perf_counter()
         if sink:
@@ -146,11 +191,13 @@ class Pipeline:
         stats["decode_s"] = decode_s[0] + time.perf_counter() - t2
         return generated, latents, plan, stats
 
-    def sample(self, video: VideoLatents, s: Settings, progress=None, on_batch=None) -> tuple[np.ndarray, list]:
+    def sample(self, video: VideoLatents, s: Settings, progress=None, on_batch=None,
+               cancel=None) -> tuple[np.ndarray, list]:
         """Run the plan; returns final latents per frame [T, 4, h, w] and the plan.
 
         ``on_batch(stored)`` is called after every batch with {frame: final latent} so far (a frame's
         latent never changes once stored), so a caller can decode and write frames while sampling goes on.
+        ``cancel`` (e.g. a threading.Event) is checked after every step: set, the run raises Cancelled.
         """
         t_count = len(video)
         plan = official_plan(t_count, s.strides)
@@ -177,12 +224,14 @@ class Pipeline:
                         draws = [lambda k, r=r: r.standard_normal(shape).astype(np.float32) for r in rngs]
 
                     def report(k, t, batch=batch, done=done, frames_done=len(stored)):
+                        check_cancel(cancel)
                         if progress:
                             progress({"stage": "sample", "level": batch[0].level, "stride": batch[0].stride,
                                       "windows_done": done, "windows": total, "batch": len(batch), "step": k + 1,
                                       "steps": len(sampler.timesteps), "frames_done": frames_done,
                                       "frames": t_count, "seconds": time.perf_counter() - t0})
 
+                    check_cancel(cancel)
                     t0 = time.perf_counter()
                     out = self._sample_batch(batch, video, stored, BatchNoise(start, draws), sampler, s, report)
                     for w, lat in zip(batch, out):

@@ -1,7 +1,8 @@
 """The file path of ``Outpainter.outpaint_file``: a video file in, one video file per target out, streamed.
 
 The source is decoded three times (timestamps, canvases, composite) instead of being held in memory, so a
-long 1080p video costs about S x S x 3 bytes a frame, not its full frames. Frames are composited and
+long video costs its latents (T x 4 x S/8 x S/8 float32), not its frames or canvases; every frame size,
+read or written, is checked against the pixel budget before it is decoded or made. Frames are composited and
 encoded on a writer thread as soon as they are final, while the engines sample the rest; every output is
 written to a temporary file and renamed at the end, all or nothing across the targets of one call.
 """
@@ -15,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from m3ddm.facts import GLOBAL_FRAMES
-from runtime import composite, geometry
+from m3ddm.errors import Cancelled, check_cancel
+from runtime import composite
 from runtime.settings import Settings
-from runtime.video import EncodeOptions, VideoError, VideoWriter, check_output_path, fps_from_times, iter_frames, probe
+from runtime.video import EncodeOptions, VideoError, VideoWriter, fps_from_times, iter_frames, probe
 
 
 def output_paths(output: Path, labels) -> dict:
@@ -31,10 +32,12 @@ def output_paths(output: Path, labels) -> dict:
 
 
 def outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None = None,
-                  encode: EncodeOptions | None = None, overwrite: bool = True, progress=None, lock=None) -> dict:
+                  encode: EncodeOptions | None = None, overwrite: bool = True, progress=None, lock=None,
+                  cancel=None) -> dict:
     """Outpaint a video file with ``pipeline`` (runtime.pipeline.Pipeline); see ``Outpainter.outpaint_file``.
-    ``lock`` is held while the engines run."""
+    ``lock`` is held while the engines run; ``cancel`` is checked between frames and steps."""
     input, output = Path(input), Path(output)
+    encode = encode or EncodeOptions()
     s.check(pipeline.latent)
     paths = output_paths(output, s.labels)
     for p in paths.values():
@@ -42,59 +45,65 @@ def outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None = 
             raise VideoError(f"output {p} would overwrite the input")
         if p.exists() and not overwrite:
             raise VideoError(f"output {p} exists (pass overwrite=True / drop --no-overwrite)")
-        check_output_path(p)
+        encode.check(p)  # a codec, pixel format or container that cannot work fails now, not after sampling
     info = probe(input, stream)
+    s.check_frame(info.height, info.width, f"{input}: frames")  # as declared, before a frame is decoded
     t0 = time.perf_counter()
-    times = np.array([t for _, t, _ in iter_frames(input, stream, rgb=False)], dtype=np.float64)
-    if len(times) == 0:
+    times = []
+    for _, t, _ in iter_frames(input, stream, rgb=False, max_pixels=s.max_pixels):
+        times.append(t)
+        if len(times) % 256 == 0:
+            check_cancel(cancel)
+    if not times:
         raise VideoError(f"{input} has no decodable video frames")
+    times = np.array(times, dtype=np.float64)
     t_count = len(times)
     fps = info.fps or fps_from_times(times)
-    gidx = geometry.global_frame_indices(t_count, GLOBAL_FRAMES)
-    canvases, inits, global_frames = [], [], {}
-    box = targets = shape = None
-    for i, (rgb, _, _) in enumerate(iter_frames(input, stream)):
-        if i >= t_count:
-            break
-        if box is None:
-            shape = rgb.shape
-            box, targets = s.layout(rgb.shape[0], rgb.shape[1], pipeline.size)
-        elif rgb.shape != shape:
-            raise VideoError(f"{input}: the frame size changes mid-stream, which is not supported")
-        canvas, init = geometry.canvas_and_init(rgb, box)
-        canvases.append(canvas)
-        inits.append(init)
-        if i in gidx:
-            global_frames[i] = rgb
-    if len(canvases) != t_count:
-        raise VideoError(f"{input}: decoding gave {len(canvases)} frames after counting {t_count}")
-    writers = {t.label: VideoWriter(paths[t.label], fps, encode, audio_from=input) for t in targets}
+    source = iter_frames(input, stream, max_pixels=s.max_pixels)
+    first = next(source, None)
+    if first is None:
+        raise VideoError(f"{input} has no decodable video frames")
+    shape = first[0].shape
+    box, targets = s.layout(shape[0], shape[1], pipeline.size)  # every output size checked here
+
+    def frames():
+        yield first[0]
+        for rgb, _, _ in source:
+            if rgb.shape != shape:
+                raise VideoError(f"{input}: the frame size changes mid-stream, which is not supported")
+            yield rgb
+
+    writers = {t.label: VideoWriter(paths[t.label], fps, encode, audio_from=input, times=times) for t in targets}
     finisher = _Finisher(lambda rgb, gen: composite.finish(rgb, gen, box, targets, s.feather, s.output_height),
-                         iter_frames(input, stream), times, writers, input)
+                         iter_frames(input, stream, max_pixels=s.max_pixels), times, writers, input)
     written = {}
     t1 = time.perf_counter()
     try:
         finisher.start()
         with lock or nullcontext():
             tp = time.perf_counter()
-            video = pipeline.prepare(np.stack(canvases), np.stack(inits), np.stack([global_frames[i] for i in gidx]),
-                                     box, fps)
-            del canvases, inits
+            try:
+                video = pipeline.prepare(frames(), t_count, box, fps, progress, cancel)
+            finally:
+                source.close()
             prepare_s = time.perf_counter() - tp
             if progress:
                 progress({"stage": "prepared", "seconds": prepare_s})
-            _, _, _, stats = pipeline.generate(video, s, progress, sink=finisher.put)
+            _, _, _, stats = pipeline.generate(video, s, progress, sink=finisher.put, cancel=cancel)
         t2 = time.perf_counter()
-        finisher.finish(t_count)
+        finisher.finish(t_count, cancel)
         stats["finish_wait_s"] = time.perf_counter() - t2
+        check_cancel(cancel)  # the last chance: nothing is in place yet
         for label, w in writers.items():
             written[label] = w.commit()
-    except BaseException:
+    except BaseException as exc:
         finisher.cancel()
         for w in writers.values():
             w.abort()
         for p in written.values():  # all or nothing across the targets of one call
             p.unlink(missing_ok=True)
+        if cancel is not None and cancel.is_set() and not isinstance(exc, Cancelled):
+            raise Cancelled("cancelled") from None  # an engine call aborted by the cancellation, say
         raise
     stats.update(prepare_s=prepare_s, encode_s=finisher.seconds, generate_and_encode_s=time.perf_counter() - t1,
                  total_s=time.perf_counter() - t0)
@@ -124,6 +133,8 @@ class _Finisher(threading.Thread):
                     return
                 t0 = time.perf_counter()
                 for k, generated in enumerate(frames):
+                    if self.cancelled.is_set():
+                        return
                     try:
                         rgb, _, _ = next(self.source)
                     except StopIteration:
@@ -150,9 +161,11 @@ class _Finisher(threading.Thread):
                     self._raise()
                     raise RuntimeError("the frame writer stopped")
 
-    def finish(self, total):
+    def finish(self, total, cancel=None):
         self.put_end()
-        self.join()
+        while self.is_alive():
+            self.join(0.1)
+            check_cancel(cancel)
         self._raise()
         if self.done != total:
             raise RuntimeError(f"wrote {self.done} of {total} frames")

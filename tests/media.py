@@ -1,5 +1,6 @@
 """Small videos the tests make with PyAV."""
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -95,3 +96,20 @@ def photo(width: int = 1280, height: int = 720, seed: int = 0) -> np.ndarray:
         else:
             cv2.rectangle(img, (x, y), (x + int(rng.integers(10, width // 5)), y + int(rng.integers(4, 30))), colour, -1)
     return img.clip(0, 255).astype(np.uint8)
+
+
+def png_bomb(path, width: int, height: int) -> Path:
+    """A 1-bit grey PNG declaring ``width`` x ``height``: tens of KB on disk, gigabytes once decoded to RGB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte, then the packed bits
+    packer = zlib.compressobj(9)
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path = Path(path)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path

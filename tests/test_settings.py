@@ -53,9 +53,17 @@ def test_build_applies_what_is_given_over_the_settings():
 @pytest.mark.parametrize("change,words", [
     (dict(ratios="wide"), "W:H"), (dict(ratios=()), "at least one"), (dict(sampler="euler"), "unknown sampler"),
     (dict(steps=0), "steps"), (dict(strides=(5, 2)), "ending in 1"), (dict(guidance=(1,)), "two scales"),
-    (dict(batch_windows=0), "at least 1"), (dict(window_noise="fresh"), "window_noise"),
-    (dict(noise=np.zeros((4, 16, 4, 4))), "noise must have shape"), (dict(output_height=1), "at least 2"),
+    (dict(batch_windows=0), "from 1 to"), (dict(window_noise="fresh"), "window_noise"),
+    (dict(noise=np.zeros((4, 16, 4, 4))), "noise must have shape"), (dict(output_height=1), "from 2 to"),
     (dict(pad=(1, 2, 3)), "four values"),
+    # accepted once, meaningless or explosive (issue: hardening)
+    (dict(guidance=(float("nan"), float("nan"))), "finite"), (dict(guidance=(float("inf"), 1)), "finite"),
+    (dict(guidance=(2, 1e6)), "finite number from 0 to 50"), (dict(feather=-1), "feather"),
+    (dict(feather=float("nan")), "feather"), (dict(seed=-1), "seed"), (dict(seed=2**64), "seed"),
+    (dict(seed=1.5), "integer"), (dict(steps=10**6), "steps"), (dict(batch_windows=10**6), "batch_windows"),
+    (dict(pad=(0, -1, 0, 4)), "padding"), (dict(pad=(0, 1.5, 0, 4)), "integer"), (dict(strides=(2.5, 1)), "strides"),
+    (dict(noise=np.full((4, 16, 8, 8), np.nan)), "finite"), (dict(output_height=10**12), "output height"),
+    (dict(max_pixels=0), "max_pixels"),
 ])
 def test_check_refuses_what_cannot_run(change, words):
     with pytest.raises(InputError, match=words):

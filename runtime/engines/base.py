@@ -55,6 +55,10 @@ class Backend(ABC):
         pipeline then runs the host loop over ``unet``."""
         return None
 
+    def interrupt(self) -> None:
+        """Optional: abort the engine calls in flight (they raise), from any thread; later calls run as usual.
+        A job being cancelled uses it so that it stops now, not when a long call returns."""
+
     def close(self) -> None:
         """Release sessions and device memory (a closed backend must not be used again)."""
 

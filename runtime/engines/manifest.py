@@ -1,9 +1,17 @@
-"""Reading and checking an engines folder's manifest.json (torch-free)."""
+"""Reading and checking an engines folder's manifest.json (torch-free).
+
+An engines folder is data that may come from elsewhere (a download, a shared volume), so it is confined:
+every file it names (graphs, their external weights, TensorRT plans) must be a plain relative path that
+resolves inside the folder, and no symlink in it may lead out of it. The runtime never opens a file
+outside the folder because a manifest said so. (ONNX Runtime itself refuses external-data locations that
+are absolute or contain "..", so a tampered graph cannot name one either; the symlink rule covers the rest.)
+"""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from m3ddm.errors import EnginesError
 from m3ddm.files import atomic_write
@@ -20,7 +28,11 @@ class EngineSet:
     precisions: tuple[str, ...]
 
     def onnx_path(self, component: str, precision: str) -> Path:
-        return self.folder / self.manifest["components"][f"{component}.{precision}"]["file"]
+        return self.path(self.manifest["components"][f"{component}.{precision}"]["file"])
+
+    def path(self, name) -> Path:
+        """The file ``name`` (as the manifest gives it) inside the folder; EnginesError if it would lead out."""
+        return inside(self.folder, name)
 
     @property
     def latent_size(self) -> int:
@@ -38,6 +50,32 @@ def write_manifest(folder, manifest: dict) -> None:
 
 def _fail(folder: Path, reason: str):
     raise EnginesError(f"engines folder {folder} cannot be used: {reason}")
+
+
+def inside(folder, name) -> Path:
+    """``folder / name`` when ``name`` is a relative path without ".." that resolves (symlinks followed)
+    inside ``folder``; otherwise EnginesError, and nothing is opened."""
+    folder = Path(folder)
+    if not isinstance(name, str) or not name or "\0" in name or "\\" in name:
+        _fail(folder, f"the manifest names a file {name!r}, which is not a file name")
+    rel = PurePosixPath(name)
+    if rel.is_absolute() or ".." in rel.parts or os.path.isabs(name):
+        _fail(folder, f"the manifest names {name!r}, outside the folder (only files inside it are read)")
+    path = folder / rel
+    root = folder.resolve()
+    if not path.resolve().is_relative_to(root):
+        _fail(folder, f"{name} leads outside the folder (a symlink to {path.resolve()}); only files inside it are read")
+    return path
+
+
+def check_links(folder: Path) -> None:
+    """Refuse a folder holding a symlink that leads out of it (ONNX Runtime would follow it to weights)."""
+    root = folder.resolve()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            if p.is_symlink() and not p.resolve().is_relative_to(root):
+                _fail(folder, f"{p.relative_to(folder)} is a symlink to {p.resolve()}, outside the folder")
 
 
 def open_engines(folder, precision: str | None = None) -> EngineSet:
@@ -58,8 +96,15 @@ def open_engines(folder, precision: str | None = None) -> EngineSet:
     try:
         size = int(manifest["model"]["size"])
         components = manifest["components"]
-    except (KeyError, TypeError, ValueError):
-        _fail(folder, "manifest lacks model.size or components")
+        plans = manifest.get("plans", {})
+        named = [e["file"] for e in components.values()] + [e["external_data"]["file"] for e in components.values()
+                                                             if e.get("external_data")]
+        named += [e["file"] for e in plans.values() if isinstance(e, dict) and "file" in e]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        _fail(folder, "manifest lacks model.size or components, or an entry has no file")
+    check_links(folder)
+    for name in named:
+        inside(folder, name)
     complete = []
     for prec in contract.PRECISIONS:
         if all(f"{c}.{prec}" in components for c in contract.COMPONENTS):
@@ -82,14 +127,14 @@ def _check_component(folder: Path, comp: str, prec: str, size: int, entry: dict)
         if got != want[side]:
             _fail(folder, f"{comp}.{prec} {side} {_brief(got)} differ from what this runtime expects {_brief(want[side])} "
                           f"(exported for another model or version)")
-    onnx = folder / entry.get("file", "")
+    onnx = inside(folder, entry.get("file", ""))
     if not onnx.is_file():
         _fail(folder, f"{onnx.name} is missing")
     if entry.get("bytes") is not None and onnx.stat().st_size != entry["bytes"]:
         _fail(folder, f"{onnx.name} has {onnx.stat().st_size} bytes, the manifest says {entry['bytes']} (changed or truncated)")
     data = entry.get("external_data")
     if data:
-        p = folder / data["file"]
+        p = inside(folder, data["file"])
         if not p.is_file() or p.stat().st_size != data["bytes"]:
             _fail(folder, f"{data['file']} (the weights of {onnx.name}) is missing or has the wrong size")
 

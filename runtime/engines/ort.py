@@ -56,6 +56,7 @@ class OrtBackend(Backend):
             self.providers = ["CPUExecutionProvider"]
         self.threads = threads
         self._sessions: dict[str, object] = {}
+        self._run_options = ort.RunOptions()
 
     def session(self, component):
         """The ONNX Runtime session of ``component`` (a contract record or its name), built when first asked."""
@@ -78,15 +79,20 @@ class OrtBackend(Backend):
         except Exception as exc:  # a corrupt or foreign graph: one line, not ORT's multi-line dump
             raise EnginesError(f"ONNX Runtime cannot load {path.name}: {first_line(exc)}") from None
 
+    def interrupt(self) -> None:
+        # The calls in flight hold these options and stop; later calls get fresh ones.
+        options, self._run_options = self._run_options, _import_ort().RunOptions()
+        options.terminate = True
+
     def _run(self, component: contract.Component, feeds: dict) -> np.ndarray:
         sess = self.session(component)
         if self.device == "cpu":
-            return sess.run([component.output], feeds)[0]
+            return sess.run([component.output], feeds, self._run_options)[0]
         binding = sess.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         binding.bind_output(component.output, "cuda", self.device_id)
-        sess.run_with_iobinding(binding)
+        sess.run_with_iobinding(binding, self._run_options)
         return binding.copy_outputs_to_cpu()[0]
 
     def _cast(self, x) -> np.ndarray:

@@ -202,7 +202,7 @@ class TensorRTBackend(Backend):
         free_before, total = cuda.mem_info()
         self._engines = {}
         for c in contract.ENGINES:  # one at a time, so close() frees what loaded if a later one fails
-            self._engines[c] = TrtEngine(trt, self.runtime, self.engines.folder / records[c]["file"], self.stream,
+            self._engines[c] = TrtEngine(trt, self.runtime, self.engines.path(records[c]["file"]), self.stream,
                                          cuda_graphs)
         free, _ = cuda.mem_info()
         self.weights_bytes = free_before - free

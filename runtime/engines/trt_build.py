@@ -136,7 +136,7 @@ def build_plans(folder, precision: str = "fp16", windows=None, vae_batch: int = 
             continue
         shapes, ranges = component_profiles(entry, comp, windows, vae_batch)
         log.info(f"  building {plan_path.name} ({len(shapes)} profile{'s' * (len(shapes) > 1)}) ...")
-        built = build_plan(trt, folder / entry["file"], plan_path, shapes, opt_level=opt_level,
+        built = build_plan(trt, engines.path(entry["file"]), plan_path, shapes, opt_level=opt_level,
                            workspace_bytes=int(workspace_gb * 2**30) if workspace_gb else None,
                            timing_cache=cache, verbose=verbose)
         plans[key] = {"file": plan_path.name, "precision": precision, "onnx_fingerprint": entry["fingerprint"],

@@ -12,9 +12,9 @@ independent in the UNet, so any call of N = 3k rows runs as a sum of profile siz
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from m3ddm.errors import EnginesError, InputError, first_line
+from runtime.engines.manifest import inside
 
 MIN_TENSORRT = (10, 0)  # name-based I/O, execute_async_v3, USER_MANAGED context memory
 MAX_TENSORRT_MAJOR = 11  # newest major this code is written against
@@ -88,7 +88,7 @@ def plan_problem(key: str, record: dict, onnx_fingerprint: str | None, tensorrt_
         return (f"{record['file']} was built for {record.get('gpu')} (compute {record.get('compute_capability')}), this "
                 f"is {gpu['name']} (compute {gpu['compute_capability']}); {rebuild}")
     if folder is not None:
-        path = Path(folder) / record["file"]
+        path = inside(folder, record["file"])
         if not path.is_file() or path.stat().st_size != record.get("bytes"):
             return f"{record['file']} is missing or has changed since it was built; {rebuild}"
     return None

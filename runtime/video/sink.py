@@ -6,6 +6,7 @@ renamed into place at the end: a failed run never leaves a partial output, and n
 """
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from m3ddm.errors import first_line
+from m3ddm.files import track_partial
 from runtime.video.source import VideoError, _av
 
 
@@ -25,8 +27,72 @@ class EncodeOptions:
     preset: str = "medium"
     audio: bool = True
 
+    def check(self, path) -> None:
+        """Refuse, before any work, settings the encoder or the container would refuse at the first frame:
+        encodes two small frames in memory with exactly these settings."""
+        path = Path(path)
+        check_output_path(path)
+        if self.crf is not None and not (isinstance(self.crf, int) and 0 <= self.crf <= 51):
+            raise VideoError(f"crf must be an integer from 0 (lossless) to 51, not {self.crf}")
+        av = _av()
+        try:
+            container = av.open(io.BytesIO(), "w", format=_FORMATS[path.suffix.lower()])
+        except Exception as exc:
+            raise VideoError(f"cannot write {path.suffix} files here: {first_line(exc)}") from None
+        try:
+            stream = _add_video_stream(av, container, self, 30, 64, 64)
+            for i in range(2):
+                frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 128, np.uint8), format="rgb24")
+                frame.pts, frame.time_base = i * 3000, TIME_BASE
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        except VideoError:
+            raise
+        except Exception as exc:
+            raise VideoError(f"cannot encode {path.name} with codec {self.codec!r}, pixel format {self.pix_fmt!r}"
+                             f"{f', preset {self.preset!r}' if _takes_crf(self.codec) else ''}: {first_line(exc)}") from None
+        finally:
+            try:
+                container.close()
+            except Exception:
+                pass
+
+
+def _takes_crf(codec: str) -> bool:
+    return codec in ("libx264", "libx264rgb", "libx265")
+
+
+def _add_video_stream(av, container, options: EncodeOptions, fps: float, width: int, height: int, gaps: bool = False):
+    try:
+        codec = av.Codec(options.codec, "w")
+    except Exception:
+        raise VideoError(f"unknown video encoder {options.codec!r} (e.g. libx264, libx265, libvpx-vp9, mpeg4)") from None
+    if codec.type != "video":
+        raise VideoError(f"{options.codec!r} is not a video encoder")
+    formats = {f.name for f in (codec.video_formats or ())}
+    if formats and options.pix_fmt not in formats:
+        raise VideoError(f"{options.codec} cannot encode pixel format {options.pix_fmt!r} "
+                         f"(it takes {', '.join(sorted(formats))})")
+    rate = Fraction(fps).limit_denominator(100000) if fps > 0 else 30
+    vs = container.add_stream(options.codec, rate=rate)
+    vs.width, vs.height, vs.pix_fmt = width, height, options.pix_fmt
+    vs.time_base = TIME_BASE
+    vs.codec_context.time_base = TIME_BASE
+    opts = {}
+    if options.crf is not None and _takes_crf(options.codec):
+        opts = {"crf": str(options.crf), "preset": options.preset}
+    if gaps and options.codec in ("libx264", "libx264rgb"):
+        # Without B-frames no frame is stored ahead of an earlier one, so no timestamp is shifted back by
+        # the (here: hours-long) reorder delay: every frame decodes at its own time, starting at zero.
+        opts["bf"] = "0"
+    vs.options = opts
+    return vs
+
 
 TIME_BASE = Fraction(1, 90000)  # fine enough for any real timestamp; the muxer rescales to its own
+MAX_REGULAR_GAP_S = 1.0  # frames further apart are encoded without B-frames (see _add_video_stream)
 
 
 class VideoWriter:
@@ -38,11 +104,16 @@ class VideoWriter:
     remuxed unchanged when the container takes its codec, else re-encoded.
     """
 
-    def __init__(self, path, fps: float, options: EncodeOptions | None = None, audio_from=None):
+    def __init__(self, path, fps: float, options: EncodeOptions | None = None, audio_from=None, times=None):
         self.av = _av()
         self.options = options or EncodeOptions()
         self.path = Path(path)
         self.fps = fps
+        # The output's clock starts at zero (a stream starting at 1 h plays from 0, its audio shifted alike);
+        # ``times`` (every frame's, when known up front) also tells whether the frames are hours apart.
+        times = np.asarray(times if times is not None else [0.0], np.float64)
+        self.start = float(times[0]) if len(times) else 0.0
+        self.gaps = bool(len(times) > 1 and np.diff(times).max() > MAX_REGULAR_GAP_S)
         self.audio_from = audio_from if self.options.audio else None
         check_output_path(self.path)
         self.format = _FORMATS[self.path.suffix.lower()]
@@ -56,14 +127,9 @@ class VideoWriter:
         even_w, even_h = width - width % 2, height - height % 2
         if even_w < 2 or even_h < 2:
             raise VideoError(f"output frames of {width}x{height} are too small to encode")
+        track_partial(self.tmp)
         self.container = self.av.open(str(self.tmp), "w", format=self.format)
-        rate = Fraction(self.fps).limit_denominator(100000) if self.fps > 0 else 30
-        vs = self.container.add_stream(self.options.codec, rate=rate)
-        vs.width, vs.height, vs.pix_fmt = even_w, even_h, self.options.pix_fmt
-        vs.time_base = TIME_BASE
-        vs.codec_context.time_base = TIME_BASE
-        if self.options.crf is not None and self.options.codec in ("libx264", "libx264rgb", "libx265"):
-            vs.options = {"crf": str(self.options.crf), "preset": self.options.preset}
+        vs = _add_video_stream(self.av, self.container, self.options, self.fps, even_w, even_h, self.gaps)
         self.stream = vs
         if self.audio_from is not None:
             self.audio = _add_audio(self.av, self.container, self.audio_from, self.format)
@@ -74,7 +140,7 @@ class VideoWriter:
                 self._open(rgb.shape[1], rgb.shape[0])
             vs = self.stream
             frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:vs.height, :vs.width]), format="rgb24")
-            pts = max(int(round(float(time_s) / TIME_BASE)), self.last_pts + 1)  # strictly increasing
+            pts = max(int(round((float(time_s) - self.start) / TIME_BASE)), self.last_pts + 1, 0)  # increasing
             frame.pts, frame.time_base = pts, TIME_BASE
             self.last_pts = pts
             for packet in vs.encode(frame):
@@ -95,7 +161,7 @@ class VideoWriter:
                 self.container.mux(packet)
             src, a_in, out = self.audio
             if a_in is not None:
-                _mux_audio(src, a_in, out, self.container)
+                _mux_audio(src, a_in, out, self.container, self.start)
             self.container.close()
             self.container = None
             os.replace(self.tmp, self.path)
@@ -117,6 +183,7 @@ class VideoWriter:
                     pass
         self.container, self.audio = None, (None, None, None)
         self.tmp.unlink(missing_ok=True)
+        track_partial(self.tmp, False)
 
 
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
@@ -138,7 +205,7 @@ def check_output_path(path: Path) -> None:
 def write_video(path, frames, times: np.ndarray, fps: float, options: EncodeOptions | None = None,
                 audio_from=None) -> Path:
     """Encode an iterable of RGB uint8 frames at ``times`` (seconds) to ``path``, all or nothing."""
-    writer = VideoWriter(path, fps, options, audio_from)
+    writer = VideoWriter(path, fps, options, audio_from, times=times)
     try:
         for rgb, t in zip(frames, times):
             writer.write(rgb, t)
@@ -172,16 +239,25 @@ def _add_audio(av, container, source, fmt):
     return src, a_in, (a_out, True)
 
 
-def _mux_audio(src, a_in, out, container):
+def _mux_audio(src, a_in, out, container, start: float = 0.0):
+    """The audio, shifted by ``start`` seconds as the video is; what lies before the first frame is dropped."""
     a_out, reencode = out
     if not reencode:
+        shift = int(round(start / a_in.time_base)) if start and a_in.time_base else 0
         for packet in src.demux(a_in):
             if packet.dts is None:
                 continue
+            if shift:
+                if packet.pts is not None and packet.pts - shift < 0:
+                    continue
+                packet.pts = None if packet.pts is None else packet.pts - shift
+                packet.dts -= shift
             packet.stream = a_out
             container.mux(packet)
         return
     for frame in src.decode(a_in):
+        if start and frame.time is not None and frame.time < start:
+            continue
         frame.pts = None
         for packet in a_out.encode(frame):
             container.mux(packet)

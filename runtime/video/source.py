@@ -74,18 +74,31 @@ def _display(frame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
 
 
-def iter_frames(path, stream: int | None = None, rgb: bool = True) -> Iterator[tuple[np.ndarray, float, int]]:
+def _check_size(width: int, height: int, max_pixels: int | None, path) -> None:
+    if max_pixels and width * height > max_pixels:
+        raise VideoError(f"{path}: frames of {width}x{height} exceed the pixel budget of {max_pixels} pixels "
+                         f"(--max-pixels)")
+
+
+def iter_frames(path, stream: int | None = None, rgb: bool = True,
+                max_pixels: int | None = None) -> Iterator[tuple[np.ndarray, float, int]]:
     """(RGB uint8 [H, W, 3] as displayed, time in seconds, rotation) per decoded frame.
 
     ``rgb=False`` skips the colour conversion and yields None for the picture (a cheap counting pass).
+    ``max_pixels`` refuses frames larger than that before they are decoded: the declared size is checked
+    first and the decoder itself is told the limit, so a small file declaring a huge picture costs nothing.
     """
     container = _open_input(path)
     try:
         vs = _video_stream(container, path, stream)
         vs.thread_type = "AUTO"
+        if max_pixels:
+            _check_size(vs.codec_context.width, vs.codec_context.height, max_pixels, path)
+            vs.codec_context.options = {**vs.codec_context.options, "max_pixels": str(int(max_pixels))}
         last_t = None
         try:
             for frame in container.decode(vs):
+                _check_size(frame.width, frame.height, max_pixels, path)
                 t = frame.time
                 if t is None:  # no pts: count on from the last one at the average rate
                     rate = float(vs.average_rate or vs.guessed_rate or 30)
@@ -113,11 +126,12 @@ def probe(path, stream: int | None = None) -> VideoInfo:
         container.close()
 
 
-def read_video(path, stream: int | None = None, max_frames: int | None = None) -> tuple[np.ndarray, VideoInfo]:
+def read_video(path, stream: int | None = None, max_frames: int | None = None,
+               max_pixels: int | None = None) -> tuple[np.ndarray, VideoInfo]:
     """All frames (RGB uint8 [T, H, W, 3], as displayed) and the video's info, times included."""
     info = probe(path, stream)
     frames, times, rotation = [], [], 0
-    for rgb, t, rot in iter_frames(path, stream):
+    for rgb, t, rot in iter_frames(path, stream, max_pixels=max_pixels):
         if frames and rgb.shape != frames[0].shape:
             raise VideoError(f"{path}: frame size changes mid-stream ({frames[0].shape[1]}x{frames[0].shape[0]} "
                              f"to {rgb.shape[1]}x{rgb.shape[0]}), which is not supported")
