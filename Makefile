@@ -18,7 +18,7 @@ WINDOWS ?=
 # More `python -m export` options, e.g. EXPORT_ARGS="--attention-softmax fp16 --opt-level 4".
 EXPORT_ARGS ?=
 
-.PHONY: setup test test-all test-gpu demo engines plans doctor bench bench-model clean
+.PHONY: setup test test-all test-gpu demo engines plans doctor bench bench-long bench-model clean
 
 setup: $(STAMP)
 
@@ -61,6 +61,11 @@ demo: setup
 # Speed and memory against the official-equivalent baseline (tiny fixtures, CPU; GPU backends when present).
 bench: setup
 	$(PY) -m benchmarks.speed --json benchmarks/results_speed.json
+
+# Long jobs: time saved by resuming, checkpoint cost per batch, RAM and work-dir size of a long 1080p video.
+bench-long: setup
+	test -f build/demo/engines/manifest.json || $(PY) -m export.demo --out build/demo
+	$(PY) -m benchmarks.long_jobs --json benchmarks/results_long_jobs.json
 
 # Full-size model build, save and load: time and peak RAM (writes a 2.6 GB checkpoint to a temp dir).
 bench-model: setup

@@ -83,17 +83,22 @@ class Outpainter:
     # -- files --------------------------------------------------------------------------------
     def outpaint_file(self, input, output, ratio=None, *, settings: Settings | None = None, stream: int | None = None,
                       encode: EncodeOptions | None = None, overwrite: bool = True, progress=None, cancel=None,
-                      **options) -> dict:
+                      work_dir=None, restart: bool = False, keep_work_dir: bool = False, **options) -> dict:
         """Outpaint a video file; with several targets, ``output`` gets a ``_WxH`` suffix per target.
 
         The run is ``settings`` with the keyword arguments given applied, as for ``outpaint``. Streams the
         source (runtime/streaming.py) instead of holding it in memory. Returns a summary (paths, frame count,
         fps, timings). Raises VideoError/InputError/EnginesError with a one-line message; on failure no output
         file is left behind and existing outputs are untouched. ``cancel`` as for ``outpaint``.
+
+        With ``work_dir`` the job checkpoints there after every batch of windows (runtime/workdir.py): a call
+        that was killed, cancelled or failed is resumed by the same call, with the same result; a work dir of
+        another job is refused (``restart=True`` clears it); it is removed on success unless ``keep_work_dir``.
         """
         s = Settings.build(settings, ratio=ratio, **options)
         return streaming.outpaint_file(self.pipeline, input, output, s, stream=stream, encode=encode,
-                                       overwrite=overwrite, progress=progress, lock=self._lock, cancel=cancel)
+                                       overwrite=overwrite, progress=progress, lock=self._lock, cancel=cancel,
+                                       work_dir=work_dir, restart=restart, keep_work_dir=keep_work_dir)
 
     def interrupt(self) -> None:
         """Abort the engine call in flight, if the backend can (ONNX Runtime can): with a cancel token set,

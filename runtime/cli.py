@@ -76,12 +76,12 @@ def fail(code: int, message: str) -> int:
     return code
 
 
-def _outcome(body, interrupted: str, out_of_memory: str, signals: list) -> int:
+def _outcome(body, interrupted, out_of_memory: str, signals: list) -> int:
     """``body()``'s exit code, or its failure as one ``error:`` line and its exit code."""
     def stopped():
         code = SIGNALS.get(signals[0], EXIT_INTERRUPTED) if signals else EXIT_INTERRUPTED
         by = f" by {signal.Signals(signals[0]).name}" if signals else ""
-        return fail(code, f"interrupted{by}; {interrupted}")
+        return fail(code, f"interrupted{by}; {interrupted() if callable(interrupted) else interrupted}")
     try:
         return int(body() or 0)
     except (KeyboardInterrupt, Cancelled):
@@ -101,7 +101,7 @@ def _outcome(body, interrupted: str, out_of_memory: str, signals: list) -> int:
                                    f"({env.DEBUG}=1 shows the traceback)")
 
 
-def run(body, *, interrupted: str = "no output was written", out_of_memory: str = "", cancel=None,
+def run(body, *, interrupted="no output was written", out_of_memory: str = "", cancel=None,
         on_signal=None) -> int:
     """``body()`` as a command: its int result (None: 0) is the exit code; a failure becomes one ``error:`` line
     on stderr and its exit code (m3ddm.errors: 2 bad input, 3 engines/environment, 130 SIGINT, 143 SIGTERM,
@@ -150,7 +150,8 @@ def run(body, *, interrupted: str = "no output was written", out_of_memory: str 
             return result[0]
         remove_partials()  # the job is still running (a daemon thread): nothing it half-wrote may stay
         return fail(SIGNALS.get(signals[0], EXIT_INTERRUPTED) if signals else EXIT_INTERNAL,
-                    f"interrupted by {signal.Signals(signals[0]).name if signals else 'a signal'}; {interrupted}")
+                    f"interrupted by {signal.Signals(signals[0]).name if signals else 'a signal'}; "
+                    f"{interrupted() if callable(interrupted) else interrupted}")
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)

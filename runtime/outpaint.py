@@ -55,8 +55,15 @@ def parser() -> cli.Parser:
     ap.add_argument("--pix-fmt", default="yuv420p")
     ap.add_argument("--no-audio", action="store_true", help="drop the audio track")
     ap.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output")
+    ap.add_argument("--work-dir", help="keep the job's checkpoints here; running the same command again resumes "
+                                       "where it stopped, with the same result (removed on success)")
+    ap.add_argument("--restart", action="store_true", help="clear a work dir made for another job and start afresh")
+    ap.add_argument("--keep-work-dir", action="store_true", help="keep the work dir after success")
+    ap.add_argument("--progress", choices=["line", "jsonl", "none"], default="line",
+                    help="progress on stderr: a status line (default), JSON lines (one event each, for programs "
+                         "following the run), or none")
     ap.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    ap.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    ap.add_argument("--quiet", action="store_true", help="no progress on stderr (--progress none)")
     return ap
 
 
@@ -83,17 +90,19 @@ class Progress:
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self.t0
-        if event.get("stage") == "prepare":
+        if event.get("stage") in ("prepare", "decode"):
             n, total = event["frames_done"], event["frames"]
-            self._show(f"prepare  frames {n:>5}/{total}  {n / max(event['seconds'], 1e-9):6.1f} frames/s  {elapsed:6.1f} s",
+            self._show(f"{event['stage']:<8} frames {n:>5}/{total}  {elapsed:6.1f} s",
                        n == total or time.perf_counter() - self.last_line > self.EVERY_S)
             return
         if event.get("stage") != "sample":
             return
+        eta = event.get("eta_s")
         line = (f"level {event['level'] + 1} (stride {event['stride']})  windows {event['windows_done'] + event['batch']:>3}"
                 f"/{event['windows']}  step {event['step']:>3}/{event['steps']}"
                 f"  {event['step'] / max(event['seconds'], 1e-9):5.2f} steps/s"
-                f"  {event['frames_done'] / max(elapsed, 1e-9):5.2f} frames/s  {elapsed:6.1f} s")
+                f"  {event['frames_done'] / max(elapsed, 1e-9):5.2f} frames/s  {elapsed:6.1f} s"
+                + (f"  eta {eta:6.0f} s" if eta is not None else ""))
         key = (event["windows_done"], event["batch"])
         final = event["step"] == event["steps"] and key != self.last_batch
         if final:
@@ -103,6 +112,17 @@ class Progress:
     def close(self):
         if self.enabled and self.tty:
             print(file=sys.stderr)
+
+
+class JsonProgress:
+    """Every progress event as one JSON line on stderr (stage: prepare, prepared, sample, decode, finish)."""
+
+    def __call__(self, event: dict):
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in event.items()}),
+              file=sys.stderr, flush=True)
+
+    def close(self):
+        pass
 
 
 def settings(args):
@@ -134,7 +154,8 @@ def main(argv=None) -> int:
             encode.check(path)
     except (InputError, ValueError) as exc:
         return cli.fail(EXIT_BAD_INPUT, first_line(exc))
-    progress = Progress(not args.quiet)
+    progress = JsonProgress() if args.progress == "jsonl" and not args.quiet else \
+        Progress(not args.quiet and args.progress == "line")
     t0 = time.perf_counter()
     cancel = threading.Event()
     outpainter = None
@@ -150,7 +171,8 @@ def main(argv=None) -> int:
                 log.warning(note)
             summary = outpainter.outpaint_file(args.input, args.output, settings=run_settings, stream=args.stream,
                                                overwrite=not args.no_overwrite, encode=encode, progress=progress,
-                                               cancel=cancel)
+                                               cancel=cancel, work_dir=args.work_dir, restart=args.restart,
+                                               keep_work_dir=args.keep_work_dir)
         finally:
             progress.close()
         summary["seconds"] = round(time.perf_counter() - t0, 3)
@@ -165,7 +187,18 @@ def main(argv=None) -> int:
         if outpainter is not None:
             outpainter.interrupt()
 
-    return cli.run(run, out_of_memory="try a smaller --batch-windows", cancel=cancel, on_signal=on_signal)
+    def interrupted():
+        if not args.work_dir:
+            return "no output was written"
+        try:
+            with open(os.path.join(args.work_dir, "state.json")) as f:
+                done = json.load(f)["windows_done"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"no output was written; run the same command again to resume from {args.work_dir}"
+        return f"no output was written; {args.work_dir} keeps {done} finished windows: run the same command again to resume"
+
+    return cli.run(run, interrupted=interrupted, out_of_memory="try a smaller --batch-windows", cancel=cancel,
+                   on_signal=on_signal)
 
 
 if __name__ == "__main__":

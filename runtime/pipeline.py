@@ -153,14 +153,17 @@ class Pipeline:
                             mask=box.mask[::8, ::8].astype(np.float32),  # nearest: each 8x8 cell's top-left pixel
                             context=context, fps=float(fps))
 
-    def generate(self, video: VideoLatents, s: Settings, progress=None, sink=None, cancel=None):
+    def generate(self, video: VideoLatents, s: Settings, progress=None, sink=None, cancel=None, resume=None,
+                 checkpoint=None):
         """Sample and decode: (generated S x S frames, final latents, plan, stats).
 
         With ``sink(start, frames)``, the generated frames are handed over in order, in chunks of VAE_BATCH,
         as soon as they are final, while sampling goes on (the file path composites and encodes them on
-        another thread meanwhile); the returned frames are then None.
+        another thread meanwhile); the returned frames are then None. ``resume`` and ``checkpoint``: see
+        ``sample``. After sampling, the frames still to decode are reported as "decode" events.
         """
-        emitted, decode_s = [0], [0.0]
+        emitted, decode_s, sampled = [0], [0.0], [False]
+        t0 = time.perf_counter()
 
         def emit(upto, latent_of):
             # Chunks start at multiples of VAE_BATCH, as decode's: the same frames either way.
@@ -172,6 +175,9 @@ class Pipeline:
                 decode_s[0] += time.perf_counter() - td
                 sink(start, frames)
                 emitted[0] = end
+                if sampled[0] and progress:
+                    progress({"stage": "decode", "frames_done": end, "frames": len(latent_of),
+                              "elapsed_s": time.perf_counter() - t0})
 
         def on_batch(stored):
             ready = emitted[0]
@@ -180,9 +186,12 @@ class Pipeline:
             emit(emitted[0] + (ready - emitted[0]) // VAE_BATCH * VAE_BATCH, stored)
 
         t1 = time.perf_counter()
-        latents, plan = self.sample(video, s, progress, on_batch=on_batch if sink else None, cancel=cancel)
-        stats = {"sample_s": time.perf_counter() - t1 - decode_s[0], "windows": sum(len(level) for level in plan)}
+        latents, plan, sampled_windows = self.sample(video, s, progress, on_batch=on_batch if sink else None,
+                                                     cancel=cancel, resume=resume, checkpoint=checkpoint)
+        stats = {"sample_s": time.perf_counter() - t1 - decode_s[0], "windows": sum(len(level) for level in plan),
+                 "windows_sampled": sampled_windows}
         t2 = time.perf_counter()
+        sampled[0] = True
         if sink:
             emit(len(latents), latents)
             generated = None
@@ -191,13 +200,17 @@ class Pipeline:
         stats["decode_s"] = decode_s[0] + time.perf_counter() - t2
         return generated, latents, plan, stats
 
-    def sample(self, video: VideoLatents, s: Settings, progress=None, on_batch=None,
-               cancel=None) -> tuple[np.ndarray, list]:
-        """Run the plan; returns final latents per frame [T, 4, h, w] and the plan.
+    def sample(self, video: VideoLatents, s: Settings, progress=None, on_batch=None, cancel=None, resume=None,
+               checkpoint=None) -> tuple[np.ndarray, list, int]:
+        """Run the plan; returns final latents per frame [T, 4, h, w], the plan and the windows sampled.
 
         ``on_batch(stored)`` is called after every batch with {frame: final latent} so far (a frame's
         latent never changes once stored), so a caller can decode and write frames while sampling goes on.
         ``cancel`` (e.g. a threading.Event) is checked after every step: set, the run raises Cancelled.
+        ``resume`` = ({frame: final latent}, windows done) of an earlier run of the same job: those windows
+        (the first ones in plan order) are not sampled again, and every random draw still belongs to its
+        window, so the result is the uninterrupted run's. ``checkpoint(new, windows_done)`` is called after
+        every batch with the frames it finished first, before anything else hears of the batch.
         """
         t_count = len(video)
         plan = official_plan(t_count, s.strides)
@@ -207,12 +220,21 @@ class Pipeline:
         # windows differently gives the same video.
         shared = (np.asarray(s.noise, np.float32) if s.noise is not None
                   else np.random.default_rng(s.seed).standard_normal(shape).astype(np.float32))
-        stored: dict[int, np.ndarray] = {}
+        stored: dict[int, np.ndarray] = dict(resume[0]) if resume else {}
+        skip = int(resume[1]) if resume else 0
         total = sum(len(level) for level in plan)
-        done = 0
+        done, sampled, t_run = 0, 0, time.perf_counter()
+        if on_batch is not None and stored:
+            on_batch(stored)
+        steps = len(sampler.timesteps)
         for level in plan:
             for run in independent_runs(level):
                 for batch in batches(run, s.batch_windows, self.backend.windows):
+                    if done + len(batch) <= skip:  # finished by an earlier run of this job
+                        done += len(batch)
+                        continue
+                    if done < skip:  # batched otherwise by the earlier run: resume at its window
+                        batch, done = batch[skip - done:], skip
                     ids = range(done, done + len(batch))
                     start = np.stack([shared if s.window_noise == "shared" else
                                       np.random.default_rng([s.seed, i]).standard_normal(shape).astype(np.float32)
@@ -226,21 +248,31 @@ class Pipeline:
                     def report(k, t, batch=batch, done=done, frames_done=len(stored)):
                         check_cancel(cancel)
                         if progress:
+                            now = time.perf_counter()
+                            fraction = (done + len(batch) * (k + 1) / steps) / total
+                            rate = (fraction - skip / total) / max(now - t_run, 1e-9)  # of this run
                             progress({"stage": "sample", "level": batch[0].level, "stride": batch[0].stride,
                                       "windows_done": done, "windows": total, "batch": len(batch), "step": k + 1,
-                                      "steps": len(sampler.timesteps), "frames_done": frames_done,
-                                      "frames": t_count, "seconds": time.perf_counter() - t0})
+                                      "steps": steps, "frames_done": frames_done, "frames": t_count,
+                                      "fraction": fraction, "seconds": now - t0, "elapsed_s": now - t_run,
+                                      "eta_s": (1 - fraction) / rate if rate > 0 else None})
 
                     check_cancel(cancel)
                     t0 = time.perf_counter()
                     out = self._sample_batch(batch, video, stored, BatchNoise(start, draws), sampler, s, report)
+                    new = {}
                     for w, lat in zip(batch, out):
                         for p, f in enumerate(w.frames):
-                            stored.setdefault(f, lat[:, p])  # the first generation of a frame wins
+                            if f not in stored and f not in new:  # the first generation of a frame wins
+                                new[f] = lat[:, p]
+                    stored.update(new)
                     done += len(batch)
+                    sampled += len(batch)
+                    if checkpoint is not None:
+                        checkpoint(new, done)
                     if on_batch is not None:
                         on_batch(stored)
-        return np.stack([stored[i] for i in range(t_count)]), plan
+        return np.stack([stored[i] for i in range(t_count)]), plan, sampled
 
     def _sample_batch(self, batch: list[Window], video: VideoLatents, stored: dict, noise: BatchNoise,
                       sampler: samplers.Sampler, s: Settings, report) -> np.ndarray:

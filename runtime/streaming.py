@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from m3ddm.errors import Cancelled, check_cancel
-from runtime import composite
+from runtime import composite, workdir
+from runtime.pipeline import VideoLatents
 from runtime.settings import Settings
 from runtime.video import EncodeOptions, VideoError, VideoWriter, fps_from_times, iter_frames, probe
 
@@ -33,9 +34,10 @@ def output_paths(output: Path, labels) -> dict:
 
 def outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None = None,
                   encode: EncodeOptions | None = None, overwrite: bool = True, progress=None, lock=None,
-                  cancel=None) -> dict:
+                  cancel=None, work_dir=None, restart: bool = False, keep_work_dir: bool = False) -> dict:
     """Outpaint a video file with ``pipeline`` (runtime.pipeline.Pipeline); see ``Outpainter.outpaint_file``.
-    ``lock`` is held while the engines run; ``cancel`` is checked between frames and steps."""
+    ``lock`` is held while the engines run; ``cancel`` is checked between frames and steps. With ``work_dir``
+    the job checkpoints there (runtime/workdir.py) and resumes from what an earlier run of it left."""
     input, output = Path(input), Path(output)
     encode = encode or EncodeOptions()
     s.check(pipeline.latent)
@@ -65,6 +67,12 @@ def outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None = 
         raise VideoError(f"{input} has no decodable video frames")
     shape = first[0].shape
     box, targets = s.layout(shape[0], shape[1], pipeline.size)  # every output size checked here
+    wd = None
+    if work_dir is not None:
+        job = {"format": workdir.FORMAT, "input": {"bytes": input.stat().st_size, "sha256": workdir.file_digest(input)},
+               "stream": info.stream_index, "frames": t_count, "settings": workdir.settings_identity(s),
+               "engines": workdir.engines_identity(pipeline.backend)}
+        wd = workdir.WorkDir.open(work_dir, job, restart)
 
     def frames():
         yield first[0]
@@ -82,18 +90,29 @@ def outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None = 
         finisher.start()
         with lock or nullcontext():
             tp = time.perf_counter()
+            saved = wd.prepared() if wd else None
             try:
-                video = pipeline.prepare(frames(), t_count, box, fps, progress, cancel)
+                if saved:  # the VAE encodes of an earlier run of this job
+                    video = VideoLatents(saved["inits"], saved["canvases"], box.mask[::8, ::8].astype(np.float32),
+                                         saved["context"], float(fps))
+                else:
+                    video = pipeline.prepare(frames(), t_count, box, fps, progress, cancel)
+                    if wd:
+                        wd.save_prepared(video.inits, video.canvases, video.context)
             finally:
                 source.close()
             prepare_s = time.perf_counter() - tp
             if progress:
-                progress({"stage": "prepared", "seconds": prepare_s})
-            _, _, _, stats = pipeline.generate(video, s, progress, sink=finisher.put, cancel=cancel)
+                progress({"stage": "prepared", "seconds": prepare_s, "resumed": bool(saved)})
+            resume = (wd.finished(), wd.windows_done) if wd else None
+            _, _, _, stats = pipeline.generate(video, s, progress, sink=finisher.put, cancel=cancel, resume=resume,
+                                               checkpoint=wd.save_batch if wd else None)
         t2 = time.perf_counter()
         finisher.finish(t_count, cancel)
         stats["finish_wait_s"] = time.perf_counter() - t2
         check_cancel(cancel)  # the last chance: nothing is in place yet
+        if progress:
+            progress({"stage": "finish", "frames_done": t_count, "frames": t_count})
         for label, w in writers.items():
             written[label] = w.commit()
     except BaseException as exc:
@@ -107,7 +126,13 @@ def outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None = 
         raise
     stats.update(prepare_s=prepare_s, encode_s=finisher.seconds, generate_and_encode_s=time.perf_counter() - t1,
                  total_s=time.perf_counter() - t0)
-    return {"input": str(input), "outputs": {k: str(v) for k, v in written.items()}, "frames": t_count,
+    extra = {}
+    if wd:
+        extra = {"work_dir": str(wd.folder), "work_dir_bytes": wd.bytes_on_disk(), "resumed_windows": resume[1],
+                 "prepare_resumed": bool(saved), "checkpoint_s": round(wd.seconds, 4)}
+        if not keep_work_dir:
+            wd.clear()
+    return {**extra, "windows_sampled": stats["windows_sampled"],"input": str(input), "outputs": {k: str(v) for k, v in written.items()}, "frames": t_count,
             "fps": fps, "source_size": [int(shape[1]), int(shape[0])],
             "output_size": composite.output_size(targets[0], s.output_height), "has_audio": info.has_audio,
             "windows": stats["windows"], **{k: round(v, 3) for k, v in stats.items() if k.endswith("_s")}}
