@@ -89,36 +89,31 @@ def resume(engines: Path, frames: int, steps: int, folder: Path) -> dict:
     }
 
 
-class InstantBackend:
-    """Fixed outputs of the right shapes at S = 256: what is left of a run is the host's work."""
+def _instant_backend(size: int = 256):
+    """A backend whose engines return fixed outputs of the right shapes at once: what is left of a run is
+    the host's work."""
+    from runtime.engines.base import Backend
+    from runtime.engines.manifest import EngineSet
 
-    name, precision, windows, notes = "instant", "fp32", None, ()
+    class InstantBackend(Backend):
+        name, precision = "instant", "fp32"
 
-    def __init__(self, size: int = 256):
-        from runtime.engines.manifest import EngineSet
-        self.engines = EngineSet(Path("."), {"components": {}}, size, ("fp32",))
-        self.model_size = size
+        def __init__(self):
+            self.engines = EngineSet(Path("."), {"components": {}}, size, ("fp32",))
 
-    def encode_global(self, g):
-        return np.zeros((1, 64, 320), np.float32)
+        def encode_global(self, g):
+            return np.zeros((1, 64, 320), np.float32)
 
-    def unet(self, sample, timestep, fps, context):
-        return np.zeros((sample.shape[0], 4, *sample.shape[2:]), np.float32)
+        def unet(self, sample, timestep, fps, context):
+            return np.zeros((sample.shape[0], 4, *sample.shape[2:]), np.float32)
 
-    def vae_encode(self, images):
-        return np.zeros((images.shape[0], 4, self.model_size // 8, self.model_size // 8), np.float32)
+        def vae_encode(self, images):
+            return np.zeros((images.shape[0], 4, size // 8, size // 8), np.float32)
 
-    def vae_decode(self, latents):
-        return np.zeros((latents.shape[0], 3, self.model_size, self.model_size), np.float32)
+        def vae_decode(self, latents):
+            return np.zeros((latents.shape[0], 3, size, size), np.float32)
 
-    def sample_windows(self, *args, **kwargs):
-        return None
-
-    def interrupt(self):
-        pass
-
-    def close(self):
-        pass
+    return InstantBackend()
 
 
 def _memory_child(frames: int, folder: Path) -> dict:
@@ -126,7 +121,7 @@ def _memory_child(frames: int, folder: Path) -> dict:
     clip = folder / f"clip{frames}.mp4"
     if not clip.exists():
         _clip(clip, frames, 1920, 1080)
-    op = Outpainter(engine=InstantBackend())
+    op = Outpainter(engine=_instant_backend())
     summary = op.outpaint_file(clip, folder / f"out{frames}.mp4", steps=2, work_dir=folder / f"work{frames}",
                                keep_work_dir=True)
     return {"frames": frames, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

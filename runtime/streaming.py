@@ -50,6 +50,7 @@ def outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None = 
         encode.check(p)  # a codec, pixel format or container that cannot work fails now, not after sampling
     info = probe(input, stream)
     s.check_frame(info.height, info.width, f"{input}: frames")  # as declared, before a frame is decoded
+    pipeline.backend.load()  # a graph that cannot load fails now, not after the prepare stage
     t0 = time.perf_counter()
     times = []
     for _, t, _ in iter_frames(input, stream, rgb=False, max_pixels=s.max_pixels):

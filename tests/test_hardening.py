@@ -171,9 +171,9 @@ def test_onnx_runtime_refuses_a_graph_whose_weights_lie_outside_the_folder(engin
         entry.pop("external_data", None)
 
     folder = tampered(engines, tmp_path, change)
-    res = subprocess.run([*CLI, clip, "-o", tmp_path / "out.mp4", "--engines", folder, *FAST], cwd=ROOT,
+    res = subprocess.run([*CLI, clip, "-o", tmp_path / "out.mp4", "--engines", folder, "--steps", "2"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
-    line = one_error_line(res)
+    line = one_error_line(res)  # the only line: the graphs load before the video is decoded (no progress yet)
     assert res.returncode == 3 and "cannot load" in line and "escapes model directory" in line, line
 
 

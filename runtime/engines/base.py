@@ -55,6 +55,10 @@ class Backend(ABC):
         pipeline then runs the host loop over ``unet``."""
         return None
 
+    def load(self) -> None:
+        """Optional: load every engine now (a backend may load them when first used), so that an engines
+        folder that cannot work fails before a video is decoded, not after."""
+
     def interrupt(self) -> None:
         """Optional: abort the engine calls in flight (they raise), from any thread; later calls run as usual.
         A job being cancelled uses it so that it stops now, not when a long call returns."""

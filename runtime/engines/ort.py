@@ -79,6 +79,10 @@ class OrtBackend(Backend):
         except Exception as exc:  # a corrupt or foreign graph: one line, not ORT's multi-line dump
             raise EnginesError(f"ONNX Runtime cannot load {path.name}: {first_line(exc)}") from None
 
+    def load(self) -> None:
+        for component in contract.ENGINES:
+            self.session(component)
+
     def interrupt(self) -> None:
         # The calls in flight hold these options and stop; later calls get fresh ones.
         options, self._run_options = self._run_options, _import_ort().RunOptions()

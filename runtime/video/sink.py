@@ -139,7 +139,10 @@ class VideoWriter:
             if self.stream is None:
                 self._open(rgb.shape[1], rgb.shape[0])
             vs = self.stream
-            frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:vs.height, :vs.width]), format="rgb24")
+            # Converted here, single-threaded: left to the encoder, PyAV converts with the codec's thread count,
+            # and swscale's threaded conversion gave other bits in a process that had cancelled a run before.
+            frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:vs.height, :vs.width]),
+                                                    format="rgb24").reformat(format=vs.pix_fmt)
             pts = max(int(round((float(time_s) - self.start) / TIME_BASE)), self.last_pts + 1, 0)  # increasing
             frame.pts, frame.time_base = pts, TIME_BASE
             self.last_pts = pts
