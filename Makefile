@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= export,ort,kernels,dev
+EXTRAS ?= export,ort,kernels,serve,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
@@ -18,7 +18,7 @@ WINDOWS ?=
 # More `python -m export` options, e.g. EXPORT_ARGS="--attention-softmax fp16 --opt-level 4".
 EXPORT_ARGS ?=
 
-.PHONY: setup test test-all test-gpu demo engines plans doctor bench bench-long bench-model clean
+.PHONY: setup test test-all test-gpu demo engines plans doctor serve bench bench-long bench-service bench-model clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,11 @@ doctor: setup
 demo: setup
 	$(PY) -m export.demo --out build/demo
 
+# The HTTP service on the demo engines (made first if missing): http://127.0.0.1:8000/ (OpenAPI at /docs).
+serve: setup
+	test -f build/demo/engines/manifest.json || $(PY) -m export.demo --out build/demo
+	$(PY) -m runtime.serve --engines build/demo/engines --data build/serve
+
 # Speed and memory against the official-equivalent baseline (tiny fixtures, CPU; GPU backends when present).
 bench: setup
 	$(PY) -m benchmarks.speed --json benchmarks/results_speed.json
@@ -66,6 +71,11 @@ bench: setup
 bench-long: setup
 	test -f build/demo/engines/manifest.json || $(PY) -m export.demo --out build/demo
 	$(PY) -m benchmarks.long_jobs --json benchmarks/results_long_jobs.json
+
+# The service: overhead per job against the CLI, memory with 100 jobs queued.
+bench-service: setup
+	test -f build/demo/engines/manifest.json || $(PY) -m export.demo --out build/demo
+	$(PY) -m benchmarks.service --json benchmarks/results_service.json
 
 # Full-size model build, save and load: time and peak RAM (writes a 2.6 GB checkpoint to a temp dir).
 bench-model: setup

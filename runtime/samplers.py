@@ -26,6 +26,7 @@ from m3ddm.errors import InputError
 TRAIN_STEPS = 1000
 BETA_START, BETA_END = 0.00085, 0.012
 STEPS_OFFSET = 1  # SD1.5's scheduler config: "leading" spacing plus this offset
+MAX_STEPS = TRAIN_STEPS - STEPS_OFFSET  # with the offset, 1000 leading steps would reach timestep 1000
 
 
 def alphas_cumprod() -> np.ndarray:
@@ -36,8 +37,8 @@ def alphas_cumprod() -> np.ndarray:
 
 def leading_timesteps(steps: int) -> np.ndarray:
     """Ascending 'leading' timesteps with SD1.5's offset: 1, 21, ..., 981 for 50 steps."""
-    if not 1 <= steps <= TRAIN_STEPS:
-        raise InputError(f"steps must be between 1 and {TRAIN_STEPS}, not {steps}")
+    if not 1 <= steps <= MAX_STEPS:
+        raise InputError(f"steps must be between 1 and {MAX_STEPS}, not {steps}")
     ratio = TRAIN_STEPS // steps
     return (np.arange(steps) * ratio).round().astype(np.int64) + STEPS_OFFSET
 
@@ -213,6 +214,8 @@ DEFAULT_STEPS = {"pndm": 50, "ddpm": 50, "ddim": 50, "dpmpp": 20}
 
 
 def make_sampler(name: str, steps: int | None = None) -> Sampler:
+    if steps is not None and not 1 <= int(steps) <= MAX_STEPS:
+        raise InputError(f"steps must be between 1 and {MAX_STEPS}, not {steps}")
     try:
         cls = SAMPLERS[name]
     except KeyError:

@@ -102,7 +102,7 @@ class Settings:
             for p in self.pad:
                 _integer(p, "padding", 0, self.max_pixels)
         if self.steps is not None:
-            _integer(self.steps, "steps", 1, samplers.TRAIN_STEPS)
+            _integer(self.steps, "steps", 1, samplers.MAX_STEPS)
         samplers.make_sampler(self.sampler, self.steps)
         _integer(self.seed, "seed", 0, MAX_SEED)
         if self.window_noise not in ("shared", "independent"):

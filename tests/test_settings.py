@@ -93,3 +93,17 @@ def test_batching_follows_what_windows_read(strides):
     b = Outpainter(engine=many).outpaint(frames, 30, "1:1", steps=2, strides=strides, batch_windows=4)
     np.testing.assert_array_equal(a.latents, b.latents)
     assert max(many.unet_rows) > 3 and set(one.unet_rows) == {3}  # batches of several windows did run
+
+
+@pytest.mark.parametrize("sampler", ["pndm", "ddpm", "ddim", "dpmpp"])
+def test_every_sampler_takes_every_step_count_it_accepts(sampler):
+    """The most steps a sampler accepts build a valid schedule (1000 once reached timestep 1000: a crash, or a
+    division by zero in DPM-Solver++); one more is refused as an input error."""
+    import warnings
+    from runtime import samplers
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        built = samplers.make_sampler(sampler, samplers.MAX_STEPS)
+    assert max(built.timesteps) < samplers.TRAIN_STEPS
+    with pytest.raises(InputError, match="steps"):
+        Settings(sampler=sampler, steps=samplers.MAX_STEPS + 1).check(8)

@@ -1,0 +1,84 @@
+"""python -m runtime.serve --engines DIR --data DIR [--host 127.0.0.1] [--port 8000] [--token T]: the HTTP service.
+
+One process: FastAPI on uvicorn, job records in SQLite under --data, uploads and results in files there, one
+worker over one engine set running the jobs in order (runtime/service). SIGTERM drains: no new jobs, the
+running one checkpointed (it resumes on the next start), then exit. OpenAPI at /docs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+
+from m3ddm.errors import EXIT_BAD_INPUT
+from runtime import cli, env
+
+log = logging.getLogger("runtime.serve")  # not __name__: run as __main__
+EXPIRE_EVERY_S = 60.0
+
+
+def parser() -> cli.Parser:
+    ap = cli.Parser(prog="python -m runtime.serve", description="The outpainting service: a job API and a web page.")
+    ap.add_argument("--engines", default=env.engines_dir(), help=f"engines folder (default: ${env.ENGINES} or ./engines)")
+    ap.add_argument("--data", required=True, help="folder for the job records, uploads and results")
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--token", default=os.environ.get("M3DDM_TOKEN"),
+                    help="require `Authorization: Bearer TOKEN` on /v1 (default: $M3DDM_TOKEN; none: open)")
+    ap.add_argument("--max-upload-mb", type=float, default=2048)
+    ap.add_argument("--max-queue", type=int, default=100, help="waiting jobs before new ones get 429")
+    ap.add_argument("--keep-hours", type=float, default=24, help="finished jobs and their files are removed after this")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="engine sets, each with its own worker (one per GPU; each loads the engines)")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    cli.setup_logging()
+    for name in ("port", "max_upload_mb", "max_queue", "keep_hours", "workers"):
+        if getattr(args, name) <= 0 and not (name == "port" and args.port == 0):
+            return cli.fail(EXIT_BAD_INPUT, f"--{name.replace('_', '-')} must be positive")
+
+    def run():
+        try:
+            import uvicorn
+
+            from runtime.service.app import create_app
+        except ImportError as exc:
+            return cli.fail(EXIT_BAD_INPUT, f"the service needs its extra: pip install 'm3ddm-runtime[serve]' ({exc.name})")
+        from runtime.api import Outpainter
+        from runtime.service.jobs import JobQueue
+        outpainters = [Outpainter(args.engines, backend=args.backend, threads=args.threads)
+                       for _ in range(args.workers)]
+        for outpainter in outpainters:
+            outpainter.backend.load()  # /readyz means the engines are loaded
+        queue = JobQueue(outpainters, args.data, max_queue=args.max_queue).start()
+        stop = threading.Event()
+
+        def drain():  # uvicorn stops accepting first (SIGTERM, SIGINT), then this: checkpoint and stop
+            stop.set()
+            queue.drain()
+
+        backend = outpainters[0].backend.name
+        app = create_app(queue, token=args.token, max_upload_mb=args.max_upload_mb, backend=backend, on_shutdown=drain)
+
+        def expire():
+            while not stop.wait(EXPIRE_EVERY_S):
+                queue.expire(args.keep_hours)
+
+        threading.Thread(target=expire, name="m3ddm-expire", daemon=True).start()
+        queue.expire(args.keep_hours)
+
+        log.info(f"serving {args.engines} on http://{args.host}:{args.port} (data: {args.data}, "
+                 f"backend: {backend}, workers: {args.workers}{', token required' if args.token else ''})")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
+
+    return cli.run(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
