@@ -76,12 +76,17 @@ def fail(code: int, message: str) -> int:
     return code
 
 
+def _stopped(signals: list, interrupted) -> int:
+    """The one line and exit code of a run stopped by the first of ``signals`` (or by a KeyboardInterrupt)."""
+    code = SIGNALS.get(signals[0], EXIT_INTERRUPTED) if signals else EXIT_INTERRUPTED
+    by = f" by {signal.Signals(signals[0]).name}" if signals else ""
+    return fail(code, f"interrupted{by}; {interrupted() if callable(interrupted) else interrupted}")
+
+
 def _outcome(body, interrupted, out_of_memory: str, signals: list) -> int:
     """``body()``'s exit code, or its failure as one ``error:`` line and its exit code."""
     def stopped():
-        code = SIGNALS.get(signals[0], EXIT_INTERRUPTED) if signals else EXIT_INTERRUPTED
-        by = f" by {signal.Signals(signals[0]).name}" if signals else ""
-        return fail(code, f"interrupted{by}; {interrupted() if callable(interrupted) else interrupted}")
+        return _stopped(signals, interrupted)
     try:
         return int(body() or 0)
     except (KeyboardInterrupt, Cancelled):
@@ -149,9 +154,7 @@ def run(body, *, interrupted="no output was written", out_of_memory: str = "", c
         if result:
             return result[0]
         remove_partials()  # the job is still running (a daemon thread): nothing it half-wrote may stay
-        return fail(SIGNALS.get(signals[0], EXIT_INTERRUPTED) if signals else EXIT_INTERNAL,
-                    f"interrupted by {signal.Signals(signals[0]).name if signals else 'a signal'}; "
-                    f"{interrupted() if callable(interrupted) else interrupted}")
+        return _stopped(signals, interrupted)
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)

@@ -188,12 +188,11 @@ def main(argv=None) -> int:
             outpainter.interrupt()
 
     def interrupted():
+        from runtime.workdir import finished_windows
         if not args.work_dir:
             return "no output was written"
-        try:
-            with open(os.path.join(args.work_dir, "state.json")) as f:
-                done = json.load(f)["windows_done"]
-        except (OSError, ValueError, KeyError, TypeError):
+        done = finished_windows(args.work_dir)
+        if done is None:
             return f"no output was written; run the same command again to resume from {args.work_dir}"
         return f"no output was written; {args.work_dir} keeps {done} finished windows: run the same command again to resume"
 

@@ -52,6 +52,11 @@ class BatchNoise:
     steps: list  # per window: step -> [4, 16, h, w], the fresh noise of stochastic samplers
 
 
+def latent_mask(box: geometry.Letterbox) -> np.ndarray:
+    """[h, w] float32 latent mask, 1 where content is missing: each 8x8 cell's top-left pixel (nearest)."""
+    return box.mask[::VAE_DOWNSAMPLE, ::VAE_DOWNSAMPLE].astype(np.float32)
+
+
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """Decoder output in about [-1, 1], [n, 3, S, S] -> RGB uint8 [n, S, S, 3] (round(255 v), v clamped)."""
     v = np.clip(images / 2 + 0.5, 0.0, 1.0)
@@ -112,8 +117,10 @@ class Pipeline:
         memory grows with the latents (T x 4 x S/8 x S/8), not with the canvases (T x S x S x 3, twice).
         ``progress`` gets a "prepare" event per chunk; ``cancel`` is checked per chunk.
         """
-        wanted = set(int(i) for i in geometry.global_frame_indices(count, GLOBAL_FRAMES))
-        inits, canvases, global_images = [], [], {}
+        gidx = geometry.global_frame_indices(count, GLOBAL_FRAMES)
+        wanted = set(gidx.tolist())
+        held: list[np.ndarray | None] = [None, None]  # latents of the canvases, of the inits: filled in place
+        global_images = {}
         ready: list[tuple[np.ndarray, np.ndarray]] = []  # (canvas, init) of the chunk being filled
         pending: deque = deque()  # frames being letterboxed and inpainted: a few at a time, never the video
         done, t0 = 0, time.perf_counter()
@@ -124,11 +131,11 @@ class Pipeline:
             while len(pending) > until:
                 ready.append(pending.popleft().result())
                 if len(ready) == VAE_BATCH or (not pending and until == 0):  # encode()'s chunks: same latents
-                    for out, k in ((inits, 1), (canvases, 0)):
+                    for k in (1, 0):  # inits first, as encode() did them
                         latents = self.encode(geometry.to_unit_range(np.stack([p[k] for p in ready])))
-                        if not out:  # filled in place: the latents are held once, never copied whole
-                            out.append(np.empty((count, *latents.shape[1:]), np.float32))
-                        out[0][done:done + len(ready)] = latents
+                        if held[k] is None:  # the latents are held once, never copied whole
+                            held[k] = np.empty((count, *latents.shape[1:]), np.float32)
+                        held[k][done:done + len(ready)] = latents
                     done += len(ready)
                     ready.clear()
                     if progress:
@@ -147,11 +154,8 @@ class Pipeline:
             take(0)
         if done != count:
             raise ValueError(f"the video gave {done} frames, {count} expected")
-        gidx = geometry.global_frame_indices(count, GLOBAL_FRAMES)
         context = self.backend.encode_global(self.encode(np.stack([global_images[int(i)] for i in gidx])))
-        return VideoLatents(inits=inits[0], canvases=canvases[0],
-                            mask=box.mask[::8, ::8].astype(np.float32),  # nearest: each 8x8 cell's top-left pixel
-                            context=context, fps=float(fps))
+        return VideoLatents(inits=held[1], canvases=held[0], mask=latent_mask(box), context=context, fps=float(fps))
 
     def generate(self, video: VideoLatents, s: Settings, progress=None, sink=None, cancel=None, resume=None,
                  checkpoint=None):

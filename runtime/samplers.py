@@ -37,8 +37,6 @@ def alphas_cumprod() -> np.ndarray:
 
 def leading_timesteps(steps: int) -> np.ndarray:
     """Ascending 'leading' timesteps with SD1.5's offset: 1, 21, ..., 981 for 50 steps."""
-    if not 1 <= steps <= MAX_STEPS:
-        raise InputError(f"steps must be between 1 and {MAX_STEPS}, not {steps}")
     ratio = TRAIN_STEPS // steps
     return (np.arange(steps) * ratio).round().astype(np.int64) + STEPS_OFFSET
 
@@ -58,6 +56,8 @@ class Sampler:
     history = 0  # earlier eps kept
 
     def __init__(self, steps: int):
+        if not 1 <= steps <= MAX_STEPS:  # every sampler's schedule, leading or not, ends inside the betas
+            raise InputError(f"steps must be between 1 and {MAX_STEPS}, not {steps}")
         self.steps = steps
         self.ac = alphas_cumprod().astype(np.float64)
         self.ac32 = alphas_cumprod()
@@ -214,8 +214,6 @@ DEFAULT_STEPS = {"pndm": 50, "ddpm": 50, "ddim": 50, "dpmpp": 20}
 
 
 def make_sampler(name: str, steps: int | None = None) -> Sampler:
-    if steps is not None and not 1 <= int(steps) <= MAX_STEPS:
-        raise InputError(f"steps must be between 1 and {MAX_STEPS}, not {steps}")
     try:
         cls = SAMPLERS[name]
     except KeyError:

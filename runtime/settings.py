@@ -11,6 +11,7 @@ import numpy as np
 from m3ddm.errors import InputError
 from m3ddm.facts import DEFAULT_GUIDANCE, WINDOW_FRAMES
 from runtime import composite, geometry
+from runtime.video.source import check_pixels
 
 # The largest frame, read or written, in pixels: 8K UHD. A 4K/8K video passes; a file declaring 16000 x 16000
 # (a 31 KB PNG can) is refused before a frame is decoded, as is an output scaled past it.
@@ -128,9 +129,7 @@ class Settings:
 
     def check_frame(self, height: int, width: int, what: str = "frames") -> None:
         """Refuse a frame size past the pixel budget (before it is decoded, or made)."""
-        if height * width > self.max_pixels:
-            raise InputError(f"{what} of {width}x{height} exceed the pixel budget of {self.max_pixels} pixels "
-                             f"(max_pixels, --max-pixels)")
+        check_pixels(width, height, self.max_pixels, what)
 
     def layout(self, height: int, width: int, size: int) -> tuple[geometry.Letterbox, list[geometry.Target]]:
         """Where a height x width source sits in the S x S canvas, and the output videos (one per label).

@@ -18,7 +18,7 @@ import numpy as np
 
 from m3ddm.errors import Cancelled, check_cancel
 from runtime import composite, workdir
-from runtime.pipeline import VideoLatents
+from runtime.pipeline import VideoLatents, latent_mask
 from runtime.settings import Settings
 from runtime.video import EncodeOptions, VideoError, VideoWriter, fps_from_times, iter_frames, probe
 
@@ -94,8 +94,8 @@ def outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None = 
             saved = wd.prepared() if wd else None
             try:
                 if saved:  # the VAE encodes of an earlier run of this job
-                    video = VideoLatents(saved["inits"], saved["canvases"], box.mask[::8, ::8].astype(np.float32),
-                                         saved["context"], float(fps))
+                    video = VideoLatents(saved["inits"], saved["canvases"], latent_mask(box), saved["context"],
+                                         float(fps))
                 else:
                     video = pipeline.prepare(frames(), t_count, box, fps, progress, cancel)
                     if wd:
@@ -133,8 +133,8 @@ def outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None = 
                  "prepare_resumed": bool(saved), "checkpoint_s": round(wd.seconds, 4)}
         if not keep_work_dir:
             wd.clear()
-    return {**extra, "windows_sampled": stats["windows_sampled"],"input": str(input), "outputs": {k: str(v) for k, v in written.items()}, "frames": t_count,
-            "fps": fps, "source_size": [int(shape[1]), int(shape[0])],
+    return {**extra, "windows_sampled": stats["windows_sampled"], "input": str(input),
+            "outputs": {k: str(v) for k, v in written.items()}, "frames": t_count, "fps": fps, "source_size": [int(shape[1]), int(shape[0])],
             "output_size": composite.output_size(targets[0], s.output_height), "has_audio": info.has_audio,
             "windows": stats["windows"], **{k: round(v, 3) for k, v in stats.items() if k.endswith("_s")}}
 

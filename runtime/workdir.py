@@ -206,6 +206,14 @@ class WorkDir:
             pass
 
 
+def finished_windows(folder) -> int | None:
+    """How many windows the job in ``folder`` has finished, or None where that cannot be read."""
+    try:
+        return int(json.loads((Path(folder) / STATE).read_text())["windows_done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _difference(old, new) -> str:
     if not isinstance(old, dict):
         return "unreadable job"

@@ -25,6 +25,19 @@ def _need(rel: str) -> Path:
     return path
 
 
+def outpaint_cli(clip, out, engines, *args, timeout=300):
+    """`python -m runtime.outpaint clip -o out --engines engines *args --json --quiet`, which must succeed:
+    (the output's decoded frames, the run's summary)."""
+    import json
+    import subprocess
+
+    import media
+    res = subprocess.run([sys.executable, "-m", "runtime.outpaint", clip, "-o", out, "--engines", engines, *args,
+                          "--json", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stderr
+    return media.decode(out)[0], json.loads(res.stdout)
+
+
 def one_error_line(res):
     """A failed command's stderr: exactly one line, an `error:` one, no traceback; returns it."""
     assert res.returncode != 0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import media
-from conftest import ROOT, one_error_line
+from conftest import ROOT, one_error_line, outpaint_cli
 
 CLI = [sys.executable, "-m", "runtime.outpaint"]
 # 60 frames: levels of 1, 1 and 4 windows (strides 15,5,1), one window a batch: a checkpoint after each.
@@ -27,11 +27,7 @@ def clip(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(engines, clip, tmp_path_factory):
     """The uninterrupted run, without a work dir: its decoded frames and summary."""
-    out = tmp_path_factory.mktemp("ref") / "ref.mp4"
-    res = subprocess.run([*CLI, clip, "-o", out, "--engines", engines, *JOB, "--json", "--quiet"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    return media.decode(out)[0], json.loads(res.stdout)
+    return outpaint_cli(clip, tmp_path_factory.mktemp("ref") / "ref.mp4", engines, *JOB)
 
 
 def run_until(cmd, stop, sig=signal.SIGKILL):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import media
-from conftest import ROOT
+from conftest import ROOT, outpaint_cli
 from m3ddm.errors import InputError
 from runtime import Outpainter
 from runtime.service.jobs import JobQueue, QueueFull, settings_from_form
@@ -29,12 +29,7 @@ def clip(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cli_output(engines, clip, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "cli.mp4"
-    res = subprocess.run([sys.executable, "-m", "runtime.outpaint", clip, "-o", out, "--engines", engines,
-                          "--steps", "3", "--threads", "1", "--quiet"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 0, res.stderr
-    return media.decode(out)[0]
+    return outpaint_cli(clip, tmp_path_factory.mktemp("cli") / "cli.mp4", engines, "--steps", "3", "--threads", "1")[0]
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import secrets
 import tempfile
-from contextlib import asynccontextmanager
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -16,10 +16,9 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from m3ddm.errors import InputError, first_line
-from runtime.service.jobs import STATUSES, JobQueue, QueueClosed, QueueFull
+from runtime.service.jobs import FORM_FIELDS, STATUSES, JobQueue, QueueClosed, QueueFull
 
 PAGE = Path(__file__).with_name("page.html")
-FORM_FIELDS = ("ratio", "pad", "steps", "seed", "sampler", "strides", "guidance")
 
 
 class TooLarge(Exception):
@@ -134,9 +133,10 @@ def create_app(queue: JobQueue, *, token: str | None = None, max_upload_mb: floa
 
     @app.post("/v1/jobs", status_code=202, dependencies=v1)
     async def submit(request: Request):
+        too_large = HTTPException(413, f"the upload is over the limit of {max_upload_mb:g} MB")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-            raise HTTPException(413, f"the upload is over the limit of {max_upload_mb:g} MB")
+            raise too_large
         received, original = 0, request.stream
 
         async def counted():
@@ -151,7 +151,7 @@ def create_app(queue: JobQueue, *, token: str | None = None, max_upload_mb: floa
         try:
             form = await request.form(max_files=1, max_fields=len(FORM_FIELDS) + 1)
         except TooLarge:
-            raise HTTPException(413, f"the upload is over the limit of {max_upload_mb:g} MB") from None
+            raise too_large from None
         except Exception as exc:
             raise HTTPException(422, f"not a multipart form with a file: {first_line(exc)}") from None
         try:

@@ -12,6 +12,7 @@ output an uninterrupted run gives. Ids are random (``secrets``); no request fiel
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import secrets
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from m3ddm.errors import Cancelled, InputError, first_line
+from runtime import cli
 from runtime.settings import Settings
 from runtime.streaming import output_paths
 
@@ -33,31 +35,29 @@ SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".m4v", ".avi", ".gif", ".png", ".j
 PROGRESS_EVERY_S = 0.5  # at most this often a running job's progress is written
 
 
+FORM_FIELDS = ("ratio", "pad", "steps", "seed", "sampler", "strides", "guidance")  # a job's options, as text
+
+
 def settings_from_form(form: dict) -> Settings:
-    """A job's Settings from its text fields (ratio, pad, steps, seed, sampler, strides, guidance), checked."""
+    """A job's Settings from its text fields (FORM_FIELDS, parsed as the command line parses them), checked."""
     def numbers(name, kind, n=None):
         text = form.get(name)
         if text in (None, ""):
             return None
         try:
-            values = tuple(kind(v) for v in str(text).split(",") if v.strip())
-        except ValueError:
-            raise InputError(f"{name} {text!r} is not a comma-separated list of {kind.__name__}") from None
-        if not values or (n is not None and len(values) != n):
-            raise InputError(f"{name} {text!r} needs {n or 'some'} comma-separated values")
-        return values
+            return tuple(cli.csv(kind, n)(text))
+        except argparse.ArgumentTypeError as exc:
+            raise InputError(f"{name}: {exc}") from None
 
-    unknown = sorted(set(form) - {"ratio", "pad", "steps", "seed", "sampler", "strides", "guidance"})
+    unknown = sorted(set(form) - set(FORM_FIELDS))
     if unknown:
         raise InputError(f"unknown field(s): {', '.join(unknown)}")
     steps, seed = numbers("steps", int, 1), numbers("seed", int, 1)
     pad = numbers("pad", int, 4)
-    s = Settings.build(ratio=None if pad else (form.get("ratio") or "9:16"), pad=pad,
+    s = Settings.build(ratio=() if pad else (form.get("ratio") or "9:16"), pad=pad,
                        steps=steps[0] if steps else None, seed=seed[0] if seed else None,
                        sampler=form.get("sampler") or None, strides=numbers("strides", int),
                        guidance=numbers("guidance", float, 2))
-    if pad:
-        s.ratios = ()
     s.check()
     return s
 

@@ -74,10 +74,10 @@ def _display(frame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
 
 
-def _check_size(width: int, height: int, max_pixels: int | None, path) -> None:
+def check_pixels(width: int, height: int, max_pixels: int | None, what: str) -> None:
+    """The pixel budget, for every frame read or written: ``what`` of width x height past it is refused."""
     if max_pixels and width * height > max_pixels:
-        raise VideoError(f"{path}: frames of {width}x{height} exceed the pixel budget of {max_pixels} pixels "
-                         f"(--max-pixels)")
+        raise VideoError(f"{what} of {width}x{height} exceed the pixel budget of {max_pixels} pixels (--max-pixels)")
 
 
 def iter_frames(path, stream: int | None = None, rgb: bool = True,
@@ -93,12 +93,12 @@ def iter_frames(path, stream: int | None = None, rgb: bool = True,
         vs = _video_stream(container, path, stream)
         vs.thread_type = "AUTO"
         if max_pixels:
-            _check_size(vs.codec_context.width, vs.codec_context.height, max_pixels, path)
+            check_pixels(vs.codec_context.width, vs.codec_context.height, max_pixels, f"{path}: frames")
             vs.codec_context.options = {**vs.codec_context.options, "max_pixels": str(int(max_pixels))}
         last_t = None
         try:
             for frame in container.decode(vs):
-                _check_size(frame.width, frame.height, max_pixels, path)
+                check_pixels(frame.width, frame.height, max_pixels, f"{path}: frames")
                 t = frame.time
                 if t is None:  # no pts: count on from the last one at the average rate
                     rate = float(vs.average_rate or vs.guessed_rate or 30)
