@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= export,ort,kernels,serve,dev
+EXTRAS ?= export,ort,kernels,serve,cluster,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
@@ -18,7 +18,7 @@ WINDOWS ?=
 # More `python -m export` options, e.g. EXPORT_ARGS="--attention-softmax fp16 --opt-level 4".
 EXPORT_ARGS ?=
 
-.PHONY: setup test test-all test-gpu demo engines plans doctor serve bench bench-long bench-service bench-model clean
+.PHONY: setup test test-all test-gpu demo engines plans doctor serve bench bench-long bench-service bench-cluster bench-model clean
 
 setup: $(STAMP)
 
@@ -76,6 +76,11 @@ bench-long: setup
 bench-service: setup
 	test -f build/demo/engines/manifest.json || $(PY) -m export.demo --out build/demo
 	$(PY) -m benchmarks.service --json benchmarks/results_service.json
+
+# One long video over Ray workers: sampling of a 600-frame plan with 1, 2, 4 CPU workers against one process.
+bench-cluster: setup
+	test -f build/demo/engines/manifest.json || $(PY) -m export.demo --out build/demo
+	$(PY) -m benchmarks.cluster --json benchmarks/results_cluster.json
 
 # Full-size model build, save and load: time and peak RAM (writes a 2.6 GB checkpoint to a temp dir).
 bench-model: setup

@@ -26,16 +26,33 @@ class Outpainter:
     reuse for many videos from one process (calls are serialised: the engines hold one set of activations)."""
 
     def __init__(self, engines_dir=None, backend: str = "auto", *, threads: int | None = None,
-                 max_batch: int | None = None, gpu_memory_gb: float | None = None, engine=None):
+                 max_batch: int | None = None, gpu_memory_gb: float | None = None, engine=None,
+                 workers: int | None = None, address: str | None = None, gpus_per_worker: float | None = None,
+                 cpus_per_worker: float | None = None):
+        """With ``workers`` (the ``cluster`` extra), that many Ray workers, each with its own engine set, sample
+        every level's independent batches after the first (runtime/cluster.py); this process prepares, runs
+        the first level and decodes. ``address``: the Ray cluster (None: a local one); ``gpus_per_worker``
+        (default 1 where the cluster has GPUs), ``cpus_per_worker`` (default ``threads`` or 1)."""
         check_resources(threads, gpu_memory_gb)
-        self.backend = engine if engine is not None else make_backend(
-            engines_dir if engines_dir is not None else env.engines_dir(), backend, threads, max_batch, gpu_memory_gb)
+        engines_dir = engines_dir if engines_dir is not None else env.engines_dir()
+        self.backend = engine if engine is not None else make_backend(engines_dir, backend, threads, max_batch,
+                                                                      gpu_memory_gb)
         self.pipeline = Pipeline(self.backend)
         self.size = self.pipeline.size
         self._lock = threading.Lock()
+        if workers is not None:
+            if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+                raise InputError(f"workers must be an integer of 1 or more, not {workers!r}")
+            from runtime import cluster
+            cluster.connect(address)
+            self.pipeline.spread = cluster.WindowPool(cluster.start_workers(
+                engines_dir, workers, backend=backend, threads=threads, gpu_memory_gb=gpu_memory_gb,
+                gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker))
 
     def close(self) -> None:
-        """Release the backend's sessions and device memory."""
+        """Release the backend's sessions and device memory (and the Ray workers)."""
+        if self.pipeline.spread is not None:
+            self.pipeline.spread.close()
         self.backend.close()
 
     def __enter__(self):
@@ -104,6 +121,8 @@ class Outpainter:
         """Abort the engine call in flight, if the backend can (ONNX Runtime can): with a cancel token set,
         the job then stops at once instead of at the end of its current step. Safe from any thread."""
         self.backend.interrupt()
+        if self.pipeline.spread is not None:
+            self.pipeline.spread.interrupt()
 
 
 MAX_GPU_MEMORY_GB = 4096.0

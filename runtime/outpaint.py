@@ -19,13 +19,33 @@ log = logging.getLogger("runtime.outpaint")  # not __name__: run as __main__
 
 
 def parser() -> cli.Parser:
-    from runtime.engines.select import BACKENDS
-    from runtime.settings import MAX_PIXELS
-    from runtime.samplers import SAMPLERS
     ap = cli.Parser(prog="python -m runtime.outpaint",
                     description="Outpaint a video to another aspect ratio with M3DDM engines.")
     ap.add_argument("input", help="input video file")
     ap.add_argument("-o", "--output", required=True, help="output video (.mp4, .mov, .mkv, .webm)")
+    run_options(ap)
+    g = ap.add_argument_group("Ray (the cluster extra)")
+    g.add_argument("--workers", type=int, help="spread each level's independent windows over this many Ray workers, "
+                                               "each with its own engines (this process runs the first level)")
+    cluster_options(g)
+    ap.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output")
+    ap.add_argument("--work-dir", help="keep the job's checkpoints here; running the same command again resumes "
+                                       "where it stopped, with the same result (removed on success)")
+    ap.add_argument("--restart", action="store_true", help="clear a work dir made for another job and start afresh")
+    ap.add_argument("--keep-work-dir", action="store_true", help="keep the work dir after success")
+    ap.add_argument("--progress", choices=["line", "jsonl", "none"], default="line",
+                    help="progress on stderr: a status line (default), JSON lines (one event each, for programs "
+                         "following the run), or none")
+    ap.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    ap.add_argument("--quiet", action="store_true", help="no progress on stderr (--progress none)")
+    return ap
+
+
+def run_options(ap) -> None:
+    """The options of a run, the same in every command that runs videos (runtime.batch too)."""
+    from runtime.engines.select import BACKENDS
+    from runtime.samplers import SAMPLERS
+    from runtime.settings import MAX_PIXELS
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--ratio", default="9:16", help="target ratio W:H, or several: 9:16,1:1 (one output each, "
                                                    "named OUTPUT_9x16.mp4, ...); default 9:16")
@@ -54,17 +74,34 @@ def parser() -> cli.Parser:
     ap.add_argument("--crf", type=int, default=18)
     ap.add_argument("--pix-fmt", default="yuv420p")
     ap.add_argument("--no-audio", action="store_true", help="drop the audio track")
-    ap.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output")
-    ap.add_argument("--work-dir", help="keep the job's checkpoints here; running the same command again resumes "
-                                       "where it stopped, with the same result (removed on success)")
-    ap.add_argument("--restart", action="store_true", help="clear a work dir made for another job and start afresh")
-    ap.add_argument("--keep-work-dir", action="store_true", help="keep the work dir after success")
-    ap.add_argument("--progress", choices=["line", "jsonl", "none"], default="line",
-                    help="progress on stderr: a status line (default), JSON lines (one event each, for programs "
-                         "following the run), or none")
-    ap.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    ap.add_argument("--quiet", action="store_true", help="no progress on stderr (--progress none)")
-    return ap
+
+
+def cluster_options(g) -> None:
+    g.add_argument("--address", help="the Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: a local Ray)")
+    g.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (default: 1 where the cluster has GPUs)")
+    g.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default: --threads, or 1)")
+
+
+def checked(args, outputs) -> tuple:
+    """(Settings, EncodeOptions) of the options, every one checked and the encoder tried on each of
+    ``outputs`` (paths, before their _WxH suffixes), before any engine loads. Raises InputError."""
+    from runtime.api import check_resources
+    from runtime.streaming import output_paths
+    from runtime.video import EncodeOptions
+    if args.stream is not None and args.stream < 0:
+        raise InputError("--stream must be 0 or more")
+    check_resources(args.threads, args.gpu_memory)
+    for name in ("workers", "gpus_per_worker", "cpus_per_worker"):
+        value = getattr(args, name, None)
+        if value is not None and not (value >= 0 if name == "gpus_per_worker" else value > 0):
+            raise InputError(f"--{name.replace('_', '-')} must be {'0 or more' if name == 'gpus_per_worker' else 'positive'}")
+    run_settings = settings(args)
+    run_settings.check()
+    encode = EncodeOptions(codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt, audio=not args.no_audio)
+    for output in outputs:
+        for path in output_paths(output, run_settings.labels).values():
+            encode.check(path)
+    return run_settings, encode
 
 
 class Progress:
@@ -141,17 +178,7 @@ def main(argv=None) -> int:
     if not os.path.exists(args.input):
         return cli.fail(EXIT_BAD_INPUT, f"input {args.input} does not exist")
     try:  # every option, and the encoder, before the engines load or a frame is decoded
-        from runtime.api import check_resources
-        from runtime.streaming import output_paths
-        from runtime.video import EncodeOptions
-        if args.stream is not None and args.stream < 0:
-            raise InputError("--stream must be 0 or more")
-        check_resources(args.threads, args.gpu_memory)
-        run_settings = settings(args)
-        run_settings.check()
-        encode = EncodeOptions(codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt, audio=not args.no_audio)
-        for path in output_paths(args.output, run_settings.labels).values():
-            encode.check(path)
+        run_settings, encode = checked(args, [args.output])
     except (InputError, ValueError) as exc:
         return cli.fail(EXIT_BAD_INPUT, first_line(exc))
     progress = JsonProgress() if args.progress == "jsonl" and not args.quiet else \
@@ -165,7 +192,8 @@ def main(argv=None) -> int:
         from runtime.api import Outpainter
         try:
             outpainter = Outpainter(args.engines, backend=args.backend, threads=args.threads,
-                                    gpu_memory_gb=args.gpu_memory)
+                                    gpu_memory_gb=args.gpu_memory, workers=args.workers, address=args.address,
+                                    gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
             check_cancel(cancel)
             for note in outpainter.backend.notes:
                 log.warning(note)

@@ -85,6 +85,9 @@ class Pipeline:
         self.size = backend.model_size
         self.latent = self.size // VAE_DOWNSAMPLE
         self._null = None
+        # Optional: spread(tasks, video, stored, settings, cancel, reporter) samples a run's independent batches
+        # elsewhere (runtime/cluster.py: Ray workers) and yields their latents in order.
+        self.spread = None
 
     def null_inputs(self):
         """(null latent [4, h, w] of an all-black image, null context [1, L, 320] of zero latents), once."""
@@ -219,11 +222,6 @@ class Pipeline:
         t_count = len(video)
         plan = official_plan(t_count, s.strides)
         sampler = samplers.make_sampler(s.sampler, s.steps)
-        shape = (4, WINDOW_FRAMES, self.latent, self.latent)
-        # Every random draw belongs to a window (numbered in plan order), never to a batch: batching
-        # windows differently gives the same video.
-        shared = (np.asarray(s.noise, np.float32) if s.noise is not None
-                  else np.random.default_rng(s.seed).standard_normal(shape).astype(np.float32))
         stored: dict[int, np.ndarray] = dict(resume[0]) if resume else {}
         skip = int(resume[1]) if resume else 0
         total = sum(len(level) for level in plan)
@@ -231,52 +229,77 @@ class Pipeline:
         if on_batch is not None and stored:
             on_batch(stored)
         steps = len(sampler.timesteps)
+
+        def reporter(batch, first):
+            frames_done, t0 = len(stored), time.perf_counter()
+
+            def report(k, t):
+                check_cancel(cancel)
+                if progress:
+                    now = time.perf_counter()
+                    fraction = (first + len(batch) * (k + 1) / steps) / total
+                    rate = (fraction - skip / total) / max(now - t_run, 1e-9)  # of this run
+                    progress({"stage": "sample", "level": batch[0].level, "stride": batch[0].stride,
+                              "windows_done": first, "windows": total, "batch": len(batch), "step": k + 1,
+                              "steps": steps, "frames_done": frames_done, "frames": t_count,
+                              "fraction": fraction, "seconds": now - t0, "elapsed_s": now - t_run,
+                              "eta_s": (1 - fraction) / rate if rate > 0 else None})
+            return report
+
         for level in plan:
             for run in independent_runs(level):
+                tasks = []  # (windows, the number of the first in plan order), still to sample
                 for batch in batches(run, s.batch_windows, self.backend.windows):
-                    if done + len(batch) <= skip:  # finished by an earlier run of this job
-                        done += len(batch)
-                        continue
-                    if done < skip:  # batched otherwise by the earlier run: resume at its window
-                        batch, done = batch[skip - done:], skip
-                    ids = range(done, done + len(batch))
-                    start = np.stack([shared if s.window_noise == "shared" else
-                                      np.random.default_rng([s.seed, i]).standard_normal(shape).astype(np.float32)
-                                      for i in ids])
-                    if s.step_noise is not None:
-                        draws = [lambda k, i=i: np.asarray(s.step_noise(i, k), np.float32) for i in ids]
-                    else:
-                        rngs = [np.random.default_rng([s.seed, i, 1]) for i in ids]
-                        draws = [lambda k, r=r: r.standard_normal(shape).astype(np.float32) for r in rngs]
-
-                    def report(k, t, batch=batch, done=done, frames_done=len(stored)):
-                        check_cancel(cancel)
-                        if progress:
-                            now = time.perf_counter()
-                            fraction = (done + len(batch) * (k + 1) / steps) / total
-                            rate = (fraction - skip / total) / max(now - t_run, 1e-9)  # of this run
-                            progress({"stage": "sample", "level": batch[0].level, "stride": batch[0].stride,
-                                      "windows_done": done, "windows": total, "batch": len(batch), "step": k + 1,
-                                      "steps": steps, "frames_done": frames_done, "frames": t_count,
-                                      "fraction": fraction, "seconds": now - t0, "elapsed_s": now - t_run,
-                                      "eta_s": (1 - fraction) / rate if rate > 0 else None})
-
-                    check_cancel(cancel)
-                    t0 = time.perf_counter()
-                    out = self._sample_batch(batch, video, stored, BatchNoise(start, draws), sampler, s, report)
+                    if done + len(batch) > skip:  # else finished by an earlier run of this job
+                        if done < skip:  # batched otherwise by the earlier run: resume at its window
+                            batch, done = batch[skip - done:], skip
+                        tasks.append((batch, done))
+                    done += len(batch)
+                if self.spread is not None and len(tasks) > 1:  # independent batches: over the cluster
+                    outs = self.spread(tasks, video, stored, s, cancel, reporter)
+                else:
+                    outs = (self.sample_batch(batch, first, video, stored, s, sampler, reporter(batch, first))
+                            for batch, first in tasks)
+                for (batch, first), out in zip(tasks, outs):  # in plan order, whoever sampled them
                     new = {}
                     for w, lat in zip(batch, out):
                         for p, f in enumerate(w.frames):
                             if f not in stored and f not in new:  # the first generation of a frame wins
                                 new[f] = lat[:, p]
                     stored.update(new)
-                    done += len(batch)
                     sampled += len(batch)
                     if checkpoint is not None:
-                        checkpoint(new, done)
+                        checkpoint(new, first + len(batch))
                     if on_batch is not None:
                         on_batch(stored)
         return np.stack([stored[i] for i in range(t_count)]), plan, sampled
+
+    def sample_batch(self, batch: list[Window], first: int, video: VideoLatents, stored: dict, s: Settings,
+                     sampler: samplers.Sampler | None = None, report=None) -> np.ndarray:
+        """Final latents [W, 4, 16, h, w] of the windows ``batch``, numbered ``first``, ``first + 1``, ... in plan
+        order. Everything a batch reads is here (its windows and their numbers, the video, the frames its guides
+        take from ``stored``, the settings), so any engine set, in this process or another, gives the same."""
+        sampler = sampler or samplers.make_sampler(s.sampler, s.steps)
+        return self._sample_batch(batch, video, stored, self.batch_noise(range(first, first + len(batch)), s),
+                                  sampler, s, report)
+
+    def batch_noise(self, ids, s: Settings) -> BatchNoise:
+        """The random draws of windows ``ids``: each window's own (seeded by the seed and its number), never the
+        batch's, so batching windows differently gives the same video."""
+        shape = (4, WINDOW_FRAMES, self.latent, self.latent)
+        if s.window_noise == "shared":
+            shared = (np.asarray(s.noise, np.float32) if s.noise is not None
+                      else np.random.default_rng(s.seed).standard_normal(shape).astype(np.float32))
+            start = np.stack([shared] * len(ids))
+        else:
+            start = np.stack([np.random.default_rng([s.seed, i]).standard_normal(shape).astype(np.float32)
+                              for i in ids])
+        if s.step_noise is not None:
+            draws = [lambda k, i=i: np.asarray(s.step_noise(i, k), np.float32) for i in ids]
+        else:
+            rngs = [np.random.default_rng([s.seed, i, 1]) for i in ids]
+            draws = [lambda k, r=r: r.standard_normal(shape).astype(np.float32) for r in rngs]
+        return BatchNoise(start, draws)
 
     def _sample_batch(self, batch: list[Window], video: VideoLatents, stored: dict, noise: BatchNoise,
                       sampler: samplers.Sampler, s: Settings, report) -> np.ndarray:

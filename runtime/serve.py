@@ -3,6 +3,13 @@
 One process: FastAPI on uvicorn, job records in SQLite under --data, uploads and results in files there, one
 worker over one engine set running the jobs in order (runtime/service). SIGTERM drains: no new jobs, the
 running one checkpointed (it resumes on the next start), then exit. OpenAPI at /docs.
+
+With --ray ADDRESS the engine sets are Ray actors anywhere in the cluster (runtime/cluster.py), one per GPU,
+and everything else stays: the same API, records, queue order and resume after a crash (the actors belong
+to this process and go with it; a restarted server requeues the job and a new actor resumes it from its
+work dir). --data must then be on storage every node sees at the same path. Why not Ray Serve: a job runs
+for minutes to hours, needs a durable queue, cancel and resume; Serve routes requests to replicas and would
+need this queue in front of it anyway, so the jobs go to plain actors.
 """
 from __future__ import annotations
 
@@ -29,9 +36,15 @@ def parser() -> cli.Parser:
     ap.add_argument("--max-upload-mb", type=float, default=2048)
     ap.add_argument("--max-queue", type=int, default=100, help="waiting jobs before new ones get 429")
     ap.add_argument("--keep-hours", type=float, default=24, help="finished jobs and their files are removed after this")
-    ap.add_argument("--workers", type=int, default=1,
-                    help="engine sets, each with its own worker (one per GPU; each loads the engines)")
+    ap.add_argument("--workers", type=int,
+                    help="engine sets, each with its own worker (one per GPU; each loads the engines); default 1, "
+                         "or with --ray as many as the cluster has room for")
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--ray", metavar="ADDRESS", help="run the jobs on Ray workers (the cluster extra): auto, HOST:PORT, "
+                                                    "ray://HOST:PORT, or local (a Ray started here); --workers of them "
+                                                    "(default: one per GPU in the cluster)")
+    ap.add_argument("--gpus-per-worker", type=float, help="with --ray: GPUs per worker (default 1 where there are GPUs)")
+    ap.add_argument("--cpus-per-worker", type=float, help="with --ray: CPUs per worker (default --threads, or 1)")
     ap.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime")
     return ap
 
@@ -40,7 +53,8 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     cli.setup_logging()
     for name in ("port", "max_upload_mb", "max_queue", "keep_hours", "workers"):
-        if getattr(args, name) <= 0 and not (name == "port" and args.port == 0):
+        value = getattr(args, name)
+        if value is not None and value <= 0 and not (name == "port" and args.port == 0):
             return cli.fail(EXIT_BAD_INPUT, f"--{name.replace('_', '-')} must be positive")
 
     def run():
@@ -50,12 +64,21 @@ def main(argv=None) -> int:
             from runtime.service.app import create_app
         except ImportError as exc:
             return cli.fail(EXIT_BAD_INPUT, f"the service needs its extra: pip install 'm3ddm-runtime[serve]' ({exc.name})")
-        from runtime.api import Outpainter
         from runtime.service.jobs import JobQueue
-        outpainters = [Outpainter(args.engines, backend=args.backend, threads=args.threads)
-                       for _ in range(args.workers)]
-        for outpainter in outpainters:
-            outpainter.backend.load()  # /readyz means the engines are loaded
+        if args.ray:
+            from runtime import cluster
+            cluster.connect(args.ray)
+            outpainters = [cluster.RemoteOutpainter(actor) for actor in cluster.start_workers(
+                args.engines, args.workers, backend=args.backend, threads=args.threads,
+                gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)]
+            backend = outpainters[0].info["backend"]
+        else:
+            from runtime.api import Outpainter
+            outpainters = [Outpainter(args.engines, backend=args.backend, threads=args.threads)
+                           for _ in range(args.workers or 1)]
+            for outpainter in outpainters:
+                outpainter.backend.load()  # /readyz means the engines are loaded
+            backend = outpainters[0].backend.name
         queue = JobQueue(outpainters, args.data, max_queue=args.max_queue).start()
         stop = threading.Event()
 
@@ -63,7 +86,6 @@ def main(argv=None) -> int:
             stop.set()
             queue.drain()
 
-        backend = outpainters[0].backend.name
         app = create_app(queue, token=args.token, max_upload_mb=args.max_upload_mb, backend=backend, on_shutdown=drain)
 
         def expire():
@@ -74,7 +96,7 @@ def main(argv=None) -> int:
         queue.expire(args.keep_hours)
 
         log.info(f"serving {args.engines} on http://{args.host}:{args.port} (data: {args.data}, "
-                 f"backend: {backend}, workers: {args.workers}{', token required' if args.token else ''})")
+                 f"backend: {backend}, workers: {len(outpainters)}{' on Ray' if args.ray else ''}{', token required' if args.token else ''})")
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
 
     return cli.run(run)

@@ -131,3 +131,32 @@ def golden_engines(tmp_path_factory):
     res = make_engines(out, "PRECISION=fp32", unet=unet, vae=vae)
     assert res.returncode == 0, res.stderr[-2000:]
     return out
+
+
+RAY_HEAD = """
+import sys, ray
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=512 * 2**20)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()  # until the tests close it
+ray.shutdown()
+"""
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster, 2 CPUs, started by ``ray.init`` in a process of its own (the test process never
+    joins it); yields its address for ``--address`` / ``--ray``."""
+    import subprocess
+    pytest.importorskip("ray", reason="the cluster extra is not installed (pip install '.[cluster]')")
+    head = subprocess.Popen([sys.executable, "-c", RAY_HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    address = head.stdout.readline().strip()
+    assert address, "the local Ray cluster did not start"
+    try:
+        yield address
+    finally:
+        head.stdin.close()
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            head.kill()

@@ -141,3 +141,27 @@ def test_plan_builder_entry_point_is_thin_and_runs_without_torch():
     res = subprocess.run([sys.executable, "-m", "export.tensorrt_build", "--help"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0 and "--windows" in res.stdout
+
+
+RAY_ABSENT = """
+import sys
+sys.modules["ray"] = None  # as on an install without the cluster extra
+import runtime.api, runtime.outpaint, runtime.batch, runtime.serve
+from runtime.outpaint import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ray_is_optional_and_its_absence_is_one_line(engines, tmp_path):
+    """The runtime imports no Ray until scale-out is asked for; asked for without the extra, one line, exit 3."""
+    import media
+    code = "import sys, runtime, runtime.api, runtime.outpaint, runtime.batch, runtime.serve; print('ray' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.stdout.split() == ["False"], res.stderr
+    clip = tmp_path / "clip.mp4"
+    media.write(clip, media.scene(4, 32, 18, seed=1), fps=24)
+    res = subprocess.run([sys.executable, "-c", RAY_ABSENT, str(clip), "-o", str(tmp_path / "out.mp4"), "--engines",
+                          str(engines), "--workers", "2", "--quiet"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 3 and "pip install 'm3ddm-runtime[cluster]'" in res.stderr.strip(), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.mp4").exists()

@@ -19,6 +19,14 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi", reason="the service extra is not installed (pip install '.[serve]')")
 
 
+@pytest.fixture(params=["in-process", "ray"])
+def mode(request):
+    """Where the jobs run: in the server process, or on a Ray worker of a local cluster (--ray)."""
+    if request.param == "ray":
+        return ("--ray", request.getfixturevalue("ray_cluster"), "--workers", "1")
+    return ()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -72,8 +80,8 @@ def finished(client, job_id, timeout=300):
     raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
-def test_submit_poll_download_gives_the_command_lines_frames(engines, clip, cli_output, tmp_path):
-    with server(engines, tmp_path / "data") as client:
+def test_submit_poll_download_gives_the_command_lines_frames(engines, clip, cli_output, tmp_path, mode):
+    with server(engines, tmp_path / "data", *mode) as client:
         res = submit(client, clip, ratio="9:16", steps=3)
         assert res.status_code == 202 and res.json()["status"] == "queued"
         job = finished(client, res.json()["id"])
@@ -97,10 +105,10 @@ def test_submit_poll_download_gives_the_command_lines_frames(engines, clip, cli_
         assert 'm3ddm_backend_info{backend="ort"} 1.0' in metrics
 
 
-def test_token_limits_and_bad_options(engines, clip, tmp_path):
+def test_token_limits_and_bad_options(engines, clip, tmp_path, mode):
     big = tmp_path / "big.mp4"
     big.write_bytes(b"\0" * (2 * 2**20))
-    with server(engines, tmp_path / "data", "--token", "s3cret", "--max-upload-mb", "1", "--max-queue", "1") as client:
+    with server(engines, tmp_path / "data", *mode, "--token", "s3cret", "--max-upload-mb", "1", "--max-queue", "1") as client:
         assert submit(client, clip).status_code == 401
         assert client.get("/v1/jobs").status_code == 401
         assert client.get("/healthz").status_code == 200 and client.get("/metrics").status_code == 200
@@ -128,11 +136,11 @@ def test_token_limits_and_bad_options(engines, clip, tmp_path):
         assert not list((tmp_path / "data" / "uploads").iterdir())
 
 
-def test_a_bad_video_fails_alone_and_a_killed_server_resumes_its_job(engines, clip, cli_output, tmp_path):
+def test_a_bad_video_fails_alone_and_a_killed_server_resumes_its_job(engines, clip, cli_output, tmp_path, mode):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
     data = tmp_path / "data"
-    with server(engines, data) as client:
+    with server(engines, data, *mode) as client:
         failed = finished(client, submit(client, bad, steps=3).json()["id"])
         assert failed["status"] == "failed" and failed["error"] and "\n" not in failed["error"]
         job_id = submit(client, clip, steps=3).json()["id"]
@@ -140,7 +148,7 @@ def test_a_bad_video_fails_alone_and_a_killed_server_resumes_its_job(engines, cl
             time.sleep(0.05)
         client.proc.send_signal(signal.SIGKILL)
         client.proc.wait()
-    with server(engines, data) as client:
+    with server(engines, data, *mode) as client:
         job = finished(client, job_id)
         assert job["status"] == "succeeded"
         (tmp_path / "got.mp4").write_bytes(client.get(job["outputs"]["9x16"]).content)
@@ -150,10 +158,10 @@ def test_a_bad_video_fails_alone_and_a_killed_server_resumes_its_job(engines, cl
         assert 'm3ddm_jobs{status="failed"} 1.0' in metrics and 'm3ddm_jobs{status="succeeded"} 1.0' in metrics
 
 
-def test_sigterm_drains_the_running_job_and_a_restart_finishes_it(engines, clip, tmp_path):
+def test_sigterm_drains_the_running_job_and_a_restart_finishes_it(engines, clip, tmp_path, mode):
     from runtime.service.jobs import JobStore
     data = tmp_path / "data"
-    with server(engines, data, "--workers", "1") as client:
+    with server(engines, data, "--workers", "1", *mode) as client:
         job_id = submit(client, clip, steps=30).json()["id"]
         while (client.get(f"/v1/jobs/{job_id}").json()["progress"]["windows_done"] or 0) < 1:
             time.sleep(0.05)
@@ -162,5 +170,5 @@ def test_sigterm_drains_the_running_job_and_a_restart_finishes_it(engines, clip,
         assert client.proc.wait(60) == 0 and time.monotonic() - t0 < 30
     assert JobStore(data / "jobs.sqlite3").get(job_id)["status"] == "queued"  # checkpointed, not lost
     assert (data / "jobs" / job_id / "work" / "state.json").is_file()
-    with server(engines, data) as client:
+    with server(engines, data, *mode) as client:
         assert finished(client, job_id)["status"] == "succeeded"

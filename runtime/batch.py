@@ -1,0 +1,221 @@
+"""python -m runtime.batch INPUT... --out-dir DIR --ratio 9:16 [--address ADDR] [--workers N] [run options]:
+outpaint many videos over a Ray cluster (the ``cluster`` extra).
+
+A Ray Data pipeline over the list of videos (whole files: a job needs the whole clip) with a fixed pool of
+actors, each building its ``Outpainter`` once (one per GPU; CPU workers where there is none). Each video
+becomes DIR/<stem>.mp4 (the outpaint command's _WxH suffixes for several ratios) and one JSON line in the
+report: {"input", "status": "succeeded"|"failed"|"skipped", "outputs", "frames", "seconds", "error"}.
+
+Idempotent: a video whose outputs all exist (outputs are renamed into place whole, so an existing one is
+complete) is skipped; a video stopped mid-way resumes from its work dir under DIR/.work/, so running the
+same command again after a crash does only what is missing. A bad video fails alone, with the outpaint
+command's one-line error. Exit: 0 when none failed, 1 when some did, 2 for bad options, 3 for the cluster.
+"""
+from __future__ import annotations
+
+import fcntl
+import glob
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from m3ddm.errors import EXIT_BAD_INPUT, EXIT_ENGINES, EnginesError, InputError, M3DDMError, first_line
+from runtime import cli
+from runtime.outpaint import checked, cluster_options, run_options
+
+log = logging.getLogger("runtime.batch")  # not __name__: run as __main__
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".m4v", ".avi", ".gif")
+WORK = ".work"  # DIR/.work/<stem>/: a video's checkpoints while it runs; DIR/.work/lock: one batch at a time
+
+
+def parser() -> cli.Parser:
+    ap = cli.Parser(prog="python -m runtime.batch",
+                    description="Outpaint many videos over a Ray cluster (or a local Ray), one report line each.")
+    ap.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders of videos, or globs")
+    ap.add_argument("--out-dir", required=True, help="where the outputs, the report and the work dirs go")
+    ap.add_argument("--report", help="the JSON-lines report of this run (default: OUT_DIR/report.jsonl)")
+    run_options(ap)
+    g = ap.add_argument_group("Ray")
+    g.add_argument("--workers", type=int, help="actors, each with its own engines (default: the cluster's GPUs "
+                                               "over --gpus-per-worker, or its CPUs over --cpus-per-worker)")
+    cluster_options(g)
+    ap.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return ap
+
+
+def find_videos(patterns) -> list[Path]:
+    """Files as given, folders' videos (sorted, not recursive), globs; each file once, in the order found."""
+    found: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+                            and not p.name.startswith("."))
+        elif path.exists():
+            found.append(path)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True) if Path(m).is_file())
+            if not matches:
+                raise InputError(f"{pattern}: no such file, folder or match")
+            found += matches
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    stems: dict[str, Path] = {}
+    for p in unique:
+        if p.stem in stems:
+            raise InputError(f"{stems[p.stem]} and {p} would both be written as {p.stem}.mp4: rename one")
+        stems[p.stem] = p
+    return unique
+
+
+def complete(paths: dict) -> bool:
+    """Every output exists and opens as a video (written by a run that finished: outputs are renamed whole)."""
+    from runtime.video import VideoError, probe
+    try:
+        return all(p.is_file() and probe(p).width > 0 for p in paths.values())
+    except (VideoError, OSError):
+        return False
+
+
+def remove_stale_partials(out_dir: Path, stem: str) -> None:
+    """A killed run's temporary outputs (runtime/video/sink.py names them .STEM.partial-PID.SUFFIX)."""
+    for p in out_dir.glob(f".{glob.escape(stem)}*.partial-*"):
+        p.unlink(missing_ok=True)
+
+
+class VideoJob:
+    """A Ray Data actor: one engine set, built once, outpainting one video per call. A failure is the video's
+    (its report line), never the actor's."""
+
+    def __init__(self, engines, backend, threads, gpu_memory_gb, settings, encode, stream):
+        from runtime.api import Outpainter
+        self.outpainter = Outpainter(engines, backend=backend, threads=threads, gpu_memory_gb=gpu_memory_gb)
+        self.outpainter.backend.load()
+        self.settings, self.encode, self.stream = settings, encode, stream
+
+    def __call__(self, row: dict) -> dict:
+        t0 = time.perf_counter()
+        record = {"input": row["input"], "status": "failed", "outputs": {}, "frames": None, "seconds": None,
+                  "error": None}
+        try:
+            summary = self.outpainter.outpaint_file(row["input"], row["output"], settings=self.settings,
+                                                    encode=self.encode, stream=self.stream, work_dir=row["work_dir"])
+            record.update(status="succeeded", outputs=summary["outputs"], frames=summary["frames"],
+                          resumed_windows=summary.get("resumed_windows", 0))
+        except (M3DDMError, ValueError, OSError) as exc:  # the outpaint command's one line
+            record["error"] = first_line(exc)
+        except Exception as exc:
+            record["error"] = f"unexpected {type(exc).__name__}: {first_line(exc)}"
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        return {"line": json.dumps(record)}
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    cli.setup_logging(quiet=args.quiet)
+    out_dir = Path(args.out_dir)
+    try:
+        inputs = find_videos(args.inputs)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot make {out_dir}: {exc.strerror}") from None
+        run_settings, encode = checked(args, [out_dir / f"{p.stem}.mp4" for p in inputs])
+        if not Path(args.engines, "manifest.json").is_file():
+            raise EnginesError(f"no engines at {args.engines} (make engines, or --engines DIR)")
+    except (InputError, ValueError) as exc:
+        return cli.fail(EXIT_BAD_INPUT, first_line(exc))
+    except EnginesError as exc:
+        return cli.fail(EXIT_ENGINES, first_line(exc))
+    report_path = Path(args.report) if args.report else out_dir / "report.jsonl"
+    t0 = time.perf_counter()
+    counts = {"succeeded": 0, "failed": 0, "skipped": 0}
+
+    def body():
+        from runtime.streaming import output_paths
+        (out_dir / WORK).mkdir(parents=True, exist_ok=True)
+        lock = open(out_dir / WORK / "lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"another batch is writing to {out_dir}") from None
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(report_path, "w") as report:
+            def write(record):
+                counts[record["status"]] += 1
+                report.write(json.dumps(record) + "\n")
+                report.flush()
+                os.fsync(report.fileno())
+                done = sum(counts.values())
+                log.info(f"[{done}/{len(inputs)}] {record['status']:<9} {record['input']}"
+                         + (f": {record['error']}" if record.get("error") else "")
+                         + (f" ({record['seconds']:.1f} s)" if record.get("seconds") else ""))
+
+            rows = []
+            for path in inputs:
+                paths = output_paths(out_dir / f"{path.stem}.mp4", run_settings.labels)
+                if complete(paths):
+                    write({"input": str(path), "status": "skipped", "outputs": {k: str(v) for k, v in paths.items()},
+                           "frames": None, "seconds": 0.0, "error": None})
+                    continue
+                remove_stale_partials(out_dir, path.stem)
+                rows.append({"input": str(path), "output": str(out_dir / f"{path.stem}.mp4"),
+                             "work_dir": str(out_dir / WORK / path.stem)})
+            if rows:
+                for line in run_on_ray(rows, args, run_settings, encode):
+                    write(json.loads(line))
+        log.info(f"{counts['succeeded']} succeeded, {counts['failed']} failed, {counts['skipped']} skipped in "
+                 f"{time.perf_counter() - t0:.1f} s; report: {report_path}")
+        return 1 if counts["failed"] else 0
+
+    return cli.run(body, interrupted=lambda: f"{counts['succeeded']} videos finished; run the same command again "
+                                             "to do the rest (stopped videos resume from their work dirs)")
+
+
+def run_on_ray(rows: list[dict], args, run_settings, encode):
+    """The report lines of ``rows``, as the videos finish."""
+    from runtime import cluster
+    import ray.data
+    started_here = not ray.is_initialized() and args.address in (None, "", "local")
+    cluster.connect(args.address)
+    try:
+        resources = cluster.worker_resources(args.gpus_per_worker, args.cpus_per_worker, args.threads)
+        workers = min(args.workers or cluster.default_workers(resources), len(rows))
+        threads = args.threads or max(1, int(resources["num_cpus"]))
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = not args.quiet
+        if args.quiet:
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+        context.execution_options.preserve_order = False  # a line as each video finishes
+        log.info(f"{len(rows)} videos on {workers} Ray workers ({resources['num_gpus']} GPU, "
+                 f"{resources['num_cpus']} CPU each)")
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
+            VideoJob, compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
+            fn_constructor_kwargs=dict(engines=str(Path(args.engines).resolve()), backend=args.backend,
+                                       threads=threads, gpu_memory_gb=args.gpu_memory, settings=run_settings,
+                                       encode=encode, stream=args.stream),
+            **resources)
+        try:
+            for row in ds.iter_rows():
+                yield row["line"]
+        except Exception as exc:  # an actor that could not start (its engines): the whole batch's failure
+            if isinstance(exc, (M3DDMError, KeyboardInterrupt)):
+                raise
+            raise EnginesError(f"the Ray workers failed: {_cause(exc)}") from None
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _cause(exc) -> str:
+    while getattr(exc, "cause", None) is not None or exc.__cause__ is not None:
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return first_line(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,132 @@
+"""Scale-out on a real local Ray cluster (2 CPUs, ``ray_cluster``), never mocked: many videos with
+`python -m runtime.batch` (a broken one failing alone, a second run skipping, a killed batch completing
+when run again) and one video over several workers (`runtime.outpaint --workers`), each against the
+one-process command's frames."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import media
+from conftest import ROOT, one_error_line, outpaint_cli
+
+pytest.importorskip("ray", reason="the cluster extra is not installed (pip install '.[cluster]')")
+
+# Lossless: an actor encodes several videos, and x264's lossy rate control can give other bits for the same
+# frames in a process that has encoded before (tests/test_long_jobs.py); crf 0 compares the frames themselves.
+RUN = ("--steps", "2", "--threads", "1", "--crf", "0")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("batch-in")
+    for i in range(3):
+        media.write(folder / f"clip{i}.mp4", media.scene(30, 96, 54, seed=40 + i), fps=24)
+    (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def references(engines, clips, tmp_path_factory):
+    """The outpaint command's frames of each good clip, one process, no Ray."""
+    out = tmp_path_factory.mktemp("batch-ref")
+    return {p.stem: outpaint_cli(p, out / p.name, engines, *RUN)[0] for p in sorted(clips.glob("clip*.mp4"))}
+
+
+def batch_cmd(inputs, out_dir, engines, address, *args):
+    return [sys.executable, "-m", "runtime.batch", *map(str, inputs), "--out-dir", str(out_dir), "--engines",
+            str(engines), "--address", address, *RUN, *map(str, args), "--quiet"]
+
+
+def batch(*args, **kw):
+    return subprocess.run(batch_cmd(*args, **kw), cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def report(out_dir) -> dict:
+    lines = [json.loads(l) for l in (out_dir / "report.jsonl").read_text().splitlines()]
+    return {r["input"].rsplit("/", 1)[-1]: r for r in lines}
+
+
+def test_a_batch_gives_the_command_lines_outputs_a_broken_file_fails_alone_and_a_rerun_skips(
+        engines, clips, references, ray_cluster, tmp_path):
+    out = tmp_path / "out"
+    res = batch([clips], out, engines, ray_cluster, "--workers", "2")
+    assert res.returncode == 1, res.stderr  # one video failed
+    lines = report(out)
+    assert sorted(lines) == ["broken.mp4", "clip0.mp4", "clip1.mp4", "clip2.mp4"]
+    broken = lines.pop("broken.mp4")
+    assert broken["status"] == "failed" and broken["outputs"] == {} and "broken.mp4" in broken["error"]
+    assert "\n" not in broken["error"]
+    for name, line in lines.items():
+        assert line["status"] == "succeeded" and line["frames"] == 30 and line["seconds"] > 0 and line["error"] is None
+        assert line["outputs"] == {"9x16": str(out / name)}
+        assert np.array_equal(media.decode(out / name)[0], references[name[:-4]]), name
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
+    assert not [p for p in out.iterdir() if "partial" in p.name]
+    assert not [p for p in (out / ".work").iterdir() if p.name != "lock"]  # work dirs removed on success
+
+    again = batch([clips / "clip0.mp4", clips / "clip1.mp4", clips / "clip2.mp4", clips / "broken.mp4"], out,
+                  engines, ray_cluster, "--workers", "2")
+    assert again.returncode == 1, again.stderr
+    lines = report(out)
+    assert {n: l["status"] for n, l in lines.items()} == {"clip0.mp4": "skipped", "clip1.mp4": "skipped",
+                                                         "clip2.mp4": "skipped", "broken.mp4": "failed"}
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")} == stamps  # nothing sampled again
+
+
+def test_a_killed_batch_completes_when_run_again(engines, clips, references, ray_cluster, tmp_path):
+    out = tmp_path / "out"
+    inputs = [clips / "clip0.mp4", clips / "clip1.mp4"]
+    proc = subprocess.Popen(batch_cmd(inputs, out, engines, ray_cluster, "--workers", "1", "--batch-windows", "1",
+                                      "--steps", "12"),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not list(out.glob(".work/*/batch-*.npz")):  # a window of the first video checkpointed
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() - t0 < 300
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "clip1.mp4").exists()
+    time.sleep(2)  # Ray stops the dead driver's actors
+
+    res = batch(inputs, out, engines, ray_cluster, "--workers", "1", "--batch-windows", "1", "--steps", "12")
+    assert res.returncode == 0, res.stderr
+    lines = report(out)
+    assert {n: l["status"] for n, l in lines.items()} in (
+        {"clip0.mp4": "succeeded", "clip1.mp4": "succeeded"}, {"clip0.mp4": "skipped", "clip1.mp4": "succeeded"})
+    assert sum(l.get("resumed_windows", 0) for l in lines.values()) >= 1  # the stopped video went on, not afresh
+    for name in ("clip0", "clip1"):
+        want = outpaint_cli(clips / f"{name}.mp4", tmp_path / f"{name}-ref.mp4", engines, *RUN, "--steps", "12")[0]
+        assert np.array_equal(media.decode(out / f"{name}.mp4")[0], want), name
+    assert not [p for p in out.iterdir() if "partial" in p.name]
+
+
+def test_batch_refuses_bad_arguments_in_one_line(engines, clips, tmp_path):
+    res = batch([tmp_path / "missing.mp4"], tmp_path / "out", engines, "local")
+    assert "no such file" in one_error_line(res) and res.returncode == 2
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "clip0.mp4").write_bytes((clips / "clip0.mp4").read_bytes())
+    res = batch([clips / "clip0.mp4", tmp_path / "a" / "clip0.mp4"], tmp_path / "out", engines, "local")
+    assert "rename one" in one_error_line(res) and res.returncode == 2
+    res = batch([clips / "clip0.mp4"], tmp_path / "out", engines, "local", "--workers", "0")
+    assert "--workers" in one_error_line(res) and res.returncode == 2
+    res = batch([clips / "clip0.mp4"], tmp_path / "out", tmp_path / "no-engines", "local")
+    assert "engines" in one_error_line(res) and res.returncode == 3
+
+
+def test_one_video_over_two_workers_equals_one_process(engines, ray_cluster, tmp_path):
+    clip = tmp_path / "long.mp4"
+    media.write(clip, media.scene(100, 96, 54, seed=44), fps=24)
+    for windows in ("1",):  # other batch sizes: benchmarks/cluster.py measures them
+        alone, summary = outpaint_cli(clip, tmp_path / f"alone{windows}.mp4", engines, *RUN,
+                                      "--batch-windows", windows)
+        spread, spread_summary = outpaint_cli(clip, tmp_path / f"spread{windows}.mp4", engines, *RUN,
+                                              "--batch-windows", windows, "--workers", "2",
+                                              "--address", ray_cluster)
+        assert spread_summary["windows"] == summary["windows"] == 10
+        assert np.array_equal(spread, alone), f"--batch-windows {windows}"
