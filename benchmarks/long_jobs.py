@@ -96,7 +96,7 @@ def _instant_backend(size: int = 256):
     from runtime.engines.manifest import EngineSet
 
     class InstantBackend(Backend):
-        name, precision = "instant", "fp32"
+        name, precision, concurrent = "instant", "fp32", True
 
         def __init__(self):
             self.engines = EngineSet(Path("."), {"components": {}}, size, ("fp32",))

@@ -17,6 +17,7 @@ from m3ddm.errors import InputError
 from runtime import composite, env, streaming
 from runtime.engines.select import make_backend
 from runtime.pipeline import OutpaintResult, Pipeline
+from runtime.plan import official_plan
 from runtime.settings import Settings
 from runtime.video import EncodeOptions
 
@@ -82,12 +83,19 @@ class Outpainter:
         t_count, height, width = frames.shape[:3]
         box, targets = s.layout(height, width, self.size)
         t0 = time.perf_counter()
+        def given(wanted):  # the frames as prepare asks for them: the first level's first
+            return ((i, frames[i] if wanted is None or i in wanted else None) for i in range(t_count))
         with self._lock:
-            video = self.pipeline.prepare(iter(frames), t_count, box, float(fps), progress, cancel)
+            video = self.pipeline.prepare(given, t_count, box, float(fps), progress, cancel,
+                                          plan=official_plan(t_count, s.strides), background=self.backend.concurrent)
             prepare_s = time.perf_counter() - t0
             if progress:
                 progress({"stage": "prepared", "seconds": prepare_s})
-            generated, latents, plan, stats = self.pipeline.generate(video, s, progress, cancel=cancel)
+            try:
+                generated, latents, plan, stats = self.pipeline.generate(video, s, progress, cancel=cancel)
+            finally:
+                if video.waiter is not None:
+                    video.waiter.close()
         t3 = time.perf_counter()
         outputs = {t.label: np.stack([composite.scale_output(composite.composite(frames[i], generated[i], box, t,
                                                                                  s.feather), s.output_height)

@@ -5,9 +5,10 @@ level with independent windows batched into one engine call of 3 x W rows, each 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import threading
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -40,9 +41,24 @@ class VideoLatents:
     mask: np.ndarray  # [h, w] latent mask, 1 where content is missing
     context: np.ndarray  # [1, L, 320] the global frames' context tokens
     fps: float
+    waiter: object = field(default=None, compare=False, repr=False)  # prepares the later levels meanwhile
 
     def __len__(self) -> int:
         return len(self.inits)
+
+    def wait(self, level: int | None = None, cancel=None) -> None:
+        """Until the frames of plan level ``level`` (None: every frame) are prepared; a failure of the
+        preparing thread is raised here."""
+        if self.waiter is not None:
+            self.waiter.wait(level, cancel)
+
+    def __getstate__(self):  # to another process: the prepared arrays, never the thread preparing them
+        self.wait()
+        return {k: getattr(self, k) for k in ("inits", "canvases", "mask", "context", "fps")}
+
+    def __setstate__(self, state):
+        for k, v in {**state, "waiter": None}.items():
+            object.__setattr__(self, k, v)
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,111 @@ class BatchNoise:
     """The random draws of one batch of windows, each belonging to its window (never to the batch)."""
     start: np.ndarray  # [W, 4, 16, h, w] start noise per window
     steps: list  # per window: step -> [4, 16, h, w], the fresh noise of stochastic samplers
+
+
+def prepare_groups(count: int, plan=None) -> list[list[int]]:
+    """The frames in the order they are prepared: grouped by the first plan level whose windows read them,
+    each group in frame order (one group of every frame without a plan). Level k samples once groups 0..k
+    are prepared."""
+    if plan is None:
+        return [list(range(count))]
+    seen, groups = set(), []
+    for level in plan:
+        group = sorted({f for w in level for f in w.frames} - seen)
+        seen.update(group)
+        groups.append(group)
+    rest = sorted(set(range(count)) - seen)
+    if rest:  # a plan that reads fewer frames than the video has: they still get latents
+        groups[-1] = sorted(groups[-1] + rest)
+    return groups
+
+
+class _Preparer:
+    """Canvases and TELEA inits on a pool of threads, VAE-encoded in chunks of VAE_BATCH per group (the
+    group's frames in order): the latents are the same whatever the timing. Level k is ready once groups
+    0..k are."""
+
+    def __init__(self, pipeline, count, groups, box, progress, cancel):
+        self.pipeline, self.count, self.box, self.progress, self.cancel = pipeline, count, box, progress, cancel
+        self.group_of = np.zeros(count, np.int64)
+        for g, frames in enumerate(groups):
+            self.group_of[frames] = g
+        self.left = [len(frames) for frames in groups]
+        self.buffers: list[list] = [[] for _ in groups]  # (index, future) waiting for their chunk
+        self.ready = [threading.Event() for _ in groups]
+        for g, n in enumerate(self.left):
+            if n == 0:
+                self.ready[g].set()
+        self.held: list[np.ndarray | None] = [None, None]  # latents of the canvases, of the inits
+        self.done, self.t0 = 0, time.perf_counter()
+        self.workers = min(8, os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(self.workers)  # OpenCV releases the GIL
+        self.thread, self.error, self._stop = None, None, threading.Event()
+
+    def add(self, i: int, rgb: np.ndarray) -> None:
+        g = int(self.group_of[i])
+        self.buffers[g].append((i, self.pool.submit(geometry.canvas_and_init, rgb, self.box)))
+        if len(self.buffers[g]) == VAE_BATCH:
+            self._encode(g)
+        elif sum(len(b) for b in self.buffers) > 4 * VAE_BATCH:  # bounded: a group's chunk fills slowly
+            for b in self.buffers:
+                for _, future in b:
+                    future.result()
+
+    def flush(self, group: int | None) -> None:
+        """Encode what is left of ``group`` (None: every group): its frames are all in."""
+        for g in range(len(self.buffers)) if group is None else [group]:
+            if self.buffers[g]:
+                self._encode(g)
+
+    def _encode(self, g: int) -> None:
+        chunk = self.buffers[g]
+        results = [future.result() for _, future in chunk]
+        index = np.array([i for i, _ in chunk])
+        for k in (1, 0):  # inits first
+            latents = self.pipeline.encode(geometry.to_unit_range(np.stack([r[k] for r in results])))
+            if self.held[k] is None:  # the latents are held once, never copied whole
+                self.held[k] = np.empty((self.count, *latents.shape[1:]), np.float32)
+            self.held[k][index] = latents
+        chunk.clear()
+        self.done += len(index)
+        self.left[g] -= len(index)
+        if self.left[g] == 0 and self.thread is None:  # on the thread: ready once all is in, and saved
+            self.ready[g].set()
+        if self.progress:
+            self.progress({"stage": "prepare", "frames_done": self.done, "frames": self.count,
+                           "seconds": time.perf_counter() - self.t0})
+
+    # -- the later groups on a thread of their own --------------------------------------------
+    def run(self, body) -> None:
+        def work():
+            try:
+                body()
+            except BaseException as exc:
+                self.error = exc
+            finally:
+                self.pool.shutdown(wait=True)
+                for event in self.ready:
+                    event.set()  # waiters wake up and see the error, if any
+        self.thread = threading.Thread(target=work, name="m3ddm-prepare", daemon=True)
+        self.thread.start()
+
+    def wait(self, level, cancel=None) -> None:
+        event = self.ready[-1 if level is None else min(level, len(self.ready) - 1)]
+        while not event.wait(0.1):
+            check_cancel(cancel)
+        if self.error is not None:
+            raise self.error
+
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def close(self) -> None:
+        """Stop preparing (at the next frame) and wait for the thread; safe to call twice."""
+        self._stop.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join()
+        self.pool.shutdown(wait=True)
 
 
 def latent_mask(box: geometry.Letterbox) -> np.ndarray:
@@ -113,52 +234,84 @@ class Pipeline:
         return resize_antialias(g, self.size, self.size) * 2 - 1
 
     def prepare(self, frames, count: int, box: geometry.Letterbox, fps: float, progress=None,
-                cancel=None) -> VideoLatents:
-        """The ``count`` RGB frames (any iterable, read once) -> what sampling reads.
+                cancel=None, plan=None, background: bool = False, on_prepared=None) -> VideoLatents:
+        """The ``count`` RGB frames -> what sampling reads.
 
-        Canvases and TELEA inits are made and VAE-encoded VAE_BATCH frames at a time, as the frames arrive:
-        memory grows with the latents (T x 4 x S/8 x S/8), not with the canvases (T x S x S x 3, twice).
-        ``progress`` gets a "prepare" event per chunk; ``cancel`` is checked per chunk.
+        ``frames``: an iterable of the frames in order (read once), or a callable ``frames(wanted)`` giving
+        (index, RGB or None) for every frame, RGB for the indices in ``wanted`` (a set; None: all), which may be
+        called more than once (a file decoded again). Each frame's canvas and TELEA init are made on a pool of
+        threads and VAE-encoded VAE_BATCH at a time: memory grows with the latents, not with the canvases.
+
+        With ``plan`` the frames are taken level by level (``prepare_groups``): the first level's frames (and
+        the global frames) first, then the rest, each group encoded in its own chunks of VAE_BATCH in frame
+        order, so the latents never depend on timing. With ``background`` (and a callable ``frames``) the call
+        returns once the first level's frames are ready and prepares the rest on a thread, while the first
+        level samples (``VideoLatents.wait``); ``on_prepared(video)`` is called once every frame is. Only for
+        backends whose engines take calls from two threads at once (``Backend.concurrent``).
         """
+        groups = prepare_groups(count, plan)
         gidx = geometry.global_frame_indices(count, GLOBAL_FRAMES)
-        wanted = set(gidx.tolist())
-        held: list[np.ndarray | None] = [None, None]  # latents of the canvases, of the inits: filled in place
+        gset = set(gidx.tolist())
+        prep = _Preparer(self, count, groups, box, progress, cancel)
         global_images = {}
-        ready: list[tuple[np.ndarray, np.ndarray]] = []  # (canvas, init) of the chunk being filled
-        pending: deque = deque()  # frames being letterboxed and inpainted: a few at a time, never the video
-        done, t0 = 0, time.perf_counter()
-        workers = min(8, os.cpu_count() or 1)
-
-        def take(until: int):
-            nonlocal done
-            while len(pending) > until:
-                ready.append(pending.popleft().result())
-                if len(ready) == VAE_BATCH or (not pending and until == 0):  # encode()'s chunks: same latents
-                    for k in (1, 0):  # inits first, as encode() did them
-                        latents = self.encode(geometry.to_unit_range(np.stack([p[k] for p in ready])))
-                        if held[k] is None:  # the latents are held once, never copied whole
-                            held[k] = np.empty((count, *latents.shape[1:]), np.float32)
-                        held[k][done:done + len(ready)] = latents
-                    done += len(ready)
-                    ready.clear()
-                    if progress:
-                        progress({"stage": "prepare", "frames_done": done, "frames": count,
-                                  "seconds": time.perf_counter() - t0})
-
-        with ThreadPoolExecutor(workers) as pool:  # OpenCV releases the GIL
-            for i, rgb in enumerate(frames):
+        two_passes = callable(frames) and len(groups) > 1
+        first = set(groups[0]) if two_passes else set(range(count))
+        try:
+            source = frames(first | gset if two_passes else None) if callable(frames) else enumerate(frames)
+            for i, rgb in source:
                 if i >= count:
                     break
                 check_cancel(cancel)
-                if i in wanted:
+                if rgb is None:
+                    if i in first or i in gset:
+                        raise ValueError(f"frame {i} was asked for and not given")
+                    continue
+                if i in gset:
                     global_images[i] = self.global_image(rgb)
-                pending.append(pool.submit(geometry.canvas_and_init, rgb, box))
-                take(2 * workers)
-            take(0)
-        if done != count:
-            raise ValueError(f"the video gave {done} frames, {count} expected")
-        context = self.backend.encode_global(self.encode(np.stack([global_images[int(i)] for i in gidx])))
-        return VideoLatents(inits=held[1], canvases=held[0], mask=latent_mask(box), context=context, fps=float(fps))
+                if i in first:
+                    prep.add(i, rgb)
+            prep.flush(0 if two_passes else None)
+            if len(global_images) != len(gset):
+                raise ValueError(f"the video gave fewer than the {count} frames expected")
+            context = self.backend.encode_global(self.encode(np.stack([global_images[int(i)] for i in gidx])))
+        except BaseException:
+            prep.close()
+            raise
+        video = VideoLatents(inits=prep.held[1], canvases=prep.held[0], mask=latent_mask(box), context=context,
+                             fps=float(fps), waiter=prep if two_passes else None)
+
+        def rest():
+            for i, rgb in frames(set(range(count)) - first):
+                if i >= count:
+                    break
+                if prep.stopped():
+                    return
+                check_cancel(cancel)
+                if i not in first:
+                    if rgb is None:
+                        raise ValueError(f"frame {i} was asked for and not given")
+                    prep.add(i, rgb)
+            prep.flush(None)
+            if prep.done != count:
+                raise ValueError(f"the video gave {prep.done} frames, {count} expected")
+            if on_prepared is not None:
+                on_prepared(video)
+
+        if not two_passes:
+            if prep.done != count:
+                raise ValueError(f"the video gave {prep.done} frames, {count} expected")
+            prep.close()
+            if on_prepared is not None:
+                on_prepared(video)
+        elif background:
+            prep.run(rest)
+        else:
+            try:
+                rest()
+            finally:
+                prep.close()
+            video = dataclasses.replace(video, waiter=None)
+        return video
 
     def generate(self, video: VideoLatents, s: Settings, progress=None, sink=None, cancel=None, resume=None,
                  checkpoint=None):
@@ -246,7 +399,8 @@ class Pipeline:
                               "eta_s": (1 - fraction) / rate if rate > 0 else None})
             return report
 
-        for level in plan:
+        for number, level in enumerate(plan):
+            video.wait(number, cancel)  # its frames prepared (the later ones may still be, meanwhile)
             for run in independent_runs(level):
                 tasks = []  # (windows, the number of the first in plan order), still to sample
                 for batch in batches(run, s.batch_windows, self.backend.windows):

@@ -18,6 +18,7 @@ import numpy as np
 
 from m3ddm.errors import Cancelled, check_cancel
 from runtime import composite, workdir
+from runtime.plan import official_plan
 from runtime.pipeline import VideoLatents, latent_mask
 from runtime.settings import Settings
 from runtime.video import EncodeOptions, VideoError, VideoWriter, fps_from_times, iter_frames, probe
@@ -63,7 +64,10 @@ def outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None = 
     t_count = len(times)
     fps = info.fps or fps_from_times(times)
     source = iter_frames(input, stream, max_pixels=s.max_pixels)
-    first = next(source, None)
+    try:
+        first = next(source, None)
+    finally:
+        source.close()
     if first is None:
         raise VideoError(f"{input} has no decodable video frames")
     shape = first[0].shape
@@ -75,39 +79,42 @@ def outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None = 
                "engines": workdir.engines_identity(pipeline.backend)}
         wd = workdir.WorkDir.open(work_dir, job, restart)
 
-    def frames():
-        yield first[0]
-        for rgb, _, _ in source:
-            if rgb.shape != shape:
+    def frames(wanted):
+        """(index, RGB or None) of every frame, decoded again; RGB for those in ``wanted`` (None: all)."""
+        for i, (rgb, _, _) in enumerate(iter_frames(input, stream, rgb=True if wanted is None else wanted,
+                                                    max_pixels=s.max_pixels)):
+            if rgb is not None and rgb.shape != shape:
                 raise VideoError(f"{input}: the frame size changes mid-stream, which is not supported")
-            yield rgb
+            yield i, rgb
 
     writers = {t.label: VideoWriter(paths[t.label], fps, encode, audio_from=input, times=times) for t in targets}
     finisher = _Finisher(lambda rgb, gen: composite.finish(rgb, gen, box, targets, s.feather, s.output_height),
                          iter_frames(input, stream, max_pixels=s.max_pixels), times, writers, input)
     written = {}
+    video = None
     t1 = time.perf_counter()
     try:
         finisher.start()
         with lock or nullcontext():
             tp = time.perf_counter()
             saved = wd.prepared() if wd else None
-            try:
-                if saved:  # the VAE encodes of an earlier run of this job
-                    video = VideoLatents(saved["inits"], saved["canvases"], latent_mask(box), saved["context"],
-                                         float(fps))
-                else:
-                    video = pipeline.prepare(frames(), t_count, box, fps, progress, cancel)
-                    if wd:
-                        wd.save_prepared(video.inits, video.canvases, video.context)
-            finally:
-                source.close()
+            if saved:  # the VAE encodes of an earlier run of this job
+                video = VideoLatents(saved["inits"], saved["canvases"], latent_mask(box), saved["context"],
+                                     float(fps))
+            else:  # the first level's frames now, the rest while it samples (where the engines allow)
+                video = pipeline.prepare(frames, t_count, box, fps, progress, cancel,
+                                         plan=official_plan(t_count, s.strides), background=pipeline.backend.concurrent,
+                                         on_prepared=(lambda v: wd.save_prepared(v.inits, v.canvases, v.context))
+                                         if wd else None)
             prepare_s = time.perf_counter() - tp
             if progress:
                 progress({"stage": "prepared", "seconds": prepare_s, "resumed": bool(saved)})
             resume = (wd.finished(), wd.windows_done) if wd else None
             _, _, _, stats = pipeline.generate(video, s, progress, sink=finisher.put, cancel=cancel, resume=resume,
                                                checkpoint=wd.save_batch if wd else None)
+            if video.waiter is not None:
+                video.waiter.close()  # every level waited for it; its last act (saving the latents) ends now
+                video.wait()
         t2 = time.perf_counter()
         finisher.finish(t_count, cancel)
         stats["finish_wait_s"] = time.perf_counter() - t2
@@ -117,6 +124,8 @@ def outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None = 
         for label, w in writers.items():
             written[label] = w.commit()
     except BaseException as exc:
+        if video is not None and video.waiter is not None:
+            video.waiter.close()
         finisher.cancel()
         for w in writers.values():
             w.abort()

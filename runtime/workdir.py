@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -101,6 +102,7 @@ class WorkDir:
         self.job = job
         self.state = {"format": FORMAT, "prepared": None, "batches": [], "windows_done": 0}
         self.seconds = 0.0  # spent writing checkpoints
+        self._lock = threading.Lock()  # the prepared latents may be saved by the thread preparing them
 
     @classmethod
     def open(cls, folder, job: dict, restart: bool = False) -> "WorkDir":
@@ -160,9 +162,10 @@ class WorkDir:
         return self._load(record) if record else None
 
     def save_prepared(self, inits, canvases, context) -> None:
-        self.state["prepared"] = self._save("prepared-latents.npz",
-                                            {"inits": inits, "canvases": canvases, "context": context})
-        self._commit()
+        record = self._save("prepared-latents.npz", {"inits": inits, "canvases": canvases, "context": context})
+        with self._lock:
+            self.state["prepared"] = record
+            self._commit()
 
     # -- sampling -------------------------------------------------------------------------------
     @property
@@ -180,13 +183,16 @@ class WorkDir:
 
     def save_batch(self, new: dict, windows_done: int) -> None:
         """After a batch: the frames it finished first (``new``: {frame: latent}) and the windows done so far."""
+        record = None
         if new:
             frames = np.array(sorted(new), np.int64)
             record = self._save(f"batch-{windows_done:06d}.npz",
                                 {"frames": frames, "latents": np.stack([new[int(f)] for f in frames])})
-            self.state["batches"].append(record)
-        self.state["windows_done"] = int(windows_done)
-        self._commit()
+        with self._lock:
+            if record is not None:
+                self.state["batches"].append(record)
+            self.state["windows_done"] = int(windows_done)
+            self._commit()
 
     def bytes_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())

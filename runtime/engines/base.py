@@ -22,6 +22,7 @@ class Backend(ABC):
     precision: str
     engines: EngineSet
     notes: tuple | list = ()  # what the user should know about this choice (e.g. why TensorRT was passed over)
+    concurrent: bool = False  # its engines take calls from two threads at once (the VAE while the UNet runs)
     windows: tuple | None = None  # window counts W (3W UNet rows) the backend runs best, e.g. its TensorRT
     #                               profiles; the pipeline sizes its batches to them. None: any size is as good.
 

@@ -34,6 +34,7 @@ def available_providers() -> list[str]:
 
 class OrtBackend(Backend):
     name = "ort"
+    concurrent = True  # an InferenceSession's run() is thread-safe: the VAE may encode while the UNet runs
 
     def __init__(self, engines_dir, device: str = "cpu", precision: str | None = None, threads: int | None = None,
                  max_batch: int | None = None, device_id: int = 0):

@@ -84,7 +84,8 @@ def iter_frames(path, stream: int | None = None, rgb: bool = True,
                 max_pixels: int | None = None) -> Iterator[tuple[np.ndarray, float, int]]:
     """(RGB uint8 [H, W, 3] as displayed, time in seconds, rotation) per decoded frame.
 
-    ``rgb=False`` skips the colour conversion and yields None for the picture (a cheap counting pass).
+    ``rgb=False`` skips the colour conversion and yields None for the picture (a cheap counting pass); a set
+    of frame indices converts only those frames (the others: None).
     ``max_pixels`` refuses frames larger than that before they are decoded: the declared size is checked
     first and the decoder itself is told the limit, so a small file declaring a huge picture costs nothing.
     """
@@ -96,15 +97,16 @@ def iter_frames(path, stream: int | None = None, rgb: bool = True,
             check_pixels(vs.codec_context.width, vs.codec_context.height, max_pixels, f"{path}: frames")
             vs.codec_context.options = {**vs.codec_context.options, "max_pixels": str(int(max_pixels))}
         last_t = None
+        convert = (lambda k: rgb) if isinstance(rgb, bool) else (lambda k: k in rgb)
         try:
-            for frame in container.decode(vs):
+            for index, frame in enumerate(container.decode(vs)):
                 check_pixels(frame.width, frame.height, max_pixels, f"{path}: frames")
                 t = frame.time
                 if t is None:  # no pts: count on from the last one at the average rate
                     rate = float(vs.average_rate or vs.guessed_rate or 30)
                     t = 0.0 if last_t is None else last_t + 1.0 / rate
                 last_t = t
-                yield (_display(frame) if rgb else None), float(t), int(getattr(frame, "rotation", 0) or 0)
+                yield (_display(frame) if convert(index) else None), float(t), int(getattr(frame, "rotation", 0) or 0)
         except VideoError:
             raise
         except Exception as exc:  # corrupt data after some frames: keep what decoded, if anything
