@@ -18,7 +18,7 @@ WINDOWS ?=
 # More `python -m export` options, e.g. EXPORT_ARGS="--attention-softmax fp16 --opt-level 4".
 EXPORT_ARGS ?=
 
-.PHONY: setup test test-all test-gpu demo engines plans doctor serve bench bench-long bench-service bench-cluster bench-model clean
+.PHONY: setup test test-all test-gpu demo engines plans doctor serve bench bench-long bench-service bench-cluster bench-host bench-model clean
 
 setup: $(STAMP)
 
@@ -81,6 +81,10 @@ bench-service: setup
 bench-cluster: setup
 	test -f build/demo/engines/manifest.json || $(PY) -m export.demo --out build/demo
 	$(PY) -m benchmarks.cluster --json benchmarks/results_cluster.json
+
+# The host side alone (instant engine): per-stage ms per frame, wall per frame, time to the first step, peak RSS.
+bench-host: setup
+	$(PY) -m benchmarks.host --json benchmarks/results_host.json
 
 # Full-size model build, save and load: time and peak RAM (writes a 2.6 GB checkpoint to a temp dir).
 bench-model: setup
