@@ -8,9 +8,12 @@ written to a temporary file and renamed at the end, all or nothing across the ta
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -18,8 +21,8 @@ import numpy as np
 
 from m3ddm.errors import Cancelled, check_cancel
 from runtime import composite, workdir
-from runtime.plan import official_plan
 from runtime.pipeline import VideoLatents, latent_mask
+from runtime.plan import official_plan
 from runtime.settings import Settings
 from runtime.video import EncodeOptions, VideoError, VideoWriter, fps_from_times, iter_frames, probe
 
@@ -162,21 +165,39 @@ class _Finisher(threading.Thread):
         self.cancelled = threading.Event()
 
     def run(self):
+        # Each frame composited on a pool (OpenCV and NumPy's copies release the GIL), written in order as it
+        # is done: a few frames in flight, never the video. The encoder has threads of its own.
+        workers = min(4, os.cpu_count() or 1)
+        pending: deque = deque()  # (frame number, future of its [(label, frame)])
+
+        def write_next():
+            number, future = pending.popleft()
+            for label, frame in future.result():
+                self.writers[label].write(frame, self.times[number])
+            self.done = number + 1
+
         try:
-            for start, frames in iter(self.chunks.get, None):
-                if self.cancelled.is_set():
-                    return
-                t0 = time.perf_counter()
-                for k, generated in enumerate(frames):
+            with ThreadPoolExecutor(workers) as pool:
+                for start, frames in iter(self.chunks.get, None):
                     if self.cancelled.is_set():
                         return
-                    try:
-                        rgb, _, _ = next(self.source)
-                    except StopIteration:
-                        raise VideoError(f"{self.input}: the source ended at frame {start + k} on re-reading") from None
-                    for label, frame in self.compose(rgb, generated):
-                        self.writers[label].write(frame, self.times[start + k])
-                self.done = start + len(frames)
+                    t0 = time.perf_counter()
+                    for k, generated in enumerate(frames):
+                        if self.cancelled.is_set():
+                            return
+                        try:
+                            rgb, _, _ = next(self.source)
+                        except StopIteration:
+                            raise VideoError(f"{self.input}: the source ended at frame {start + k} on re-reading") from None
+                        pending.append((start + k, pool.submit(self.compose, rgb, generated)))
+                        while len(pending) > workers:
+                            write_next()
+                    self.seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                while pending:
+                    if self.cancelled.is_set():
+                        return
+                    write_next()
                 self.seconds += time.perf_counter() - t0
         except BaseException as exc:  # handed to the producer
             self.error = exc
