@@ -80,10 +80,12 @@ def complete(paths: dict) -> bool:
         return False
 
 
-def remove_stale_partials(out_dir: Path, stem: str) -> None:
-    """A killed run's temporary outputs (runtime/video/sink.py names them .STEM.partial-PID.SUFFIX)."""
-    for p in out_dir.glob(f".{glob.escape(stem)}*.partial-*"):
-        p.unlink(missing_ok=True)
+def remove_stale_partials(paths: dict) -> None:
+    """A killed run's temporary files of these outputs (runtime/video/sink.py names them .STEM.partial-PID.SUFFIX;
+    only this video's: the stem of another video may begin with this one's)."""
+    for path in paths.values():
+        for p in path.parent.glob(f".{glob.escape(path.stem)}.partial-*{glob.escape(path.suffix)}"):
+            p.unlink(missing_ok=True)
 
 
 class VideoJob:
@@ -161,7 +163,7 @@ def main(argv=None) -> int:
                     write({"input": str(path), "status": "skipped", "outputs": {k: str(v) for k, v in paths.items()},
                            "frames": None, "seconds": 0.0, "error": None})
                     continue
-                remove_stale_partials(out_dir, path.stem)
+                remove_stale_partials(paths)
                 rows.append({"input": str(path), "output": str(out_dir / f"{path.stem}.mp4"),
                              "work_dir": str(out_dir / WORK / path.stem)})
             if rows:

@@ -155,13 +155,18 @@ class Worker:
         if self.current == job:  # never abort another job's engine call
             self.outpainter.interrupt()
 
-    def _token(self, job: str):
-        cancelled = self.cancelled
+    def _token(self, job: str) -> "_JobToken":
+        return _JobToken(self.cancelled, job)
 
-        class Token:
-            def is_set(self):
-                return job in cancelled
-        return Token()
+
+class _JobToken:
+    """A cancel token (``is_set``) of one job on a worker: set once the driver cancels that job."""
+
+    def __init__(self, cancelled: set, job: str):
+        self.cancelled, self.job = cancelled, job
+
+    def is_set(self) -> bool:
+        return self.job in self.cancelled
 
 
 def start_workers(engines, workers: int | None, *, backend: str = "auto", threads: int | None = None,

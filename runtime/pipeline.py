@@ -110,12 +110,8 @@ class _Preparer:
     def add(self, i: int, rgb: np.ndarray) -> None:
         g = int(self.group_of[i])
         self.buffers[g].append((i, self.pool.submit(geometry.canvas_and_init, rgb, self.box)))
-        if len(self.buffers[g]) == VAE_BATCH:
+        if len(self.buffers[g]) == VAE_BATCH:  # memory: at most a chunk of frames per group (plan level)
             self._encode(g)
-        elif sum(len(b) for b in self.buffers) > 4 * VAE_BATCH:  # bounded: a group's chunk fills slowly
-            for b in self.buffers:
-                for _, future in b:
-                    future.result()
 
     def flush(self, group: int | None) -> None:
         """Encode what is left of ``group`` (None: every group): its frames are all in."""
