@@ -205,11 +205,14 @@ def stamp_io(model: onnx.ModelProto, inputs, outputs) -> None:
 
 
 def cleanup(model: onnx.ModelProto, fold: bool = True) -> onnx.ModelProto:
-    """Dead nodes out, topological order, constants folded (where ONNX Runtime is there to fold them;
-    torch already folded the weight-side constants), shapes inferred."""
+    """Dead nodes out, topological order, the tracer's shape arithmetic folded (``shape_folding``), constants
+    folded (where ONNX Runtime is there to fold them; torch already folded the weight-side constants), shapes
+    inferred."""
     import onnx_graphsurgeon as gs
+    from export.shape_folding import fold_shapes
     graph = gs.import_onnx(model)
     graph.cleanup().toposort()
+    graph = gs.import_onnx(fold_shapes(gs.export_onnx(graph)))
     if fold:
         try:
             graph.fold_constants().cleanup()

@@ -1,9 +1,10 @@
 """Building blocks of the M3DDM pseudo-3D UNet, named as the official checkpoint names them.
 
-Activations are 5-D and channel-first, [N, C, F, H, W], as in the official model. Every conv runs
-as a Conv3d: a spatial 3x3 as kernel (1, 3, 3), the temporal k=3 conv as kernel (3, 1, 1). That
-needs no layout change between them (measured on the CPU: a (3, 1, 1) Conv3d is bit-identical to the
-official permute + Conv1d and 1.75x faster; a (1, 3, 3) Conv3d equals per-frame Conv2d).
+Activations are 5-D and channel-first, [N, C, F, H, W], as in the official model. No conv changes the
+layout: a spatial 3x3 runs as a Conv3d with kernel (1, 3, 3), equal to per-frame Conv2d; the temporal k=3
+conv as a Conv2d with kernel (3, 1) over [N, C, F, H*W], a free reshape. In torch that is bit-identical to
+the official permute + Conv1d (and to a (3, 1, 1) Conv3d, 1.75x faster than the permutes); in ONNX Runtime
+the 2-D conv takes the fast NCHWc kernels, 1.3-2x faster than the Conv3d at S = 64 and 256.
 """
 from __future__ import annotations
 
@@ -82,7 +83,9 @@ class Pseudo3DConv(nn.Module):
     def forward(self, x):
         s, t = self.spatial_conv, self.temporal_conv
         x = F.conv3d(x, s.weight.unsqueeze(2), s.bias, padding=(0, 1, 1))
-        return F.conv3d(x, t.weight[..., None, None], t.bias, padding=(1, 0, 0))
+        n, c, f, h, w = x.shape
+        y = F.conv2d(x.reshape(n, c, f, h * w), t.weight[..., None], t.bias, padding=(1, 0))
+        return y.reshape(n, y.shape[1], f, h, w)
 
 
 def frame_conv(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Conv3d:
