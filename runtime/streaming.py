@@ -1,8 +1,9 @@
 """The file path of ``Outpainter.outpaint_file``: a video file in, one video file per target out, streamed.
 
-The source is decoded three times (timestamps, canvases, composite) instead of being held in memory, so a
-long video costs its latents (T x 4 x S/8 x S/8 float32), not its frames or canvases; every frame size,
-read or written, is checked against the pixel budget before it is decoded or made. Frames are composited and
+The source is decoded twice (canvases, composite; its frames are counted from the container's packets)
+instead of being held in memory, so a long video costs its latents (T x 4 x S/8 x S/8 float32), not its
+frames or canvases; every frame size, read or written, is checked against the pixel budget before it is
+decoded or made. Frames are composited and
 encoded on a writer thread as soon as they are final, while the engines sample the rest; every output is
 written to a temporary file and renamed at the end, all or nothing across the targets of one call.
 """
@@ -24,7 +25,7 @@ from runtime import composite, workdir
 from runtime.pipeline import VideoLatents, latent_mask
 from runtime.plan import official_plan
 from runtime.settings import Settings
-from runtime.video import EncodeOptions, VideoError, VideoWriter, fps_from_times, iter_frames, probe
+from runtime.video import EncodeOptions, VideoError, VideoWriter, fps_from_times, iter_frames, packet_times, probe
 
 
 def output_paths(output: Path, labels) -> dict:
@@ -36,12 +37,29 @@ def output_paths(output: Path, labels) -> dict:
     return {l: output.with_name(f"{output.stem}_{l}{output.suffix}") for l in labels}
 
 
-def outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None = None,
-                  encode: EncodeOptions | None = None, overwrite: bool = True, progress=None, lock=None,
-                  cancel=None, work_dir=None, restart: bool = False, keep_work_dir: bool = False) -> dict:
+class _Recount(Exception):
+    """The frames decoded are not the ones the container's packets announced: count them by decoding."""
+
+
+def outpaint_file(pipeline, input, output, s: Settings, **options) -> dict:
     """Outpaint a video file with ``pipeline`` (runtime.pipeline.Pipeline); see ``Outpainter.outpaint_file``.
     ``lock`` is held while the engines run; ``cancel`` is checked between frames and steps. With ``work_dir``
-    the job checkpoints there (runtime/workdir.py) and resumes from what an earlier run of it left."""
+    the job checkpoints there (runtime/workdir.py) and resumes from what an earlier run of it left.
+
+    The frames are counted from the container's packets, without decoding, so sampling starts after one
+    decoding pass, not two. The first pass checks every decoded frame's time against them; where they differ
+    (a decoder that drops a damaged packet, say) the call starts over, counting by decoding, before it has
+    sampled or written anything."""
+    try:
+        return _outpaint_file(pipeline, input, output, s, count_by_decoding=False, **options)
+    except _Recount:
+        return _outpaint_file(pipeline, input, output, s, count_by_decoding=True, **options)
+
+
+def _outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None = None,
+                   encode: EncodeOptions | None = None, overwrite: bool = True, progress=None, lock=None,
+                   cancel=None, work_dir=None, restart: bool = False, keep_work_dir: bool = False,
+                   count_by_decoding: bool = False) -> dict:
     input, output = Path(input), Path(output)
     encode = encode or EncodeOptions()
     s.check(pipeline.latent)
@@ -56,14 +74,19 @@ def outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None = 
     s.check_frame(info.height, info.width, f"{input}: frames")  # as declared, before a frame is decoded
     pipeline.backend.load()  # a graph that cannot load fails now, not after the prepare stage
     t0 = time.perf_counter()
-    times = []
-    for _, t, _ in iter_frames(input, stream, rgb=False, max_pixels=s.max_pixels):
-        times.append(t)
-        if len(times) % 256 == 0:
-            check_cancel(cancel)
-    if not times:
-        raise VideoError(f"{input} has no decodable video frames")
-    times = np.array(times, dtype=np.float64)
+    announced = packet_times(input, stream)
+    verify = announced is not None and not count_by_decoding
+    if verify:
+        times = announced
+    else:
+        times = []
+        for _, t, _ in iter_frames(input, stream, rgb=False, max_pixels=s.max_pixels):
+            times.append(t)
+            if len(times) % 256 == 0:
+                check_cancel(cancel)
+        if not times:
+            raise VideoError(f"{input} has no decodable video frames")
+        times = np.array(times, dtype=np.float64)
     t_count = len(times)
     fps = info.fps or fps_from_times(times)
     source = iter_frames(input, stream, max_pixels=s.max_pixels)
@@ -77,22 +100,30 @@ def outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None = 
     box, targets = s.layout(shape[0], shape[1], pipeline.size)  # every output size checked here
     wd = None
     if work_dir is not None:
+        # "frames": as announced where the container announces them, so that both ways of counting name the
+        # same job (a work dir left by a run that had to count by decoding is resumed by the next run).
         job = {"format": workdir.FORMAT, "input": {"bytes": input.stat().st_size, "sha256": workdir.file_digest(input)},
-               "stream": info.stream_index, "frames": t_count, "settings": workdir.settings_identity(s),
+               "stream": info.stream_index, "frames": t_count if announced is None else len(announced),
+               "settings": workdir.settings_identity(s),
                "engines": workdir.engines_identity(pipeline.backend)}
         wd = workdir.WorkDir.open(work_dir, job, restart)
 
     def frames(wanted):
         """(index, RGB or None) of every frame, decoded again; RGB for those in ``wanted`` (None: all)."""
-        for i, (rgb, _, _) in enumerate(iter_frames(input, stream, rgb=True if wanted is None else wanted,
+        i = -1
+        for i, (rgb, t, _) in enumerate(iter_frames(input, stream, rgb=True if wanted is None else wanted,
                                                     max_pixels=s.max_pixels)):
+            if verify and (i >= t_count or t != times[i]):
+                raise _Recount()
             if rgb is not None and rgb.shape != shape:
                 raise VideoError(f"{input}: the frame size changes mid-stream, which is not supported")
             yield i, rgb
+        if verify and i + 1 != t_count:
+            raise _Recount()
 
     writers = {t.label: VideoWriter(paths[t.label], fps, encode, audio_from=input, times=times) for t in targets}
     finisher = _Finisher(lambda rgb, gen: composite.finish(rgb, gen, box, targets, s.feather, s.output_height),
-                         iter_frames(input, stream, max_pixels=s.max_pixels), times, writers, input)
+                         iter_frames(input, stream, max_pixels=s.max_pixels), times, writers, input, verify)
     written = {}
     video = None
     t1 = time.perf_counter()
@@ -101,6 +132,11 @@ def outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None = 
         with lock or nullcontext():
             tp = time.perf_counter()
             saved = wd.prepared() if wd else None
+            if saved and len(saved["inits"]) != t_count:
+                if verify:  # prepared by a run that counted by decoding: so must this one
+                    raise _Recount()
+                raise VideoError(f"work dir {wd.folder} holds {len(saved['inits'])} prepared frames, the video "
+                                 f"{t_count}; pass --restart")
             if saved:  # the VAE encodes of an earlier run of this job
                 video = VideoLatents(saved["inits"], saved["canvases"], latent_mask(box), saved["context"],
                                      float(fps))
@@ -155,9 +191,10 @@ class _Finisher(threading.Thread):
     """Composites and encodes generated frames, in order, as they arrive (a bounded queue of chunks),
     reading the source a frame at a time. A failure here stops the producer at its next ``put``."""
 
-    def __init__(self, compose, source_frames, times, writers, input):
+    def __init__(self, compose, source_frames, times, writers, input, verify: bool = False):
         super().__init__(name="m3ddm-finisher", daemon=True)
         self.compose, self.source, self.times, self.writers, self.input = compose, source_frames, times, writers, input
+        self.verify = verify  # the times were announced, not decoded: a run resumed from its work dir checks here
         self.chunks = queue.Queue(maxsize=2)
         self.error = None
         self.done = 0
@@ -186,9 +223,13 @@ class _Finisher(threading.Thread):
                         if self.cancelled.is_set():
                             return
                         try:
-                            rgb, _, _ = next(self.source)
+                            rgb, t, _ = next(self.source)
                         except StopIteration:
+                            if self.verify:
+                                raise _Recount() from None
                             raise VideoError(f"{self.input}: the source ended at frame {start + k} on re-reading") from None
+                        if self.verify and t != self.times[start + k]:
+                            raise _Recount()
                         pending.append((start + k, pool.submit(self.compose, rgb, generated)))
                         while len(pending) > workers:
                             write_next()

@@ -71,3 +71,52 @@ def test_a_failure_while_preparing_the_rest_fails_the_run(outpainter):
     with pytest.raises(InputError, match="frame 97"):
         outpainter.pipeline.sample(video, Settings(steps=2))
     video.waiter.close()
+
+
+# -- counting the frames from the container's packets ------------------------------------------------------
+def _decoded_times(path):
+    from runtime.video import iter_frames
+    return np.array([t for _, t, _ in iter_frames(path, rgb=False)])
+
+
+@pytest.mark.parametrize("kind", ["b_frames", "variable_rate", "vp9_webm", "shared_media"])
+def test_packet_times_are_the_decoded_times(tmp_path, kind, shared):
+    from runtime.video import packet_times
+    frames = media.scene(40, 64, 36, seed=3)
+    if kind == "b_frames":  # x264's default GOP has B-frames: packets come in decode order, not display order
+        media.write(path := tmp_path / "b.mp4", frames)
+    elif kind == "variable_rate":
+        times = np.cumsum(np.r_[0, np.random.default_rng(0).uniform(0.01, 0.09, 39)])
+        media.write(path := tmp_path / "vfr.mp4", frames, times=times)
+    elif kind == "vp9_webm":
+        media.write(path := tmp_path / "v.webm", frames, codec="libvpx-vp9")
+    else:
+        path = shared("media/cockatoo.mp4")
+    announced = packet_times(path)
+    assert announced is not None and np.array_equal(announced, _decoded_times(path))
+
+
+def test_a_count_the_decoder_does_not_confirm_is_redone_by_decoding(outpainter, tmp_path, monkeypatch):
+    """Where the container announces other frames than decode (a damaged packet the decoder drops, say), the
+    run counts by decoding and its output is what it would have been; a work dir left by such a run is
+    resumed by the next one."""
+    from runtime import streaming
+    media.write(src := tmp_path / "in.mp4", media.scene(40, 96, 54, seed=5))
+    out_ok, out_wrong = tmp_path / "ok.mp4", tmp_path / "wrong.mp4"
+    opts = dict(ratio="9:16", steps=2, encode=streaming.EncodeOptions(crf=0))
+    ok = outpainter.outpaint_file(src, out_ok, **opts)
+
+    honest = streaming.packet_times
+    for lie in (lambda p, s=None: honest(p, s)[:-1],  # one frame fewer than decode gives
+                lambda p, s=None: honest(p, s) + 0.5):  # the right count at other times
+        monkeypatch.setattr(streaming, "packet_times", lie)
+        out_wrong.unlink(missing_ok=True)
+        got = outpainter.outpaint_file(src, out_wrong, **opts)
+        assert got["frames"] == ok["frames"] == 40
+        assert np.array_equal(media.decode(out_wrong)[0], media.decode(out_ok)[0])
+
+    wd = tmp_path / "wd"
+    first = outpainter.outpaint_file(src, out_wrong, work_dir=wd, keep_work_dir=True, **opts)
+    again = outpainter.outpaint_file(src, out_wrong, work_dir=wd, **opts)
+    assert first["windows_sampled"] > 0 and again["prepare_resumed"] and again["windows_sampled"] == 0
+    assert np.array_equal(media.decode(out_wrong)[0], media.decode(out_ok)[0])

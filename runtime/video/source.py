@@ -116,6 +116,34 @@ def iter_frames(path, stream: int | None = None, rgb: bool = True,
         container.close()
 
 
+def packet_times(path, stream: int | None = None) -> np.ndarray | None:
+    """The presentation times of the video stream's packets, sorted: what decoding would give, read from the
+    container alone (a second or less for a long video, against a full decode). None where it cannot be
+    trusted (a packet without a time, flagged corrupt or to be discarded, as edit lists do): callers decode
+    then. Callers still check it against the frames they decode; a decoder may drop a packet it cannot read.
+    """
+    container = _open_input(path)
+    try:
+        vs = _video_stream(container, path, stream)
+        pts = []
+        for packet in container.demux(vs):
+            if packet.size == 0:  # the demuxer's closing empty packet
+                continue
+            if packet.pts is None or packet.is_corrupt or packet.is_discard:
+                return None
+            pts.append(packet.pts)
+        if not pts:
+            return None
+        base = vs.time_base
+        return np.array(sorted(float(p * base) for p in pts), dtype=np.float64)
+    except VideoError:
+        raise
+    except Exception:  # a damaged container: the decoding pass says what is wrong, in its own words
+        return None
+    finally:
+        container.close()
+
+
 def probe(path, stream: int | None = None) -> VideoInfo:
     container = _open_input(path)
     try:
