@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIPS = ROOT / "build" / "bench-host"
@@ -74,7 +75,7 @@ def run_child(width: int, height: int, frames: int, cores: str, steps: int) -> d
             "wall_ms_per_frame": round(1000 * wall / frames, 1),
             "first_step_s": round(first["sample"] - t0, 2),
             "stages_s": {k: v for k, v in summary.items() if k.endswith("_s")},
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
 def stages_child(width: int, height: int, count: int = 48) -> dict:

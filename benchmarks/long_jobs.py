@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -25,6 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "runtime.outpaint"]
@@ -124,7 +125,7 @@ def _memory_child(frames: int, folder: Path) -> dict:
     op = Outpainter(engine=_instant_backend())
     summary = op.outpaint_file(clip, folder / f"out{frames}.mp4", steps=2, work_dir=folder / f"work{frames}",
                                keep_work_dir=True)
-    return {"frames": frames, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return {"frames": frames, "peak_rss_mb": peak_rss_mb(),
             "work_dir_bytes": summary["work_dir_bytes"], "total_s": summary["total_s"]}
 
 

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,12 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import peak_rss_mb
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
 def rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    return peak_rss_mb() / 1024
 
 
 class GpuMemoryWatch:
