@@ -219,6 +219,15 @@ def host_side(size: int, heights=(720, 1080), frames: int = 24) -> dict:
     return out
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run of median time (the faster of the middle two), with every run's seconds beside it."""
+    ranked = sorted(runs, key=lambda r: r["seconds"])
+    pick = dict(ranked[(len(ranked) - 1) // 2])
+    if len(runs) > 1:
+        pick["seconds_runs"] = [round(r["seconds"], 3) for r in runs]
+    return pick
+
+
 def _has_tensorrt() -> bool:
     try:
         import tensorrt  # noqa: F401
@@ -236,6 +245,9 @@ def main(argv=None) -> int:
     ap.add_argument("--engines", help="engines folder for --unet/--vae (default: exported into build/bench)")
     ap.add_argument("--videos", default="40,100", help="video lengths (frames); 600 is the long case")
     ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="each case measured this many times, baseline and ours alternately; medians reported "
+                         "(a shared VM's speed drifts by up to a third over minutes)")
     ap.add_argument("--file-frames", type=int, default=64,
                     help="frames of the 1080p file-path case (host work overlapped with sampling); 0 skips it")
     ap.add_argument("--backends", help="comma list of ours to measure (default: every one usable here)")
@@ -259,6 +271,7 @@ def main(argv=None) -> int:
         build_plans(engines)
     common = {"unet": args.unet, "vae": args.vae, "size": args.size, "engines": engines, "calls": args.calls}
     report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+              "rounds": args.rounds,
               "gpu": found[0]["name"] if found else None, "size": args.size, "unet": args.unet,
               "backends": backends, "results": {}}
     cases = [("call", 0)] + [("video", int(n)) for n in args.videos.split(",") if n]
@@ -272,9 +285,13 @@ def main(argv=None) -> int:
             report["results"][key] = row
             print(key, json.dumps(row), flush=True)
             continue
-        row = {"baseline": measure("baseline", what, frames, common)}
+        runs = {side: [] for side in ["baseline", *backends]}
+        for _ in range(max(1, args.rounds)):  # alternately, so that a drift of the machine hits both sides
+            runs["baseline"].append(measure("baseline", what, frames, common))
+            for b in backends:
+                runs[b].append(measure("ours", what, frames, {**common, "backend": b}))
+        row = {side: median_run(rs) for side, rs in runs.items()}
         for b in backends:
-            row[b] = measure("ours", what, frames, {**common, "backend": b})
             row[b]["speedup"] = round(row["baseline"]["seconds"] / row[b]["seconds"], 2)
             if what == "video":
                 row[b]["output_fps"] = round(frames / row[b]["seconds"], 3)
