@@ -127,13 +127,15 @@ def _eval(node, ins: list, shapes: dict) -> list | None:
         return [ins[0]]
     if op == "Gather":
         return [np.take(ins[0], _concrete(ins[1]), axis=_attr(node, "axis", 0))]
-    if op == "Unsqueeze":
+    if op == "Unsqueeze":  # axes: an input from opset 13, an attribute before
         out = ins[0]
-        for axis in sorted(int(a) for a in _concrete(ins[1]).ravel()):
+        axes = _concrete(ins[1]).ravel() if len(ins) > 1 else _attr(node, "axes", [])
+        for axis in sorted(int(a) for a in axes):
             out = np.expand_dims(out, axis if axis >= 0 else axis + out.ndim + 1)
         return [out]
     if op == "Squeeze":
-        axes = tuple(int(a) for a in _concrete(ins[1]).ravel()) if len(ins) > 1 else None
+        axes = _concrete(ins[1]).ravel() if len(ins) > 1 else _attr(node, "axes", None)
+        axes = None if axes is None else tuple(int(a) for a in axes)
         return [np.squeeze(ins[0], axis=axes)]
     if op == "Concat":
         parts = [np.atleast_1d(x) for x in ins]
@@ -172,13 +174,21 @@ def _eval(node, ins: list, shapes: dict) -> list | None:
     if op == "Where":
         return [np.where(*ins)]
     if op == "Range":
+        if abs((float(ins[1]) - float(ins[0])) / float(ins[2])) > SMALL:
+            return None
         return [np.arange(ins[0], ins[1], ins[2]).astype(ins[0].dtype)]
     if op == "ConstantOfShape":
+        shape = tuple(int(d) for d in ins[0])
+        if int(np.prod(shape)) > SMALL:  # before allocating it: such a tensor stays a node
+            return None
         value = _attr(node, "value")
         fill = numpy_helper.to_array(value) if value is not None else np.zeros(1, np.float32)
-        return [np.full(tuple(int(d) for d in ins[0]), fill.ravel()[0], fill.dtype)]
+        return [np.full(shape, fill.ravel()[0], fill.dtype)]
     if op == "Expand":
-        return [ins[0] * np.ones(tuple(int(d) for d in ins[1]), ins[0].dtype)]
+        shape = np.broadcast_shapes(ins[0].shape, tuple(int(d) for d in ins[1]))
+        if int(np.prod(shape)) > SMALL:
+            return None
+        return [np.broadcast_to(ins[0], shape).copy()]
     return None
 
 
@@ -273,7 +283,7 @@ def _fold_once(graph) -> bool:
             try:
                 outs = _eval(node, ins, shapes)
                 outs = None if outs is None else [np.asarray(o) for o in outs]
-            except (ValueError, IndexError, TypeError, OverflowError):
+            except (ValueError, IndexError, TypeError, OverflowError, ZeroDivisionError):
                 outs = None
         if outs is not None:
             for name, value in zip(node.output, outs):

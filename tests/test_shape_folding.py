@@ -113,3 +113,33 @@ def test_exported_unet_has_no_shape_arithmetic_left(engines):
     ops = _ops(m)
     # The UNet's only dynamic dim is the batch: what is left are the few Shape reads of broadcasts.
     assert ops["Shape"] <= 8 and ops["Gather"] <= 4, ops
+
+
+def test_older_opsets_and_large_constants():
+    """Unsqueeze/Squeeze with their axes as attributes (before opset 13); a ConstantOfShape too large to
+    hold in the graph stays a node."""
+    from onnx import TensorProto, helper
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "i1"], ["c"], axis=0),
+        helper.make_node("Unsqueeze", ["c"], ["c1"], axes=[0]),
+        helper.make_node("Concat", ["minus1", "c1"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["y"]),
+        helper.make_node("Concat", ["big", "c1"], ["big_shape"], axis=0),
+        helper.make_node("ConstantOfShape", ["big_shape"], ["zeros"]),
+        helper.make_node("ReduceSum", ["zeros"], ["z"], axes=[0], keepdims=0),
+    ]
+    inits = [onnx.numpy_helper.from_array(np.array(1, np.int64), "i1"),
+             onnx.numpy_helper.from_array(np.array([-1], np.int64), "minus1"),
+             onnx.numpy_helper.from_array(np.array([4096], np.int64), "big")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], inits)
+    raw = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    folded = shape_folding.fold_shapes(onnx.ModelProto.FromString(raw.SerializeToString()))
+    ops = _ops(folded)
+    assert ops["Shape"] == 0 and ops["Unsqueeze"] == 0 and ops["ConstantOfShape"] == 1, ops
+    x = np.arange(18, dtype=np.float32).reshape(3, 6)
+    for model in (raw, folded):
+        y, z = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+        assert y.shape == (18 // 6, 6) and z.shape == (6,)
