@@ -46,11 +46,11 @@ class VideoLatents:
     def __len__(self) -> int:
         return len(self.inits)
 
-    def wait(self, level: int | None = None, cancel=None) -> None:
-        """Until the frames of plan level ``level`` (None: every frame) are prepared; a failure of the
-        preparing thread is raised here."""
+    def wait(self, level: int | None = None, cancel=None, first_run: bool = False) -> None:
+        """Until the frames of plan level ``level`` (None: every frame; ``first_run``: only the first level's
+        first run, all the first step reads) are prepared; a failure of the preparing thread is raised here."""
         if self.waiter is not None:
-            self.waiter.wait(level, cancel)
+            self.waiter.wait(level, cancel, first_run)
 
     def __getstate__(self):  # to another process: the prepared arrays, never the thread preparing them
         self.wait()
@@ -70,8 +70,9 @@ class BatchNoise:
 
 def prepare_groups(count: int, plan=None) -> list[list[int]]:
     """The frames in the order they are prepared: grouped by the first plan level whose windows read them,
-    each group in frame order (one group of every frame without a plan). Level k samples once groups 0..k
-    are prepared."""
+    each group in frame order (one group of every frame without a plan). With more than one level, the first
+    level is two groups: the frames of its first run (what the first step reads) and the rest of it. Then
+    ``level_groups`` says which group completes each level."""
     if plan is None:
         return [list(range(count))]
     seen, groups = set(), []
@@ -82,7 +83,19 @@ def prepare_groups(count: int, plan=None) -> list[list[int]]:
     rest = sorted(set(range(count)) - seen)
     if rest:  # a plan that reads fewer frames than the video has: they still get latents
         groups[-1] = sorted(groups[-1] + rest)
+    if len(plan) > 1:
+        head = sorted({f for w in independent_runs(plan[0])[0] for f in w.frames})
+        groups[:1] = [head, sorted(set(groups[0]) - set(head))]
     return groups
+
+
+def level_groups(groups: list, plan=None) -> list[int]:
+    """For each plan level, the group whose completion makes it ready (groups complete in order)."""
+    levels = len(plan) if plan is not None else 1
+    return [k + 1 for k in range(levels)] if len(groups) == levels + 1 else list(range(len(groups)))
+
+
+DEFER_BYTES = 128 * 2 ** 20  # canvases of the first level held for after the first step, at most
 
 
 class _Preparer:
@@ -90,8 +103,10 @@ class _Preparer:
     group's frames in order): the latents are the same whatever the timing. Level k is ready once groups
     0..k are."""
 
-    def __init__(self, pipeline, count, groups, box, progress, cancel):
+    def __init__(self, pipeline, count, groups, box, progress, cancel, levels=None, early=()):
         self.pipeline, self.count, self.box, self.progress, self.cancel = pipeline, count, box, progress, cancel
+        self.levels = levels or list(range(len(groups)))  # level k is ready with group levels[k]
+        self.early = set(early)  # groups ready as soon as encoded, also on the thread (the first level's)
         self.group_of = np.zeros(count, np.int64)
         for g, frames in enumerate(groups):
             self.group_of[frames] = g
@@ -108,8 +123,15 @@ class _Preparer:
         self.thread, self.error, self._stop = None, None, threading.Event()
 
     def add(self, i: int, rgb: np.ndarray) -> None:
+        self._submit(i, self.pool.submit(geometry.canvas_and_init, rgb, self.box))
+
+    def add_canvas(self, i: int, canvas: np.ndarray) -> None:
+        """A frame whose canvas was made earlier: only its TELEA init is left."""
+        self._submit(i, self.pool.submit(lambda: (canvas, geometry.inpaint_init(canvas, self.box))))
+
+    def _submit(self, i: int, future) -> None:
         g = int(self.group_of[i])
-        self.buffers[g].append((i, self.pool.submit(geometry.canvas_and_init, rgb, self.box)))
+        self.buffers[g].append((i, future))
         if len(self.buffers[g]) == VAE_BATCH:  # memory: at most a chunk of frames per group (plan level)
             self._encode(g)
 
@@ -131,7 +153,7 @@ class _Preparer:
         chunk.clear()
         self.done += len(index)
         self.left[g] -= len(index)
-        if self.left[g] == 0 and self.thread is None:  # on the thread: ready once all is in, and saved
+        if self.left[g] == 0 and (self.thread is None or g in self.early):  # else: once all is in, and saved
             self.ready[g].set()
         if self.progress:
             self.progress({"stage": "prepare", "frames_done": self.done, "frames": self.count,
@@ -151,8 +173,11 @@ class _Preparer:
         self.thread = threading.Thread(target=work, name="m3ddm-prepare", daemon=True)
         self.thread.start()
 
-    def wait(self, level, cancel=None) -> None:
-        event = self.ready[-1 if level is None else min(level, len(self.ready) - 1)]
+    def wait(self, level, cancel=None, first_run: bool = False) -> None:
+        if first_run:
+            event = self.ready[0]
+        else:
+            event = self.ready[-1 if level is None else self.levels[min(level, len(self.levels) - 1)]]
         while not event.wait(0.1):
             check_cancel(cancel)
         if self.error is not None:
@@ -238,20 +263,29 @@ class Pipeline:
         called more than once (a file decoded again). Each frame's canvas and TELEA init are made on a pool of
         threads and VAE-encoded VAE_BATCH at a time: memory grows with the latents, not with the canvases.
 
-        With ``plan`` the frames are taken level by level (``prepare_groups``): the first level's frames (and
-        the global frames) first, then the rest, each group encoded in its own chunks of VAE_BATCH in frame
-        order, so the latents never depend on timing. With ``background`` (and a callable ``frames``) the call
-        returns once the first level's frames are ready and prepares the rest on a thread, while the first
-        level samples (``VideoLatents.wait``); ``on_prepared(video)`` is called once every frame is. Only for
-        backends whose engines take calls from two threads at once (``Backend.concurrent``).
+        With ``plan`` the frames are taken level by level (``prepare_groups``): the first level's first run
+        (and the global frames) first, then the rest of the first level (from canvases the first pass kept),
+        then the later levels, each group encoded in its own chunks of VAE_BATCH in frame order, so the
+        latents never depend on timing. With ``background`` (and a callable ``frames``) the call returns once
+        the first run's frames are ready and prepares the rest on a thread while sampling starts
+        (``VideoLatents.wait``); ``on_prepared(video)`` is called once every frame is. Only for backends whose
+        engines take calls from two threads at once (``Backend.concurrent``).
         """
         groups = prepare_groups(count, plan)
+        levels = level_groups(groups, plan)
+        split = levels[0] == 1  # the first level in two groups: its first run, then the rest of it
         gidx = geometry.global_frame_indices(count, GLOBAL_FRAMES)
         gset = set(gidx.tolist())
-        prep = _Preparer(self, count, groups, box, progress, cancel)
+        prep = _Preparer(self, count, groups, box, progress, cancel, levels, early={1} if split else ())
         global_images = {}
         two_passes = callable(frames) and len(groups) > 1
-        first = set(groups[0]) if two_passes else set(range(count))
+        # The first pass decodes every frame (the global frames span the video). It prepares the first run's
+        # frames; of the rest of the first level it keeps only the canvases (cheap and small), whose TELEA
+        # inits (~50 ms each) are made after the first step has started.
+        first = set(groups[0]) | (set(groups[1]) if split else set()) if two_passes else set(range(count))
+        deferred: dict[int, np.ndarray] = {}
+        defer = (set(groups[1]) if two_passes and split and
+                 len(groups[1]) * self.size * self.size * 3 <= DEFER_BYTES else set())
         try:
             source = frames(first | gset if two_passes else None) if callable(frames) else enumerate(frames)
             for i, rgb in source:
@@ -264,9 +298,13 @@ class Pipeline:
                     continue
                 if i in gset:
                     global_images[i] = self.global_image(rgb)
-                if i in first:
+                if i in defer:
+                    deferred[i] = geometry.letterbox_frame(rgb, box)
+                elif i in first:
                     prep.add(i, rgb)
             prep.flush(0 if two_passes else None)
+            if two_passes and split and not defer:
+                prep.flush(1)
             if len(global_images) != len(gset):
                 raise ValueError(f"the video gave fewer than the {count} frames expected")
             context = self.backend.encode_global(self.encode(np.stack([global_images[int(i)] for i in gidx])))
@@ -277,6 +315,13 @@ class Pipeline:
                              fps=float(fps), waiter=prep if two_passes else None)
 
         def rest():
+            for i in sorted(deferred):
+                if prep.stopped():
+                    return
+                check_cancel(cancel)
+                prep.add_canvas(i, deferred.pop(i))
+            if defer:
+                prep.flush(1)
             for i, rgb in frames(set(range(count)) - first):
                 if i >= count:
                     break
@@ -396,8 +441,9 @@ class Pipeline:
             return report
 
         for number, level in enumerate(plan):
-            video.wait(number, cancel)  # its frames prepared (the later ones may still be, meanwhile)
-            for run in independent_runs(level):
+            for r, run in enumerate(independent_runs(level)):
+                # its frames prepared (the later ones may still be, meanwhile)
+                video.wait(number, cancel, first_run=number == 0 and r == 0)
                 tasks = []  # (windows, the number of the first in plan order), still to sample
                 for batch in batches(run, s.batch_windows, self.backend.windows):
                     if done + len(batch) > skip:  # else finished by an earlier run of this job

@@ -8,7 +8,7 @@ import media
 from m3ddm.errors import InputError
 from runtime import Outpainter
 from runtime.geometry import letterbox_geometry
-from runtime.pipeline import prepare_groups
+from runtime.pipeline import level_groups, prepare_groups
 from runtime.plan import official_plan
 from runtime.settings import Settings
 
@@ -16,10 +16,17 @@ from runtime.settings import Settings
 def test_groups_follow_the_plan_levels():
     plan = official_plan(100)
     groups = prepare_groups(100, plan)
-    assert groups[0] == list(range(0, 100, 15)) + [99]  # the first level's grid, padded with the last frame
-    assert groups[1] == [f for f in range(0, 100, 5) if f % 15]
+    # The first level's grid, padded with the last frame, in two: its first run (one window: what the first
+    # step reads), then the rest of it.
+    assert groups[0] == sorted(set(plan[0][0].frames)) and groups[1] == []  # 100 frames: one window
+    assert sorted(groups[0] + groups[1]) == list(range(0, 100, 15)) + [99]
+    assert groups[2] == [f for f in range(0, 100, 5) if f % 15]
     assert sorted(sum(groups, [])) == list(range(100))  # every frame once
+    assert level_groups(groups, plan) == [1, 2, 3]
+    long = prepare_groups(600, official_plan(600))  # 600 frames: the first level is 3 windows, 41 frames
+    assert long[0] == list(range(0, 240, 15)) and long[1] == list(range(240, 600, 15)) + [599]
     assert prepare_groups(30, official_plan(30)) == [list(range(30))]  # one level: one group, in order
+    assert level_groups([list(range(30))], official_plan(30)) == [0]
     assert prepare_groups(7) == [list(range(7))]
 
 
@@ -120,3 +127,33 @@ def test_a_count_the_decoder_does_not_confirm_is_redone_by_decoding(outpainter, 
     again = outpainter.outpaint_file(src, out_wrong, work_dir=wd, **opts)
     assert first["windows_sampled"] > 0 and again["prepare_resumed"] and again["windows_sampled"] == 0
     assert np.array_equal(media.decode(out_wrong)[0], media.decode(out_ok)[0])
+
+
+def test_the_first_step_waits_for_the_first_window_only(outpainter, monkeypatch):
+    """The first level's other windows get their TELEA inits after sampling has started, from canvases kept by
+    the first pass (no third decode); the latents are those of a serial prepare."""
+    from runtime import pipeline as pipeline_module
+    frames = media.scene(100, 96, 54, seed=9)
+    s = Settings(steps=2, strides=(5, 1))
+    plan = official_plan(100, s.strides)
+    groups = prepare_groups(100, plan)
+    assert len(plan[0]) == 2 and len(groups[1]) > 0  # a first level of two windows
+    box = letterbox_geometry(54, 96, ["9:16"], outpainter.size)
+    later, decoded = [], []
+    add_canvas = pipeline_module._Preparer.add_canvas
+    monkeypatch.setattr(pipeline_module._Preparer, "add_canvas",
+                        lambda self, i, canvas: (later.append(i), add_canvas(self, i, canvas))[1])
+
+    def given(wanted):
+        decoded.append(wanted)
+        return ((i, frames[i] if wanted is None or i in wanted else None) for i in range(100))
+
+    video = outpainter.pipeline.prepare(given, 100, box, 24.0, plan=plan, background=True)
+    latents, _, _ = outpainter.pipeline.sample(video, s)
+    video.waiter.close()
+    assert sorted(later) == groups[1] and len(decoded) == 2  # two passes, as before
+    assert not set(groups[1]) & decoded[1]  # the second pass does not convert them again
+    serial = outpainter.pipeline.prepare(iter(frames), 100, box, 24.0, plan=plan)
+    for name in ("inits", "canvases", "context"):
+        assert np.array_equal(getattr(video, name), getattr(serial, name)), name
+    assert np.array_equal(outpainter.pipeline.sample(serial, s)[0], latents)
