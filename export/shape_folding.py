@@ -4,7 +4,8 @@ The TorchScript tracer records every ``x.shape[i]`` as Shape -> Gather -> Unsque
 dimensions the contract makes static (the trace runs small, with the spatial dims marked dynamic, and the
 batch is dynamic for real). ONNX Runtime cannot fold a Shape whose input has any dynamic dim, so a tiny
 UNet call ran ~1,500 shape nodes, a sixth of its time. Here the shapes that shape inference proves static
-are propagated through that arithmetic with numpy (no weights read, no ONNX Runtime), and:
+are propagated through that arithmetic with numpy (no weights read, nothing run: ONNX Runtime's symbolic
+shape inference is used where installed, ONNX's otherwise), and:
 
 - a node whose outputs are all known becomes an initializer;
 - a Reshape whose target shape is known but for one dim (the batch) gets a constant target with -1 there.
@@ -262,6 +263,7 @@ def _fold_once(graph) -> bool:
     new_inits, keep, changed = [], [], False
     used_names = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
     constants = {i.name for i in graph.initializer}  # Reshapes reading these are done
+    outputs = _graph_outputs(graph)
 
     def fresh(base):
         name, k = base, 0
@@ -288,10 +290,9 @@ def _fold_once(graph) -> bool:
         if outs is not None:
             for name, value in zip(node.output, outs):
                 values[name] = value
-            done = all(not _partial(np.asarray(v)) for v in outs) and all(np.size(v) <= SMALL for v in outs)
-            if done and not set(node.output) & _graph_outputs(graph):
+            done = all(not _partial(v) and v.size <= SMALL for v in outs)
+            if done and not set(node.output) & outputs:
                 for name, value in zip(node.output, outs):
-                    value = np.asarray(value)
                     if value.dtype == object:
                         value = value.astype(np.int64)
                     new_inits.append(numpy_helper.from_array(value, name))
@@ -332,7 +333,6 @@ def _drop_dead(graph) -> None:
             break
         del graph.node[:]
         graph.node.extend(alive)
-    read = {name for n in graph.node for name in n.input} | outputs
-    inits = [i for i in graph.initializer if i.name in read]
+    inits = [i for i in graph.initializer if i.name in read]  # ``read``: of the nodes left, subgraphs too
     del graph.initializer[:]
     graph.initializer.extend(inits)

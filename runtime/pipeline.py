@@ -100,8 +100,8 @@ DEFER_BYTES = 128 * 2 ** 20  # canvases of the first level held for after the fi
 
 class _Preparer:
     """Canvases and TELEA inits on a pool of threads, VAE-encoded in chunks of VAE_BATCH per group (the
-    group's frames in order): the latents are the same whatever the timing. Level k is ready once groups
-    0..k are."""
+    group's frames in order): the latents are the same whatever the timing. Level k is ready once group
+    ``levels[k]`` is (``level_groups``); the first step waits for group 0 alone."""
 
     def __init__(self, pipeline, count, groups, box, progress, cancel, levels=None, early=()):
         self.pipeline, self.count, self.box, self.progress, self.cancel = pipeline, count, box, progress, cancel
