@@ -9,7 +9,8 @@ import dataclasses
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,7 @@ from m3ddm.facts import GLOBAL_FRAMES, VAE_DOWNSAMPLE, WINDOW_FRAMES
 from runtime import geometry, guidance, samplers
 from runtime.engines.contract import VAE_BATCH
 from runtime.plan import Window, independent_runs, official_plan
-from runtime.resize import resize_antialias
+from runtime.resize import resize_frame_antialias
 from runtime.settings import Settings
 
 
@@ -251,8 +252,7 @@ class Pipeline:
     def global_image(self, rgb: np.ndarray) -> np.ndarray:
         """One global frame stretched to S x S (antialiased bilinear, as the official code), [3, S, S] in [-1, 1].
         Made as the frame is decoded, so a long 4K video never holds its full-size frames."""
-        g = rgb.transpose(2, 0, 1).astype(np.float32) / 255.0
-        return resize_antialias(g, self.size, self.size) * 2 - 1
+        return resize_frame_antialias(rgb, self.size, self.size) * 2 - 1
 
     def prepare(self, frames, count: int, box: geometry.Letterbox, fps: float, progress=None,
                 cancel=None, plan=None, background: bool = False, on_prepared=None) -> VideoLatents:
@@ -283,9 +283,20 @@ class Pipeline:
         # frames; of the rest of the first level it keeps only the canvases (cheap and small), whose TELEA
         # inits (~50 ms each) are made after the first step has started.
         first = set(groups[0]) | (set(groups[1]) if split else set()) if two_passes else set(range(count))
-        deferred: dict[int, np.ndarray] = {}
+        deferred: dict[int, Future] = {}
         defer = (set(groups[1]) if two_passes and split and
                  len(groups[1]) * self.size * self.size * 3 <= DEFER_BYTES else set())
+        # The global images and the kept canvases are made on the pool too, off the decoding thread; a few
+        # frames in flight at most, so a fast decoder never queues up the video's full-size frames.
+        in_flight: deque = deque()
+
+        def on_pool(fn, *args) -> Future:
+            future = prep.pool.submit(fn, *args)
+            in_flight.append(future)
+            while len(in_flight) > 2 * prep.workers:
+                in_flight.popleft().result()
+            return future
+
         try:
             source = frames(first | gset if two_passes else None) if callable(frames) else enumerate(frames)
             for i, rgb in source:
@@ -297,9 +308,9 @@ class Pipeline:
                         raise ValueError(f"frame {i} was asked for and not given")
                     continue
                 if i in gset:
-                    global_images[i] = self.global_image(rgb)
+                    global_images[i] = on_pool(self.global_image, rgb)
                 if i in defer:
-                    deferred[i] = geometry.letterbox_frame(rgb, box)
+                    deferred[i] = on_pool(geometry.letterbox_frame, rgb, box)
                 elif i in first:
                     prep.add(i, rgb)
             prep.flush(0 if two_passes else None)
@@ -307,7 +318,9 @@ class Pipeline:
                 prep.flush(1)
             if len(global_images) != len(gset):
                 raise ValueError(f"the video gave fewer than the {count} frames expected")
-            context = self.backend.encode_global(self.encode(np.stack([global_images[int(i)] for i in gidx])))
+            context = self.backend.encode_global(self.encode(np.stack([global_images[int(i)].result()
+                                                                       for i in gidx])))
+            global_images.clear()
         except BaseException:
             prep.close()
             raise
@@ -319,7 +332,7 @@ class Pipeline:
                 if prep.stopped():
                     return
                 check_cancel(cancel)
-                prep.add_canvas(i, deferred.pop(i))
+                prep.add_canvas(i, deferred.pop(i).result())
             if defer:
                 prep.flush(1)
             for i, rgb in frames(set(range(count)) - first):
