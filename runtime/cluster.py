@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.25  # how often a waiting driver looks at cancel tokens and progress
 RETRIES = 2  # a task whose worker died (node lost, process killed) runs again on the restarted worker
+CANCELLED_KEPT = 4096  # cancelled window-pool runs a worker remembers (their queued batches are skipped)
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
@@ -111,7 +112,7 @@ class Worker:
                                "needs it at the same path")
         self.outpainter = Outpainter(engines, backend=backend, threads=threads, gpu_memory_gb=gpu_memory_gb)
         self.outpainter.backend.load()
-        self.cancelled: set[str] = set()
+        self.cancelled = CancelledJobs()
         self.last: dict = {}
         self.current: str | None = None  # the job whose call runs now
 
@@ -159,10 +160,37 @@ class Worker:
         return _JobToken(self.cancelled, job)
 
 
+class CancelledJobs:
+    """The jobs a worker was told to cancel. A file job is forgotten when its call ends; a window-pool run has
+    no end call on the worker (its batches may still be queued there), so the oldest of those are forgotten
+    past ``kept``: a long-lived worker does not grow with every cancelled run."""
+
+    def __init__(self, kept: int = CANCELLED_KEPT):
+        self.kept, self.jobs = kept, {}  # insertion-ordered: the oldest first
+        self.lock = threading.Lock()  # cancels arrive on the control threads while a batch runs
+
+    def add(self, job: str) -> None:
+        with self.lock:
+            self.jobs.pop(job, None)
+            self.jobs[job] = None
+            while len(self.jobs) > self.kept:
+                del self.jobs[next(iter(self.jobs))]
+
+    def discard(self, job: str) -> None:
+        with self.lock:
+            self.jobs.pop(job, None)
+
+    def __contains__(self, job: str) -> bool:
+        return job in self.jobs
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+
 class _JobToken:
     """A cancel token (``is_set``) of one job on a worker: set once the driver cancels that job."""
 
-    def __init__(self, cancelled: set, job: str):
+    def __init__(self, cancelled: CancelledJobs, job: str):
         self.cancelled, self.job = cancelled, job
 
     def is_set(self) -> bool:

@@ -130,3 +130,29 @@ def test_one_video_over_two_workers_equals_one_process(engines, ray_cluster, tmp
                                               "--address", ray_cluster)
         assert spread_summary["windows"] == summary["windows"] == 10
         assert np.array_equal(spread, alone), f"--batch-windows {windows}"
+
+
+def test_a_worker_remembers_its_newest_cancelled_runs_only():
+    """Window-pool runs are cancelled on every worker and never ended there: the record is bounded, the oldest
+    forgotten first, a file job forgotten when its call ends, and cancels from two threads never collide."""
+    import threading
+
+    from runtime.cluster import CancelledJobs, _JobToken
+    jobs = CancelledJobs(kept=3)
+    token = _JobToken(jobs, "a")
+    for job in "abc":
+        jobs.add(job)
+    assert token.is_set() and len(jobs) == 3
+    jobs.add("a")  # cancelled again: the newest now
+    jobs.add("d")
+    assert "a" in jobs and "b" not in jobs and "c" in jobs and "d" in jobs and len(jobs) == 3
+    jobs.discard("a")
+    assert not token.is_set() and len(jobs) == 2
+
+    many = CancelledJobs(kept=50)
+    threads = [threading.Thread(target=lambda k=k: [many.add(f"{k}-{i}") for i in range(2000)]) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(many) == 50 and all(job.split("-")[0] in "0123" for job in many.jobs)
