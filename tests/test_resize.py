@@ -5,7 +5,8 @@ import pytest
 
 from runtime.resize import resize_antialias, resize_frame_antialias
 
-SHAPES = [(1080, 1920, 256), (90, 160, 256), (481, 271, 64), (7, 5, 32), (256, 256, 256), (300, 64, 48)]
+SHAPES = [(1080, 1920, 256), (90, 160, 256), (481, 271, 64), (7, 5, 32), (256, 256, 256), (300, 64, 48), (1, 1, 16),
+          (1, 7, 16), (2, 900, 32)]
 
 
 @pytest.mark.parametrize("height,width,size", SHAPES)
