@@ -178,6 +178,61 @@ def test_backend_interface_and_session_reuse(engines, torch_models):
     np.testing.assert_allclose(a.encode_global(g), want, atol=1e-4 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("threads", [2, 3, 4, 16])
+def test_row_slices_cover_every_row_once_and_balance(threads):
+    from runtime.engines.ort import row_slices
+    for rows in range(1, 50):
+        slices = row_slices(rows, threads)
+        covered = [i for s in slices for i in range(rows)[s]]
+        assert covered == list(range(rows))  # in order, each row once: the output concatenates back
+        sizes = [s.stop - s.start for s in slices]
+        assert len(sizes) <= threads and max(sizes) - min(sizes) <= 1
+        if len(sizes) > 1:
+            assert rows % len(sizes) == 0 or min(sizes) >= 2
+        if rows % min(threads, rows) == 0:
+            assert len(sizes) == min(threads, rows)  # an even split is always taken
+
+
+def test_a_small_graph_runs_its_rows_in_parallel_slices_with_the_same_result(engines, monkeypatch):
+    """On the CPU a call whose rows split evenly runs as one slice per thread on a single-threaded twin of the
+    session: the same eps as the whole call on the threaded session, and only for the components whose rows
+    are independent, only for small graphs."""
+    from runtime.engines import ort as ort_backend
+    parallel, whole = OrtBackend(engines, threads=2), OrtBackend(engines, threads=1)
+    assert parallel.row_threads(contract.UNET) == 2 and whole.row_threads(contract.UNET) == 1
+    assert parallel.row_threads(contract.GLOBAL_ENCODER) == 1  # 16 frames -> one context: rows not independent
+    xs = _inputs("unet", 6, seed=4)
+    got = parallel.unet(*xs)
+    assert set(parallel._row_sessions) == {"unet"}  # the call did run as slices
+    want = whole.unet(*xs)
+    assert np.array_equal(got, want)
+    images = np.random.default_rng(2).uniform(-1, 1, (4, 3, SIZE, SIZE)).astype(np.float32)
+    assert np.array_equal(parallel.vae_encode(images), whole.vae_encode(images))
+    odd = _inputs("unet", 3, seed=5)  # 3 rows on 2 threads would run 2 + 1: the threaded session takes them
+    np.testing.assert_allclose(parallel.unet(*odd), whole.unet(*odd), rtol=0, atol=1e-5)
+    monkeypatch.setattr(ort_backend, "ROW_PARALLEL_MAX_BYTES", 1000)  # a large graph: its ops use the threads
+    assert OrtBackend(engines, threads=2).row_threads(contract.UNET) == 1
+    parallel.close()
+    with pytest.raises(EnginesError, match="closed"):
+        parallel.unet(*xs)
+
+
+def test_an_interrupt_stops_a_call_running_as_slices(engines):
+    import threading
+    backend = OrtBackend(engines, threads=2)
+    xs = _inputs("unet", 12, seed=6)
+    backend.unet(*xs)  # sessions built
+    timer = threading.Timer(0.05, backend.interrupt)
+    timer.start()
+    t0 = time.perf_counter()
+    with pytest.raises(Exception, match="(?i)terminat|exiting"):
+        for _ in range(50):
+            backend.unet(*xs)
+    timer.join()
+    assert time.perf_counter() - t0 < 10
+    assert backend.unet(*xs).shape[0] == 12  # later calls run as usual
+
+
 def test_cuda_without_onnxruntime_gpu_says_what_to_install(engines):
     import onnxruntime
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():

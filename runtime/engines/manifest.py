@@ -30,6 +30,12 @@ class EngineSet:
     def onnx_path(self, component: str, precision: str) -> Path:
         return self.path(self.manifest["components"][f"{component}.{precision}"]["file"])
 
+    def graph_bytes(self, component: str, precision: str) -> int:
+        """The graph's size on disk, its external weights included (as the checked manifest records them)."""
+        entry = self.manifest["components"][f"{component}.{precision}"]
+        data = entry.get("external_data") or {}
+        return int(entry.get("bytes") or self.onnx_path(component, precision).stat().st_size) + int(data.get("bytes", 0))
+
     def path(self, name) -> Path:
         """The file ``name`` (as the manifest gives it) inside the folder; EnginesError if it would lead out."""
         return inside(self.folder, name)
