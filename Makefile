@@ -18,7 +18,7 @@ WINDOWS ?=
 # More `python -m export` options, e.g. EXPORT_ARGS="--attention-softmax fp16 --opt-level 4".
 EXPORT_ARGS ?=
 
-.PHONY: setup test test-all test-gpu demo engines plans doctor serve bench bench-long bench-service bench-cluster bench-host bench-model clean
+.PHONY: setup test test-all test-gpu demo engines plans doctor serve bench bench-long bench-service bench-cluster bench-host bench-model official-env bench-official clean
 
 setup: $(STAMP)
 
@@ -85,6 +85,22 @@ bench-cluster: setup
 # The host side alone (instant engine): per-stage ms per frame, wall per frame, time to the first step, peak RSS.
 bench-host: setup
 	$(PY) -m benchmarks.host --json benchmarks/results_host.json
+
+# Against the official code itself (OFFICIAL=a checkout of alimama-creative/M3DDM-Video-Outpainting), which runs
+# in a venv of its own with the libraries it was written for.
+OFFICIAL ?=
+OFFICIAL_VENV := build/official-venv
+official-env: $(OFFICIAL_VENV)/.installed
+
+$(OFFICIAL_VENV)/.installed:
+	test -x $(OFFICIAL_VENV)/bin/python || $(PYTHON) -m venv $(OFFICIAL_VENV)
+	$(OFFICIAL_VENV)/bin/pip install -q torch==2.13.0 diffusers==0.18.2 transformers==4.30.2 huggingface_hub==0.25.2 \
+		einops==0.8.2 opencv-python-headless==4.11.0.86 'numpy<2' safetensors==0.8.0
+	touch $@
+
+bench-official: setup official-env
+	test -n "$(OFFICIAL)" || (echo "error: pass OFFICIAL=path/to/a/checkout/of/the/official/repository" >&2; exit 2)
+	$(PY) -m benchmarks.official --repo $(OFFICIAL) --json benchmarks/results_official.json
 
 # Full-size model build, save and load: time and peak RAM (writes a 2.6 GB checkpoint to a temp dir).
 bench-model: setup
