@@ -6,8 +6,8 @@ kernels).
 
 On the CPU, a small graph's ops are too small to spread over threads (the tiny UNet gains 1.6x from a second
 thread inside each op), while its batch rows are independent: a call runs as slices at once, each on a
-single-threaded session (``row_slices``; 1.2-1.4x on 2 cores, the same bits as one call where the slices hold
-more than one row). Only for graphs under ``ROW_PARALLEL_MAX_BYTES``, since the single-threaded session holds
+single-threaded session (``row_slices``; 1.2-1.4x on 2 cores, the same bits as one call: only a single row,
+never split, comes out differently on 2 threads than on 1). Only for graphs under ``ROW_PARALLEL_MAX_BYTES``, since the single-threaded session holds
 its own copy of the weights, and a large graph's ops use the threads well (the UNet at S = 256 loses 1.3x when
 3 rows run as 2 + 1 on 2 cores).
 """
