@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.speed import ROOT, SHARED, clip, measure, median_run
+from benchmarks.speed import ROOT, SHARED, bench_engines, clip, measure, median_run
 
 OFFICIAL_PYTHON = ROOT / "build" / "official-venv" / "bin" / "python"
 OFFICIAL_MODEL = Path("src") / "model" / "unet_3d_condition_video.py"
@@ -60,9 +60,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: no interpreter at {args.python}: run `make official-env` or pass --python")
     lengths = [int(n) for n in args.frames.split(",") if n]
 
-    from export.engine_folder import export_engines
-    engines = args.engines or str(ROOT / "build" / "bench" / f"engines-{args.size}")
-    export_engines(args.unet, args.vae, engines, ("fp32", "fp16"), args.size)
+    engines = bench_engines(args.unet, args.vae, args.size, args.engines)
     common = {"unet": args.unet, "vae": args.vae, "size": args.size, "engines": engines, "calls": 0,
               "backend": "ort-cpu"}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)

@@ -219,6 +219,15 @@ def host_side(size: int, heights=(720, 1080), frames: int = 24) -> dict:
     return out
 
 
+def bench_engines(unet: str, vae: str, size: int, engines: str | None = None) -> str:
+    """The engines folder the benchmarks run: ``engines``, else build/bench/engines-S, exported (FP32 and FP16)
+    from ``unet``/``vae`` where missing or stale."""
+    from export.engine_folder import export_engines
+    engines = engines or str(ROOT / "build" / "bench" / f"engines-{size}")
+    export_engines(unet, vae, engines, ("fp32", "fp16"), size)
+    return engines
+
+
 def median_run(runs: list[dict]) -> dict:
     """The run of median time (the faster of the middle two), with every run's seconds beside it."""
     ranked = sorted(runs, key=lambda r: r["seconds"])
@@ -257,11 +266,9 @@ def main(argv=None) -> int:
         _child(args.child)
         return 0
 
-    from export.engine_folder import export_engines
     from runtime.doctor import gpus
     from runtime.engines.ort import available_providers
-    engines = args.engines or str(ROOT / "build" / "bench" / f"engines-{args.size}")
-    export_engines(args.unet, args.vae, engines, ("fp32", "fp16"), args.size)
+    engines = bench_engines(args.unet, args.vae, args.size, args.engines)
     found = gpus()[0]
     backends = args.backends.split(",") if args.backends else (
         ["ort-cpu"] + (["ort-cuda"] if "CUDAExecutionProvider" in available_providers() else [])

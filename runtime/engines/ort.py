@@ -7,9 +7,9 @@ kernels).
 On the CPU, a small graph's ops are too small to spread over threads (the tiny UNet gains 1.6x from a second
 thread inside each op), while its batch rows are independent: a call runs as slices at once, each on a
 single-threaded session (``row_slices``; 1.2-1.4x on 2 cores, the same bits as one call: only a single row,
-never split, comes out differently on 2 threads than on 1). Only for graphs under ``ROW_PARALLEL_MAX_BYTES``, since the single-threaded session holds
-its own copy of the weights, and a large graph's ops use the threads well (the UNet at S = 256 loses 1.3x when
-3 rows run as 2 + 1 on 2 cores).
+never split, comes out differently on 2 threads than on 1). Only for graphs under ``ROW_PARALLEL_MAX_BYTES``,
+since the single-threaded session holds its own copy of the weights, and a large graph's ops use the threads
+well (the UNet at S = 256 loses 1.3x when 3 rows run as 2 + 1 on 2 cores).
 """
 from __future__ import annotations
 
@@ -108,9 +108,14 @@ class OrtBackend(Backend):
                                                                                            self.precision))
             return self._sessions[component.name]
 
+    @property
+    def cpu_threads(self) -> int:
+        """The CPU threads this backend's calls use: ``threads``, else every core this process may run on."""
+        return int(self.threads or _cpu_threads())
+
     def row_threads(self, component: contract.Component) -> int:
         """How many slices at once a call of ``component`` may run as (1: never split)."""
-        threads = int(self.threads or _cpu_threads())
+        threads = self.cpu_threads
         if (self.device != "cpu" or threads < 2 or component.name not in ROW_PARALLEL
                 or self.engines.graph_bytes(component.name, self.precision) > ROW_PARALLEL_MAX_BYTES):
             return 1
@@ -124,8 +129,8 @@ class OrtBackend(Backend):
                 self._row_sessions[component.name] = self._make_session(
                     self.engines.onnx_path(component.name, self.precision), threads=1)
             if self._row_pool is None:
-                self._row_pool = ThreadPoolExecutor(2 * int(self.threads or _cpu_threads()),
-                                                    thread_name_prefix="m3ddm-ort-rows")
+                # up to two slices a thread (row_slices)
+                self._row_pool = ThreadPoolExecutor(2 * self.cpu_threads, thread_name_prefix="m3ddm-ort-rows")
             return self._row_sessions[component.name]
 
     def _make_session(self, path: Path, threads: int | None = None):
