@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+from pathlib import Path
 import sys
 import threading
 import time
@@ -25,8 +26,20 @@ FORCED_EXIT_WAIT_S = 30.0  # after a signal, how long a job may take to reach it
 PACKAGES = ("m3ddm", "kernels", "runtime", "export", "benchmarks")  # the loggers this project writes to
 
 
+def command_name(module_form: str) -> str:
+    """How the user called the command whose ``python -m`` form is ``module_form``: its installed script's name
+    (``m3ddm-outpaint`` for ``python -m runtime.outpaint``, pyproject.toml's [project.scripts]) when it was run
+    as that script, else the ``python -m`` form, so usage and error lines name what the user typed."""
+    script = "m3ddm-" + module_form.split()[-1].rsplit(".", 1)[-1]
+    return script if Path(sys.argv[0]).stem == script else module_form
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (``prog: error: ...``, exit 2) instead of its usage block."""
+    """argparse with a one-line error (``prog: error: ...``, exit 2) instead of its usage block, and the
+    command's installed name as ``prog`` when it was run as its script (``command_name``)."""
+
+    def __init__(self, *args, prog: str | None = None, **kwargs):
+        super().__init__(*args, prog=command_name(prog) if prog else None, **kwargs)
 
     def error(self, message):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")

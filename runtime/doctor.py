@@ -8,12 +8,12 @@ Says what is missing and how to fix it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
 
 from m3ddm.errors import first_line
+from runtime import cli
 from runtime.engines import trt_policy as policy
 
 
@@ -156,7 +156,7 @@ def diagnose(engines_dir=None) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runtime.doctor", description=__doc__.splitlines()[0])
+    ap = cli.Parser(prog="python -m runtime.doctor", description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--engines", help="also check this engines folder's TensorRT plans against this machine")
     args = ap.parse_args(argv)
