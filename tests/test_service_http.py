@@ -34,10 +34,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(engines, data, *extra):
+def server(engines, data, *extra, command=(sys.executable, "-m", "runtime.serve"), cwd=ROOT, env=None):
+    """A ready server (``command``: the python -m form, or an installed m3ddm-serve), an httpx client to it."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.serve", "--engines", str(engines), "--data", str(data),
-                             "--port", str(port), "--threads", "1", *map(str, extra)], cwd=ROOT,
+    proc = subprocess.Popen([*command, "--engines", str(engines), "--data", str(data),
+                             "--port", str(port), "--threads", "1", *map(str, extra)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
     try:
