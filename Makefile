@@ -18,7 +18,7 @@ WINDOWS ?=
 # More `python -m export` options, e.g. EXPORT_ARGS="--attention-softmax fp16 --opt-level 4".
 EXPORT_ARGS ?=
 
-.PHONY: setup test test-all test-gpu demo engines plans doctor serve bench bench-long bench-service bench-cluster bench-host bench-model official-env bench-official clean
+.PHONY: setup test test-all test-gpu demo engines plans doctor serve bench bench-long bench-service bench-cluster bench-host bench-encode bench-model official-env bench-official clean
 
 setup: $(STAMP)
 
@@ -85,6 +85,10 @@ bench-cluster: setup
 # The host side alone (instant engine): per-stage ms per frame, wall per frame, time to the first step, peak RSS.
 bench-host: setup
 	$(PY) -m benchmarks.host --json benchmarks/results_host.json
+
+# The encoder's threading: ms and KiB per frame, PSNR against lossless, and whether the bytes follow the cores.
+bench-encode: setup
+	$(PY) -m benchmarks.encode --json benchmarks/results_encode.json
 
 # Against the official code itself (OFFICIAL=a checkout of alimama-creative/M3DDM-Video-Outpainting), which runs
 # in a venv of its own with the libraries it was written for.

@@ -46,6 +46,7 @@ def run_options(ap) -> None:
     from runtime.engines.select import BACKENDS
     from runtime.samplers import SAMPLERS
     from runtime.settings import MAX_PIXELS
+    from runtime.video.sink import ENCODER_THREADS
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--ratio", default="9:16", help="target ratio W:H, or several: 9:16,1:1 (one output each, "
                                                    "named OUTPUT_9x16.mp4, ...); default 9:16")
@@ -73,6 +74,9 @@ def run_options(ap) -> None:
     ap.add_argument("--codec", default="libx264")
     ap.add_argument("--crf", type=int, default=18)
     ap.add_argument("--pix-fmt", default="yuv420p")
+    ap.add_argument("--encoder-threads", type=int, default=ENCODER_THREADS,
+                    help=f"the video encoder's threads (default {ENCODER_THREADS}); the same count gives the same "
+                         "bytes on any machine")
     ap.add_argument("--no-audio", action="store_true", help="drop the audio track")
 
 
@@ -97,7 +101,8 @@ def checked(args, outputs) -> tuple:
             raise InputError(f"--{name.replace('_', '-')} must be {'0 or more' if name == 'gpus_per_worker' else 'positive'}")
     run_settings = settings(args)
     run_settings.check()
-    encode = EncodeOptions(codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt, audio=not args.no_audio)
+    encode = EncodeOptions(codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt, audio=not args.no_audio,
+                           threads=args.encoder_threads)
     for output in outputs:
         for path in output_paths(output, run_settings.labels).values():
             encode.check(path)

@@ -194,6 +194,7 @@ def test_symlinks_inside_the_folder_stay_usable(engines, tmp_path, clip):
     (["--guidance", "nan,nan"], "finite"), (["--guidance", "inf,1"], "finite"), (["--feather", "-1"], "feather"),
     (["--feather", "nan"], "feather"), (["--gpu-memory", "nan"], "gpu memory"), (["--gpu-memory", "inf"], "gpu memory"),
     (["--crf", "99"], "crf"), (["--crf", "-1"], "crf"), (["--threads", "100000"], "threads"),
+    (["--encoder-threads", "0"], "encoder threads"), (["--encoder-threads", "65"], "encoder threads"),
     (["--codec", "nope"], "unknown video encoder"), (["--pix-fmt", "nope"], "pixel format"),
     (["--codec", "aac"], "not a video encoder"),
     (["--seed", "-1"], "seed"), (["--steps", "100000"], "steps"), (["--batch-windows", "0"], "batch_windows"),

@@ -19,6 +19,12 @@ from m3ddm.files import track_partial
 from runtime.video.source import VideoError, _av
 
 
+# The encoder's threads, fixed: the bitstream depends on them (see _add_video_stream), so a count that followed
+# the machine would give other bytes on every machine and in every CPU set a job may run in.
+ENCODER_THREADS = 4
+MAX_ENCODER_THREADS = 64
+
+
 @dataclass
 class EncodeOptions:
     codec: str = "libx264"
@@ -26,6 +32,7 @@ class EncodeOptions:
     pix_fmt: str = "yuv420p"
     preset: str = "medium"
     audio: bool = True
+    threads: int = ENCODER_THREADS
 
     def check(self, path) -> None:
         """Refuse, before any work, settings the encoder or the container would refuse at the first frame:
@@ -34,6 +41,9 @@ class EncodeOptions:
         check_output_path(path)
         if self.crf is not None and not (isinstance(self.crf, int) and 0 <= self.crf <= 51):
             raise VideoError(f"crf must be an integer from 0 (lossless) to 51, not {self.crf}")
+        if not (isinstance(self.threads, int) and not isinstance(self.threads, bool)
+                and 1 <= self.threads <= MAX_ENCODER_THREADS):
+            raise VideoError(f"encoder threads must be an integer from 1 to {MAX_ENCODER_THREADS}, not {self.threads}")
         av = _av()
         try:
             container = av.open(io.BytesIO(), "w", format=_FORMATS[path.suffix.lower()])
@@ -80,6 +90,13 @@ def _add_video_stream(av, container, options: EncodeOptions, fps: float, width: 
     vs.width, vs.height, vs.pix_fmt = width, height, options.pix_fmt
     vs.time_base = TIME_BASE
     vs.codec_context.time_base = TIME_BASE
+    # Same job, same bytes: left alone, PyAV opens libx264 with slice threads, one per CPU this process may run
+    # on (sched_getaffinity), and each thread encodes its own slice of every frame, so the bitstream follows the
+    # machine: 2 CPUs gave other bytes than `taskset -c 0`, a GPU host's 16 cores would give 16 slices. A fixed
+    # count of frame threads is x264's deterministic mode (no --non-deterministic): the same bytes wherever the
+    # job runs, slices' bitrate cost avoided, and faster than slices here (benchmarks/encode.py).
+    vs.codec_context.thread_type = "FRAME"
+    vs.codec_context.thread_count = options.threads
     opts = {}
     if options.crf is not None and _takes_crf(options.codec):
         opts = {"crf": str(options.crf), "preset": options.preset}
@@ -139,10 +156,11 @@ class VideoWriter:
             if self.stream is None:
                 self._open(rgb.shape[1], rgb.shape[0])
             vs = self.stream
-            # Converted here, single-threaded: left to the encoder, PyAV converts with the codec's thread count,
-            # and swscale's threaded conversion gave other bits in a process that had cancelled a run before.
+            # Converted here on one thread: left to the encoder, or to reformat's default (threads=0: one per
+            # CPU), swscale converts in slices on as many threads as the machine has, and its threaded
+            # conversion gave other bits in a process that had cancelled a run before.
             frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:vs.height, :vs.width]),
-                                                    format="rgb24").reformat(format=vs.pix_fmt)
+                                                    format="rgb24").reformat(format=vs.pix_fmt, threads=1)
             pts = max(int(round((float(time_s) - self.start) / TIME_BASE)), self.last_pts + 1, 0)  # increasing
             frame.pts, frame.time_base = pts, TIME_BASE
             self.last_pts = pts
