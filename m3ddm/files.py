@@ -32,12 +32,17 @@ def remove_partials() -> None:
             pass
 
 
+def partial_name(name: str) -> str:
+    """The temporary name a file named ``name`` is written under, beside it, by this process."""
+    return f".{name}.{os.getpid()}.partial"
+
+
 @contextmanager
 def replacing(path):
     """Yields a temporary path beside ``path`` to write; on success it replaces ``path`` (one rename, atomic
     on POSIX), on failure it is removed and ``path`` is left as it was."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp = path.with_name(partial_name(path.name))
     track_partial(tmp)
     try:
         yield tmp

@@ -184,6 +184,10 @@ def main(argv=None) -> int:
         return cli.fail(EXIT_BAD_INPUT, f"input {args.input} does not exist")
     try:  # every option, and the encoder, before the engines load or a frame is decoded
         run_settings, encode = checked(args, [args.output])
+        if args.work_dir is not None:
+            from runtime.streaming import output_paths
+            from runtime.workdir_files import check_apart
+            check_apart(args.work_dir, args.input, output_paths(args.output, run_settings.labels).values())
     except (InputError, ValueError) as exc:
         return cli.fail(EXIT_BAD_INPUT, first_line(exc))
     progress = JsonProgress() if args.progress == "jsonl" and not args.quiet else \

@@ -64,6 +64,8 @@ def _outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None =
     encode = encode or EncodeOptions()
     s.check(pipeline.latent)
     paths = output_paths(output, s.labels)
+    if work_dir is not None:  # before anything is made: neither the input nor an output may be in its way
+        workdir.check_apart(work_dir, input, paths.values())
     for p in paths.values():
         if p.resolve() == input.resolve():
             raise VideoError(f"output {p} would overwrite the input")
@@ -98,15 +100,7 @@ def _outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None =
         raise VideoError(f"{input} has no decodable video frames")
     shape = first[0].shape
     box, targets = s.layout(shape[0], shape[1], pipeline.size)  # every output size checked here
-    wd = None
-    if work_dir is not None:
-        # "frames": as announced where the container announces them, so that both ways of counting name the
-        # same job (a work dir left by a run that had to count by decoding is resumed by the next run).
-        job = {"format": workdir.FORMAT, "input": {"bytes": input.stat().st_size, "sha256": workdir.file_digest(input)},
-               "stream": info.stream_index, "frames": t_count if announced is None else len(announced),
-               "settings": workdir.settings_identity(s),
-               "engines": workdir.engines_identity(pipeline.backend)}
-        wd = workdir.WorkDir.open(work_dir, job, restart)
+    plan = official_plan(t_count, s.strides)
 
     def frames(wanted):
         """(index, RGB or None) of every frame, decoded again; RGB for those in ``wanted`` (None: all)."""
@@ -124,6 +118,16 @@ def _outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None =
     writers = {t.label: VideoWriter(paths[t.label], fps, encode, audio_from=input, times=times) for t in targets}
     finisher = _Finisher(lambda rgb, gen: composite.finish(rgb, gen, box, targets, s.feather, s.output_height),
                          iter_frames(input, stream, max_pixels=s.max_pixels), times, writers, input, verify)
+    wd = None
+    if work_dir is not None:
+        # "frames": as announced where the container announces them, so that both ways of counting name the
+        # same job (a work dir left by a run that had to count by decoding is resumed by the next run).
+        job = {"format": workdir.FORMAT, "input": {"bytes": input.stat().st_size, "sha256": workdir.file_digest(input)},
+               "stream": info.stream_index, "frames": t_count if announced is None else len(announced),
+               "settings": workdir.settings_identity(s),
+               "engines": workdir.engines_identity(pipeline.backend)}
+        wd = workdir.WorkDir.open(work_dir, job, restart,
+                                  expected=workdir.Expected.of(plan, t_count, pipeline.latent))
     written = {}
     video = None
     t1 = time.perf_counter()
@@ -142,7 +146,7 @@ def _outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None =
                                      float(fps))
             else:  # the first level's frames now, the rest while it samples (where the engines allow)
                 video = pipeline.prepare(frames, t_count, box, fps, progress, cancel,
-                                         plan=official_plan(t_count, s.strides), background=pipeline.backend.concurrent,
+                                         plan=plan, background=pipeline.backend.concurrent,
                                          on_prepared=(lambda v: wd.save_prepared(v.inits, v.canvases, v.context))
                                          if wd else None)
             prepare_s = time.perf_counter() - tp
@@ -165,6 +169,8 @@ def _outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None =
     except BaseException as exc:
         if video is not None and video.waiter is not None:
             video.waiter.close()
+        if wd is not None:
+            wd.close()  # its files stay: the same call resumes from them
         finisher.cancel()
         for w in writers.values():
             w.abort()
@@ -177,10 +183,13 @@ def _outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None =
                  total_s=time.perf_counter() - t0)
     extra = {}
     if wd:
-        extra = {"work_dir": str(wd.folder), "work_dir_bytes": wd.bytes_on_disk(), "resumed_windows": resume[1],
-                 "prepare_resumed": bool(saved), "checkpoint_s": round(wd.seconds, 4)}
-        if not keep_work_dir:
-            wd.clear()
+        try:
+            extra = {"work_dir": str(wd.folder), "work_dir_bytes": wd.bytes_on_disk(), "resumed_windows": resume[1],
+                     "prepare_resumed": bool(saved), "checkpoint_s": round(wd.seconds, 4)}
+            if not keep_work_dir:
+                wd.clear()
+        finally:
+            wd.close()
     return {**extra, "windows_sampled": stats["windows_sampled"], "input": str(input),
             "outputs": {k: str(v) for k, v in written.items()}, "frames": t_count, "fps": fps, "source_size": [int(shape[1]), int(shape[0])],
             "output_size": composite.output_size(targets[0], s.output_height), "has_audio": info.has_audio,

@@ -1,19 +1,22 @@
 """A job's work dir: what the job is, its prepared latents, and the final latents of every batch of windows
 finished, so that a run killed at any point resumes where it stopped and ends with the same bits.
 
-    DIR/job.json          what the job is: input fingerprint, the settings that decide the latents, engines
-    DIR/prepared-*.npy    the VAE encodes of the prepare stage (inits, canvases) and the global context
-    DIR/batch-NNNNNN.npy  the frames a batch of windows finished first, with their final latents
-    DIR/state.json        which of those files hold, with their sizes and SHA-256; the last file written
+    DIR/lock                  held by the run using the folder (one at a time); marks the folder as ours
+    DIR/job.json              what the job is: input fingerprint, the settings that decide the latents, engines
+    DIR/prepared-latents.npz  the VAE encodes of the prepare stage (inits, canvases) and the global context
+    DIR/batch-NNNNNN.npz      the frames a batch of windows finished first, with their final latents
+    DIR/state.json            which of those files hold, with their sizes and SHA-256; the last file written
 
-Every file is written beside its place and renamed (m3ddm.files), data files before the state that names
-them, so a kill at any instant leaves the previous state or the next one, never a mix; a file that does not
-match its checksum is refused with one line, never resumed from. Settings that change only the compositing
-or the encoding (feather, output height, codec) are not part of the job: a resumed run may change them.
+Every file is written beside its place and renamed, data files before the state that names them, so a kill
+at any instant leaves the previous state or the next one, never a mix. Everything read back is held to what
+this version writes and this job implies (runtime/workdir_schema.py: names, types, ranges, array shapes,
+dtypes, finiteness) besides its checksum, and read only inside the folder (runtime/workdir_files.py); what
+fails is a damaged work dir, refused with one line, never resumed from. Only files the job's own records name
+are ever removed. Settings that change only the compositing or the encoding (feather, output height, codec)
+are not part of the job: a resumed run may change them.
 """
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import io
 import json
@@ -26,25 +29,19 @@ from pathlib import Path
 import numpy as np
 
 from m3ddm.errors import InputError
-from m3ddm.files import replacing
-
-FORMAT = 1
-JOB, STATE = "job.json", "state.json"
-PREPARED = ("inits", "canvases", "context")
-# What decides the final latents (every other Settings field only changes the compositing or the encoding).
-LATENT_FIELDS = ("ratios", "pad", "steps", "sampler", "seed", "noise", "window_noise", "guidance", "strides",
-                 "batch_windows")
+from runtime import workdir_schema as schema
+from runtime.workdir_files import LOCK, Folder, Gone, WorkDirError, check_apart  # noqa: F401 - the API
+from runtime.workdir_schema import FORMAT, JOB, LATENT_FIELDS, STATE, Expected  # noqa: F401 - the API
 
 
-class WorkDirError(InputError):
-    """A work dir that belongs to another job, or whose files are damaged: never resumed from."""
-
-
-def file_digest(path, chunk: int = 1 << 20) -> str:
+def file_digest(source, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file, by path or of an open binary file from where it stands."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            return file_digest(f, chunk)
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    while block := source.read(chunk):
+        h.update(block)
     return h.hexdigest()
 
 
@@ -84,85 +81,122 @@ def _npz_bytes(arrays: dict) -> bytes:
     return buf.getvalue()
 
 
-def _write(path: Path, data: bytes) -> None:
-    """Atomic and durable: the data reach the disk before the name does."""
-    with replacing(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+def _canonical(value) -> str:
+    return json.dumps(value, sort_keys=True)
 
 
 class WorkDir:
-    """The checkpoints of one job. ``open`` checks the folder against the job (or clears it with
-    ``restart``); ``prepared``/``finished`` give back what an earlier run left; ``save_*`` add to it."""
+    """The checkpoints of one job, its folder locked for this run. ``open`` checks the folder against the job
+    (or clears it with ``restart``); ``prepared``/``finished`` give back what an earlier run left; ``save_*``
+    add to it; ``close`` releases the lock, ``clear`` removes the job's files and the folder."""
 
-    def __init__(self, folder, job: dict):
-        self.folder = Path(folder)
-        self.job = job
+    def __init__(self, files: Folder, job: dict, expected: Expected):
+        self.files, self.folder, self.job, self.expected = files, files.path, job, expected
         self.state = {"format": FORMAT, "prepared": None, "batches": [], "windows_done": 0}
         self.seconds = 0.0  # spent writing checkpoints
         self._lock = threading.Lock()  # the prepared latents may be saved by the thread preparing them
 
     @classmethod
-    def open(cls, folder, job: dict, restart: bool = False) -> "WorkDir":
-        folder = Path(folder)
-        if folder.exists() and not folder.is_dir():
-            raise WorkDirError(f"work dir {folder} is a file, not a folder")
-        wd = cls(folder, job)
-        if restart and folder.exists():
-            wd.clear()
-        if not (folder / JOB).exists():
-            if folder.exists() and any(folder.iterdir()):
-                raise WorkDirError(f"work dir {folder} is not empty and holds no job; name an empty or new folder")
-            folder.mkdir(parents=True, exist_ok=True)
-            _write(folder / JOB, json.dumps(job, indent=1, sort_keys=True).encode())
-            _write(folder / STATE, json.dumps(wd.state).encode())
+    def open(cls, folder, job: dict, restart: bool = False, *, expected: Expected) -> "WorkDir":
+        """The work dir ``folder`` of ``job``, locked; made where it is missing. Raises WorkDirError: a folder
+        that is not ours, in use by another run, of another job, or damaged."""
+        for _ in range(3):
+            files = None
+            try:
+                files = Folder(folder)
+                return cls._open(files, job, restart, expected)
+            except BaseException as exc:
+                if files is not None:
+                    files.close()
+                if not isinstance(exc, Gone):  # Gone: another run finished and removed it meanwhile: new again
+                    raise
+        raise WorkDirError(f"work dir {folder} keeps being removed by another run; name another folder")
+
+    @classmethod
+    def _open(cls, files: Folder, job: dict, restart: bool, expected: Expected) -> "WorkDir":
+        if not _ours(files):
+            raise WorkDirError(f"work dir {files.path} is not empty and holds no job; name an empty or new folder")
+        files.lock()
+        wd = cls(files, job, expected)
+        if restart:
+            wd._remove_own(keep_lock=True)
+            for name in (JOB, STATE):
+                if files.kind(name) not in (None, "file"):
+                    raise WorkDirError(f"work dir {files.path}: its {name} is a {files.kind(name)}, not a file of "
+                                       f"ours; remove it or name another folder")
+        if files.kind(JOB) is None:
+            files.write(JOB, json.dumps(job, indent=1, sort_keys=True).encode())
+            wd._commit()
             return wd
-        old = wd._read_json(JOB)
-        if old != job:
-            raise WorkDirError(f"work dir {folder} belongs to another job ({_difference(old, job)}); "
+        old = wd._read_json(JOB, schema.MAX_JOB_BYTES)
+        if _canonical(old) != _canonical(job):
+            problem = schema.job_problem(old)
+            if problem:
+                raise files.damaged(problem)
+            raise WorkDirError(f"work dir {files.path} belongs to another job ({_difference(old, job)}); "
                                f"pass --restart (restart=True) to clear it and start afresh")
-        wd.state = wd._read_json(STATE)
-        if not isinstance(wd.state, dict) or wd.state.get("format") != FORMAT:
-            raise WorkDirError(f"work dir {folder}: {STATE} is not a state this version reads; pass --restart")
+        if files.kind(STATE) is None:  # killed between writing the job and its first state: nothing done yet
+            wd._commit()
+            return wd
+        state = wd._read_json(STATE, schema.state_limit(job))
+        problem = schema.state_problem(state)
+        if problem:
+            raise files.damaged(problem)
+        wd.state = state
         return wd
 
-    def _read_json(self, name):
+    def _read_json(self, name: str, limit: int):
+        data = self.files.read(name, limit)
         try:
-            return json.loads((self.folder / name).read_text())
-        except (OSError, ValueError) as exc:
-            raise WorkDirError(f"work dir {self.folder}: {name} is unreadable or truncated ({type(exc).__name__}); "
-                               f"pass --restart to start afresh") from None
+            return json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise self.files.damaged(f"{name} is unreadable or truncated ({type(exc).__name__})") from None
 
-    def _load(self, record: dict) -> dict:
-        path = self.folder / record["file"]
-        if not path.is_file() or path.stat().st_size != record["bytes"] or file_digest(path) != record["sha256"]:
-            raise WorkDirError(f"work dir {self.folder}: {record['file']} is missing, truncated or changed "
-                               f"(checksum mismatch); pass --restart to start afresh")
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+    def _load(self, record: dict, specs: dict) -> dict:
+        """The arrays of the data file ``record`` names, checked against its size, checksum and ``specs``."""
+        name, size = record["file"], record["bytes"]
+        most = self.expected.most_bytes(specs)
+        if size > most:
+            raise self.files.damaged(f"{name} is recorded as {size} bytes, more than this job's arrays take")
+        f, actual = self.files.open(name, most)
+        with f:
+            try:
+                if actual != size or file_digest(f) != record["sha256"]:
+                    raise self.files.damaged(f"{name} is missing, truncated or changed (checksum mismatch)")
+                f.seek(0)
+                return schema.read_arrays(f, specs)
+            except schema.Damaged as exc:
+                raise self.files.damaged(f"{name}: {exc}") from None
+            except OSError as exc:
+                raise self.files.damaged(f"{name} cannot be read ({exc.strerror or exc})") from None
 
     def _save(self, name: str, arrays: dict) -> dict:
         t0 = time.perf_counter()
         data = _npz_bytes(arrays)
-        _write(self.folder / name, data)
+        self.files.write(name, data)
         self.seconds += time.perf_counter() - t0
         return {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
     def _commit(self) -> None:
         t0 = time.perf_counter()
-        _write(self.folder / STATE, json.dumps(self.state).encode())
+        self.files.write(STATE, json.dumps(self.state).encode())
         self.seconds += time.perf_counter() - t0
 
     # -- the prepare stage ----------------------------------------------------------------------
     def prepared(self) -> dict | None:
-        """{"inits", "canvases", "context"} arrays an earlier run saved, or None."""
-        record = self.state.get("prepared")
-        return self._load(record) if record else None
+        """{"inits", "canvases", "context"} arrays an earlier run saved, or None. Their frame count may differ
+        from this run's (a video counted another way): the caller decides."""
+        record = self.state["prepared"]
+        if record is None:
+            return None
+        arrays = self._load(record, self.expected.prepared_specs())
+        if len(arrays["inits"]) != len(arrays["canvases"]) or not len(arrays["inits"]):
+            raise self.files.damaged(f"{record['file']} holds {len(arrays['inits'])} inits and "
+                                     f"{len(arrays['canvases'])} canvases")
+        return arrays
 
     def save_prepared(self, inits, canvases, context) -> None:
-        record = self._save("prepared-latents.npz", {"inits": inits, "canvases": canvases, "context": context})
+        record = self._save(schema.PREPARED_FILE, {"inits": inits, "canvases": canvases, "context": context})
         with self._lock:
             self.state["prepared"] = record
             self._commit()
@@ -170,15 +204,21 @@ class WorkDir:
     # -- sampling -------------------------------------------------------------------------------
     @property
     def windows_done(self) -> int:
-        return int(self.state.get("windows_done", 0))
+        return self.state["windows_done"]
 
     def finished(self) -> dict:
-        """{frame: final latent} of every batch an earlier run finished."""
+        """{frame: final latent} of every batch an earlier run finished: each batch exactly the frames its
+        windows finished first, of the job's shape, finite."""
+        try:
+            wanted = schema.batch_frames(self.expected, self.state)
+        except schema.Damaged as exc:
+            raise self.files.damaged(f"state.json: {exc}") from None
         stored = {}
-        for record in self.state.get("batches", []):
-            data = self._load(record)
-            for f, lat in zip(data["frames"].tolist(), data["latents"]):
-                stored.setdefault(int(f), lat)
+        for record, frames in zip(self.state["batches"], wanted):
+            data = self._load(record, self.expected.batch_specs(len(frames)))
+            if not np.array_equal(data["frames"], frames):
+                raise self.files.damaged(f"{record['file']} holds other frames than its windows finished")
+            stored.update(zip(frames.tolist(), data["latents"]))
         return stored
 
     def save_batch(self, new: dict, windows_done: int) -> None:
@@ -186,7 +226,7 @@ class WorkDir:
         record = None
         if new:
             frames = np.array(sorted(new), np.int64)
-            record = self._save(f"batch-{windows_done:06d}.npz",
+            record = self._save(schema.batch_file(windows_done),
                                 {"frames": frames, "latents": np.stack([new[int(f)] for f in frames])})
         with self._lock:
             if record is not None:
@@ -195,29 +235,68 @@ class WorkDir:
             self._commit()
 
     def bytes_on_disk(self) -> int:
-        return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+        return self.files.bytes_on_disk()
+
+    # -- the end --------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the folder's lock (the files stay: the job resumes from them)."""
+        self.files.close()
 
     def clear(self) -> None:
-        """Remove this job's files, and the folder once empty; nothing else in it is touched (a work dir
-        named by mistake, a home folder say, loses nothing but our files)."""
-        if not self.folder.is_dir():
-            return
-        for p in self.folder.iterdir():
-            if p.is_file() and (p.name in (JOB, STATE) or fnmatch.fnmatch(p.name, "batch-*.npz")
-                                or fnmatch.fnmatch(p.name, "prepared-*.npz") or p.name.endswith(".partial")):
-                p.unlink(missing_ok=True)
+        """Remove this job's files, then the folder once empty, and release it. Only files the job's own
+        records name are removed: what else is in the folder (a work dir named by mistake, a home folder say)
+        loses nothing."""
         try:
-            self.folder.rmdir()
-        except OSError:
-            pass
+            self._remove_own(keep_lock=False)
+            self.files.remove_folder()
+        finally:
+            self.close()
+
+    def _remove_own(self, keep_lock: bool) -> None:
+        """job.json, state.json, the files the state on disk names, the ones the job writes before it records
+        them (the prepared latents, the batches that can follow the last recorded), our temporary files of
+        those names and (unless ``keep_lock``) the lock; never a folder, never another name."""
+        files, own = self.files, {JOB, STATE, schema.PREPARED_FILE}
+        state, job = _on_disk(files, STATE, schema.state_limit(self.job)), _on_disk(files, JOB, schema.MAX_JOB_BYTES)
+        own |= schema.record_names(state)
+        if schema.job_problem(job) is None and isinstance(state, dict) and schema.integer(state.get("windows_done")):
+            done = state["windows_done"]
+            own |= {schema.batch_file(k) for k in range(done + 1, done + job["settings"]["batch_windows"] + 1)}
+        partials = {n for n in files.names() if (m := schema.PARTIAL_FILE.match(n)) and m.group(1) in own | {LOCK}}
+        for name in sorted(own | partials) + ([] if keep_lock else [LOCK]):
+            if files.kind(name) in ("file", "symlink"):
+                try:
+                    files.remove(name)
+                except OSError as exc:
+                    raise WorkDirError(f"work dir {files.path}: cannot remove {name} ({exc.strerror})") from None
+
+
+def _on_disk(files: Folder, name: str, limit: int):
+    """The JSON in ``name`` as it is, or None where it cannot be read (a damaged folder)."""
+    try:
+        return json.loads(files.read(name, limit))
+    except (WorkDirError, ValueError, RecursionError):
+        return None
+
+
+def _ours(files: Folder) -> bool:
+    """Whether ``files`` may be used as a work dir: empty (or being made by another run), marked by our lock,
+    or holding a job of ours (an earlier version's, made before the lock)."""
+    names = [n for n in files.names() if not ((m := schema.PARTIAL_FILE.match(n)) and m.group(1) in (LOCK, JOB))]
+    if not names or files.marked():
+        return True
+    return JOB in names and schema.job_problem(_on_disk(files, JOB, schema.MAX_JOB_BYTES)) is None
 
 
 def finished_windows(folder) -> int | None:
     """How many windows the job in ``folder`` has finished, or None where that cannot be read."""
     try:
-        return int(json.loads((Path(folder) / STATE).read_text())["windows_done"])
-    except (OSError, ValueError, KeyError, TypeError):
+        fd = os.open(Path(folder) / STATE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            done = json.loads(f.read(1 << 26))["windows_done"]
+    except (OSError, ValueError, RecursionError, KeyError, TypeError):
         return None
+    return done if schema.integer(done) else None
 
 
 def _difference(old, new) -> str:
