@@ -92,5 +92,7 @@ def test_every_entry_point_writes_the_same_bytes(engines, case, ray_cluster):
          "--address", ray_cluster, *job, "--quiet"])
     outputs["batch (a ray actor)"] = batch_out / clip.name
 
-    digests = {name: digest(path) for name, path in outputs.items()}
-    assert len(set(digests.values())) == 1, digests
+    groups: dict[str, list] = {}
+    for name, path in outputs.items():
+        groups.setdefault(digest(path)[:12], []).append(name)
+    assert len(groups) == 1, f"entry points by the file they wrote: {groups}"
