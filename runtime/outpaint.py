@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -175,10 +174,10 @@ def settings(args):
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     cli.setup_logging(quiet=args.quiet)
-    if not os.path.exists(args.input):
-        return cli.fail(EXIT_BAD_INPUT, f"input {args.input} does not exist")
-    try:  # every option, and the encoder, before the engines load or a frame is decoded
+    try:  # every option, the encoder and the input, before the engines load or a frame is decoded
+        from runtime.video import check_input
         run_settings, encode = checked(args, [args.output])
+        check_input(args.input, args.stream, run_settings.max_pixels)
     except (InputError, ValueError) as exc:
         return cli.fail(EXIT_BAD_INPUT, first_line(exc))
     progress = JsonProgress() if args.progress == "jsonl" and not args.quiet else \
