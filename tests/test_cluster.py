@@ -156,3 +156,21 @@ def test_a_worker_remembers_its_newest_cancelled_runs_only():
     for t in threads:
         t.join()
     assert len(many) == 50 and all(job.split("-")[0] in "0123" for job in many.jobs)
+
+
+def test_batch_never_writes_over_its_inputs(engines, clips, tmp_path):
+    """Refused before anything is skipped or written (exit 2, one line), the inputs' bytes unchanged: the
+    inputs' own folder as --out-dir, a report naming an input, and an output of one video named as another."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.mp4", "a_1x1.mp4"):
+        (folder / name).write_bytes((clips / "clip0.mp4").read_bytes())
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    cases = [([folder / "a.mp4"], folder, ()),
+             ([folder / "a.mp4"], tmp_path / "out", ("--report", folder / "a.mp4")),
+             ([folder / "a.mp4", folder / "a_1x1.mp4"], folder, ("--ratio", "9:16,1:1"))]
+    for inputs, out_dir, args in cases:
+        res = batch(inputs, out_dir, engines, "local", *args)
+        assert "an input of this batch" in one_error_line(res) and res.returncode == 2
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+        assert not (out_dir / "report.jsonl").exists()
