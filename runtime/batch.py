@@ -212,15 +212,13 @@ def run_on_ray(rows: list[dict], args, run_settings, encode):
     from runtime import cluster
     import ray.data
     started_here = not ray.is_initialized() and args.address in (None, "", "local")
-    cluster.connect(args.address)
+    cluster.connect(args.address, quiet=args.quiet)
     try:
         resources = cluster.worker_resources(args.gpus_per_worker, args.cpus_per_worker, args.threads)
         workers = min(args.workers or cluster.default_workers(resources), len(rows))
         threads = args.threads or max(1, int(resources["num_cpus"]))
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = not args.quiet
-        if args.quiet:
-            logging.getLogger("ray.data").setLevel(logging.WARNING)
         context.execution_options.preserve_order = False  # a line as each video finishes
         log.info(f"{len(rows)} videos on {workers} Ray workers ({resources['num_gpus']} GPU, "
                  f"{resources['num_cpus']} CPU each)")

@@ -189,6 +189,9 @@ def main(argv=None) -> int:
     def run():
         nonlocal outpainter
         from runtime.api import Outpainter
+        if args.workers is not None:  # before the engines load: the address checked, Ray quiet under --quiet
+            from runtime import cluster
+            cluster.connect(args.address, quiet=args.quiet)
         try:
             outpainter = Outpainter(args.engines, backend=args.backend, threads=args.threads,
                                     gpu_memory_gb=args.gpu_memory, workers=args.workers, address=args.address,
