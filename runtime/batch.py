@@ -71,6 +71,35 @@ def find_videos(patterns) -> list[Path]:
     return unique
 
 
+def check_layout(outputs: dict, report: Path) -> None:
+    """Refuse, before anything is written or skipped, a run that would write over one of its inputs: an output
+    named as an input (--out-dir the inputs' own folder: a.mp4 is then its own output, "skipped" as done, and
+    a_9x16.mp4 may be another video's output), or a report naming an input or an output. ``outputs``:
+    {input: {label: output path}}."""
+    from runtime.video.source import shown
+    inputs = {_file_key(p): p for p in outputs}
+    for path, paths in outputs.items():
+        for out in paths.values():
+            if _file_key(out) in inputs:
+                raise InputError(f"{shown(out)}, the output of {shown(path)}, is an input of this batch: "
+                                 "choose an --out-dir that holds no input")
+    written = {_file_key(out): out for paths in outputs.values() for out in paths.values()}
+    key = _file_key(report)
+    if key in inputs or key in written:
+        what = "an input" if key in inputs else "an output"
+        raise InputError(f"--report {shown(report)} is {what} of this batch: name another file")
+
+
+def _file_key(path: Path):
+    """What tells two names of one file apart from two files: the inode where the file exists (a hard link or
+    a symlink is the same file), else the resolved path."""
+    try:
+        st = path.stat()
+        return st.st_dev, st.st_ino
+    except OSError:
+        return str(path.resolve())
+
+
 def complete(paths: dict) -> bool:
     """Every output exists and opens as a video (written by a run that finished: outputs are renamed whole)."""
     from runtime.video import VideoError, probe
@@ -126,18 +155,20 @@ def main(argv=None) -> int:
         except OSError as exc:
             raise InputError(f"cannot make {out_dir}: {exc.strerror}") from None
         run_settings, encode = checked(args, [out_dir / f"{p.stem}.mp4" for p in inputs])
+        from runtime.streaming import output_paths
+        outputs = {p: output_paths(out_dir / f"{p.stem}.mp4", run_settings.labels) for p in inputs}
+        report_path = Path(args.report) if args.report else out_dir / "report.jsonl"
+        check_layout(outputs, report_path)
         if not Path(args.engines, "manifest.json").is_file():
             raise EnginesError(f"no engines at {args.engines} (make engines, or --engines DIR)")
     except (InputError, ValueError) as exc:
         return cli.fail(EXIT_BAD_INPUT, first_line(exc))
     except EnginesError as exc:
         return cli.fail(EXIT_ENGINES, first_line(exc))
-    report_path = Path(args.report) if args.report else out_dir / "report.jsonl"
     t0 = time.perf_counter()
     counts = {"succeeded": 0, "failed": 0, "skipped": 0}
 
     def body():
-        from runtime.streaming import output_paths
         (out_dir / WORK).mkdir(parents=True, exist_ok=True)
         lock = open(out_dir / WORK / "lock", "w")
         try:
@@ -157,8 +188,7 @@ def main(argv=None) -> int:
                          + (f" ({record['seconds']:.1f} s)" if record.get("seconds") else ""))
 
             rows = []
-            for path in inputs:
-                paths = output_paths(out_dir / f"{path.stem}.mp4", run_settings.labels)
+            for path, paths in outputs.items():
                 if complete(paths):
                     write({"input": str(path), "status": "skipped", "outputs": {k: str(v) for k, v in paths.items()},
                            "frames": None, "seconds": 0.0, "error": None})
@@ -182,15 +212,13 @@ def run_on_ray(rows: list[dict], args, run_settings, encode):
     from runtime import cluster
     import ray.data
     started_here = not ray.is_initialized() and args.address in (None, "", "local")
-    cluster.connect(args.address)
+    cluster.connect(args.address, quiet=args.quiet)
     try:
         resources = cluster.worker_resources(args.gpus_per_worker, args.cpus_per_worker, args.threads)
         workers = min(args.workers or cluster.default_workers(resources), len(rows))
         threads = args.threads or max(1, int(resources["num_cpus"]))
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = not args.quiet
-        if args.quiet:
-            logging.getLogger("ray.data").setLevel(logging.WARNING)
         context.execution_options.preserve_order = False  # a line as each video finishes
         log.info(f"{len(rows)} videos on {workers} Ray workers ({resources['num_gpus']} GPU, "
                  f"{resources['num_cpus']} CPU each)")

@@ -16,18 +16,12 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import uuid
 from pathlib import Path
 
 from m3ddm.errors import EnginesError, InputError, check_cancel
-
-if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
-                                          or (Path.home() / ".ray" / "auth_token").is_file()):
-    # Ray 2.60 turns its token auth on by itself for "auto" when a token is there, not for an explicit address,
-    # which then fails as unauthenticated against a cluster that requires it. Read once, when ray is imported.
-    os.environ["RAY_AUTH_MODE"] = "token"
+from runtime.cluster_connect import connect, last_line  # noqa: F401 (cluster.connect); first: Ray token auth
 
 try:
     import ray
@@ -41,25 +35,6 @@ log = logging.getLogger(__name__)
 POLL_S = 0.25  # how often a waiting driver looks at cancel tokens and progress
 RETRIES = 2  # a task whose worker died (node lost, process killed) runs again on the restarted worker
 CANCELLED_KEPT = 4096  # cancelled window-pool runs a worker remembers (their queued batches are skipped)
-
-
-def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
-    """Join the cluster at ``address`` ("auto", "ray://HOST:PORT", "HOST:PORT"), or start a local one when
-    None or "local"; once per process. Returns the cluster's resources."""
-    if not ray.is_initialized():
-        local = address in (None, "", "local")
-        main = threading.current_thread() is threading.main_thread()
-        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
-        try:
-            ray.init(address=None if local else address, num_cpus=num_cpus if local else None,
-                     include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     ignore_reinit_error=True)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise EnginesError(f"cannot reach the Ray cluster at {address}: {_line(exc)}") from None
-        finally:  # a Ray driver exits on SIGTERM at once; the commands' own handling (drain, checkpoint) stays
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
-    return ray.cluster_resources()
 
 
 def worker_resources(gpus_per_worker: float | None, cpus_per_worker: float | None, threads: int | None) -> dict:
@@ -90,13 +65,8 @@ def get(ref, timeout=None):
 def _reraise(exc):
     if isinstance(exc, ray.exceptions.RayTaskError):
         cause = exc.cause if isinstance(exc.cause, BaseException) else None
-        raise (cause or RuntimeError(_line(exc))) from None
-    raise EnginesError(f"a Ray worker died: {_line(exc)}") from None
-
-
-def _line(exc) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
+        raise (cause or RuntimeError(last_line(exc))) from None
+    raise EnginesError(f"a Ray worker died: {last_line(exc)}") from None
 
 
 @ray.remote(concurrency_groups={"control": 2}, max_restarts=-1, max_task_retries=RETRIES)

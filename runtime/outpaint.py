@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -180,10 +179,10 @@ def settings(args):
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     cli.setup_logging(quiet=args.quiet)
-    if not os.path.exists(args.input):
-        return cli.fail(EXIT_BAD_INPUT, f"input {args.input} does not exist")
-    try:  # every option, and the encoder, before the engines load or a frame is decoded
+    try:  # every option, the encoder and the input, before the engines load or a frame is decoded
+        from runtime.video import check_input
         run_settings, encode = checked(args, [args.output])
+        check_input(args.input, args.stream, run_settings.max_pixels)
         if args.work_dir is not None:
             from runtime.streaming import output_paths
             from runtime.workdir_files import check_apart
@@ -199,6 +198,9 @@ def main(argv=None) -> int:
     def run():
         nonlocal outpainter
         from runtime.api import Outpainter
+        if args.workers is not None:  # before the engines load: the address checked, Ray quiet under --quiet
+            from runtime import cluster
+            cluster.connect(args.address, quiet=args.quiet)
         try:
             outpainter = Outpainter(args.engines, backend=args.backend, threads=args.threads,
                                     gpu_memory_gb=args.gpu_memory, workers=args.workers, address=args.address,

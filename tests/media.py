@@ -113,3 +113,72 @@ def png_bomb(path, width: int, height: int) -> Path:
     path = Path(path)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
     return path
+
+
+def external_reference(path, target) -> Path:
+    """A QuickTime file whose video samples lie in ``target`` (a video file beside it), named by a Mac alias
+    data reference (dref 'alis', as FFmpeg's mov demuxer reads them): ``target``'s own index without its data.
+    A reader that follows external references shows ``target``'s frames; one that does not has none."""
+    import struct
+
+    target = Path(target)
+    data = target.read_bytes()
+
+    def boxes(blob):
+        i = 0
+        while i < len(blob):
+            size, kind = struct.unpack(">I4s", blob[i:i + 8])
+            yield kind, blob[i + 8:i + size]
+            i += size
+
+    def box(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I4s", 8 + len(payload), kind) + payload
+
+    name = b"/" + target.name.encode()
+    # version/flags 0 (not self-contained); 150 bytes of alias fields: volume, file name, from/to levels 1/1
+    # (the target in the same folder); then the absolute-path tag (2) and the end tag (-1).
+    alias = (bytes(4) + bytes(10) + bytes(1 + 27) + bytes(12) + bytes([len(target.name)])
+             + target.name.encode()[:63].ljust(63, b"\0") + bytes(16) + struct.pack(">HH", 1, 1) + bytes(16)
+             + struct.pack(">HH", 2, len(name)) + name + (b"\0" if len(name) % 2 else b"") + struct.pack(">hH", -1, 0))
+    dref = bytes(4) + struct.pack(">I", 1) + box(b"alis", alias)
+
+    def rewrite(blob):
+        return b"".join(box(kind, dref if kind == b"dref" else rewrite(payload)
+                            if kind in (b"moov", b"trak", b"mdia", b"minf", b"dinf") else payload)
+                        for kind, payload in boxes(blob))
+
+    top = dict(boxes(data))
+    path = Path(path)
+    path.write_bytes(box(b"ftyp", top[b"ftyp"]) + rewrite(box(b"moov", top[b"moov"])))
+    return path
+
+
+SECRET_RGB = (250, 0, 0)
+
+
+def reading_traps(folder) -> dict:
+    """Files that make a reader which follows names, protocols or references show another file: ``secret.mp4``
+    (pure red frames, seen at once in any output) and ``clip.mp4`` (a textured clip) beside ``traps``, each of
+    which leads to the secret when FFmpeg is let to follow it. The protocol-named ones hold the clip's bytes:
+    read as the files they are, they show the clip. Opened with the folder as the working directory."""
+    folder = Path(folder)
+    write(folder / "secret.mp4", np.full((8, 48, 64, 3), SECRET_RGB, np.uint8), fps=8)
+    write(folder / "clip.mp4", scene(8, 64, 48, seed=7), fps=8)
+    (folder / "sub").mkdir(exist_ok=True)
+    playlist = "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\n../secret.mp4\n#EXT-X-ENDLIST\n"
+    script = "ffconcat version 1.0\nfile secret.mp4\n"
+    (folder / "sub" / "play.m3u8").write_text(playlist)
+    (folder / "list.ffconcat").write_text(script)
+    (folder / "list.mp4").write_text(script)
+    external_reference(folder / "dref.mov", folder / "secret.mp4")
+    named = ["concat:secret.mp4", "subfile,,start,0,end,0,,:secret.mp4", "file:secret.mp4", "async:secret.mp4",
+             "cache:secret.mp4"]
+    for name in named:
+        (folder / name).write_bytes((folder / "clip.mp4").read_bytes())
+    return {"named": named, "followed": ["sub/play.m3u8", "list.ffconcat", "list.mp4"], "external": "dref.mov"}
+
+
+def shows_secret(frames: np.ndarray) -> bool:
+    """Whether any of these RGB frames is the secret's (pure red, to within an encoder's error)."""
+    red = (frames[..., 0].astype(int) > 200) & (frames[..., 1] < 40) & (frames[..., 2] < 40)
+    return bool((red.reshape(len(frames), -1).mean(axis=1) > 0.2).any())

@@ -156,3 +156,53 @@ def test_a_worker_remembers_its_newest_cancelled_runs_only():
     for t in threads:
         t.join()
     assert len(many) == 50 and all(job.split("-")[0] in "0123" for job in many.jobs)
+
+
+def test_batch_reads_no_playlist_or_script_and_its_quiet_is_silent(engines, ray_cluster, tmp_path):
+    """A playlist and an ffconcat script (named .mp4) fail alone, in the opener's line, with no output; the
+    clip beside them is outpainted from its own frames; and --quiet means nothing on stdout or stderr, Ray's
+    own lines included (a note per actor, Ray Data's progress-bar warning)."""
+    (tmp_path / "in").mkdir()
+    media.reading_traps(tmp_path / "in")
+    inputs = [tmp_path / "in" / name for name in ("sub/play.m3u8", "list.mp4", "clip.mp4")]
+    out = tmp_path / "out"
+    res = batch(inputs, out, engines, ray_cluster, "--workers", "1")
+    assert res.returncode == 1, res.stderr
+    assert res.stdout == "" and res.stderr == "", (res.stdout, res.stderr)
+    lines = report(out)
+    for name in ("play.m3u8", "list.mp4"):
+        assert lines[name]["status"] == "failed" and "not a media file" in lines[name]["error"], lines[name]
+    assert lines["clip.mp4"]["status"] == "succeeded"
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["clip.mp4"]
+    assert not media.shows_secret(media.decode(out / "clip.mp4")[0])
+
+
+def test_batch_never_writes_over_its_inputs(engines, clips, tmp_path):
+    """Refused before anything is skipped or written (exit 2, one line), the inputs' bytes unchanged: the
+    inputs' own folder as --out-dir, a report naming an input, and an output of one video named as another."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.mp4", "a_1x1.mp4"):
+        (folder / name).write_bytes((clips / "clip0.mp4").read_bytes())
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    cases = [([folder / "a.mp4"], folder, ()),
+             ([folder / "a.mp4"], tmp_path / "out", ("--report", folder / "a.mp4")),
+             ([folder / "a.mp4", folder / "a_1x1.mp4"], folder, ("--ratio", "9:16,1:1"))]
+    for inputs, out_dir, args in cases:
+        res = batch(inputs, out_dir, engines, "local", *args)
+        assert "an input of this batch" in one_error_line(res) and res.returncode == 2
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+        assert not (out_dir / "report.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", ["batch", "outpaint"])
+def test_a_cluster_that_does_not_answer_is_one_line_in_seconds(engines, clips, tmp_path, command):
+    """Nothing listens at 127.0.0.1:1: Ray alone retries for 14 minutes, logging some 60 lines."""
+    cmd = batch_cmd([clips / "clip0.mp4"], tmp_path / "out", engines, "127.0.0.1:1") if command == "batch" else \
+        [sys.executable, "-m", "runtime.outpaint", clips / "clip0.mp4", "-o", tmp_path / "out.mp4", "--engines",
+         engines, *RUN, "--workers", "2", "--address", "127.0.0.1:1"]
+    t0 = time.monotonic()
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "127.0.0.1:1" in one_error_line(res) and res.returncode == 3
+    assert time.monotonic() - t0 < 20
+    assert not (tmp_path / "out.mp4").exists() and not list((tmp_path / "out").glob("*.mp4"))

@@ -16,7 +16,7 @@ import numpy as np
 
 from m3ddm.errors import first_line
 from m3ddm.files import track_partial
-from runtime.video.source import VideoError, _av
+from runtime.video.source import VideoError, _av, open_media
 
 
 # The encoder's threads, fixed: the bitstream depends on them (see _add_video_stream), so a count that followed
@@ -242,8 +242,8 @@ _REMUX = {"mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}, "mov": {
 
 def _add_audio(av, container, source, fmt):
     try:
-        src = av.open(str(source), metadata_errors="ignore")
-    except Exception:
+        src = open_media(source)  # the video's own opener: the same file, the same refusals
+    except VideoError:
         return None, None, None
     if not src.streams.audio:
         src.close()

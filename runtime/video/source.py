@@ -5,6 +5,9 @@ per-frame times so that variable frame rate survives.
 """
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -42,29 +45,82 @@ class VideoInfo:
     times: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
-def _open_input(path):
+# The demuxers a user's file may be read with: FFmpeg's names, as its probe of the bytes reports them (never
+# the file's name). Each reads its one file and nothing else. Refused, among others: hls and dash (playlists
+# open their segments), concat (an ffconcat script opens its entries), lavfi (a filter graph can open files),
+# the subtitle, metadata and text formats (no frames), and containers no user has asked for (nut, mxf: add
+# them here when one does). Two of them could open other files, and are held to their one file below: mov
+# follows external data references (dref), image2 a numbered or globbed name (img%03d.png) as a sequence.
+MEDIA_DEMUXERS = (
+    "mov",                    # .mp4 .mov .m4v .3gp
+    "matroska",               # .mkv .webm
+    "avi", "mpegts", "mpeg",  # .avi; .ts .m2ts; .mpg .vob (program stream)
+    "flv", "ogg", "asf",      # .flv; .ogv; .wmv
+    "ivf", "yuv4mpegpipe",    # VP8/VP9/AV1 in IVF; raw .y4m
+    "h264", "hevc",           # elementary streams (.h264, .265)
+    "gif", "apng", "png_pipe", "jpeg_pipe", "webp_pipe",  # a single image or animation
+    "image2",                 # a single still FFmpeg knows by its suffix (a .jpg is probed as this)
+)
+# AVFormatContext options of every open: the path is read by FFmpeg's file protocol alone (a colon in a name
+# is no protocol; a nested open of any other protocol fails), only the demuxers above may read its header,
+# mov's external references stay closed whatever FFmpeg's default, and image2 reads the one file named.
+_OPEN_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": ",".join(MEDIA_DEMUXERS), "enable_drefs": "0",
+                 "pattern_type": "none"}
+
+
+def shown(path) -> str:
+    """A path as one line of a message: control characters (a newline in a name) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path))
+
+
+def open_media(path):
+    """A user's video (or image) file opened for reading by PyAV: the one way a file given by a user, a batch
+    or an upload reaches FFmpeg. Only a regular file, only as a file (never as a URL or protocol), only with the
+    demuxer of a media container (MEDIA_DEMUXERS), never opening another file. Raises VideoError (one line)."""
     av = _av()
     path = Path(path)
-    if not path.exists():
-        raise VideoError(f"input {path} does not exist")
-    if path.is_dir():
-        raise VideoError(f"input {path} is a folder, not a video file")
-    if path.stat().st_size == 0:
-        raise VideoError(f"input {path} is empty (0 bytes)")
     try:
-        return av.open(str(path), metadata_errors="ignore")
+        st = path.stat()  # follows a symlink: what it leads to must be a regular file too
+    except FileNotFoundError:
+        raise VideoError(f"input {shown(path)} does not exist") from None
+    except OSError as exc:
+        raise VideoError(f"cannot read {shown(path)}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise VideoError(f"input {shown(path)} is a folder, not a video file")
+    if not stat.S_ISREG(st.st_mode):  # a fifo would block, a device never ends
+        raise VideoError(f"input {shown(path)} is not a regular file (a device, fifo or socket)")
+    if st.st_size == 0:
+        raise VideoError(f"input {shown(path)} is empty (0 bytes)")
+    try:
+        container = av.open("file:" + os.path.abspath(path), options=_OPEN_OPTIONS, metadata_errors="ignore")
     except Exception as exc:
-        raise VideoError(f"cannot open {path} as a video: {first_line(exc)}") from None
+        if getattr(exc, "errno", None) == errno.EINVAL:  # the probed format is not on the list
+            raise _not_media(path) from None
+        raise VideoError(f"cannot open {shown(path)} as a video: {_reason(exc)}") from None
+    if not set(container.format.name.split(",")) & set(MEDIA_DEMUXERS):  # the option's own check, once more
+        container.close()
+        raise _not_media(path)
+    return container
+
+
+def _not_media(path) -> VideoError:
+    return VideoError(f"{shown(path)} is not a media file this runtime reads: FFmpeg reads it as a format this "
+                      "runtime does not take (playlists, scripts, uncommon containers: README, Security)")
+
+
+def _reason(exc) -> str:
+    """FFmpeg's reason without the URL it appends (the name is already in the message)."""
+    return getattr(exc, "strerror", None) or first_line(exc)
 
 
 def _video_stream(container, path, index):
     streams = container.streams.video
     if not streams:
-        raise VideoError(f"{path} has no video stream" + (" (audio only)" if container.streams.audio else ""))
+        raise VideoError(f"{shown(path)} has no video stream" + (" (audio only)" if container.streams.audio else ""))
     if index is None:
         return streams[0]
     if not 0 <= index < len(streams):
-        raise VideoError(f"{path} has {len(streams)} video stream(s); there is no video stream {index}")
+        raise VideoError(f"{shown(path)} has {len(streams)} video stream(s); there is no video stream {index}")
     return streams[index]
 
 
@@ -89,18 +145,18 @@ def iter_frames(path, stream: int | None = None, rgb: bool = True,
     ``max_pixels`` refuses frames larger than that before they are decoded: the declared size is checked
     first and the decoder itself is told the limit, so a small file declaring a huge picture costs nothing.
     """
-    container = _open_input(path)
+    container = open_media(path)
     try:
         vs = _video_stream(container, path, stream)
         vs.thread_type = "AUTO"
         if max_pixels:
-            check_pixels(vs.codec_context.width, vs.codec_context.height, max_pixels, f"{path}: frames")
+            check_pixels(vs.codec_context.width, vs.codec_context.height, max_pixels, f"{shown(path)}: frames")
             vs.codec_context.options = {**vs.codec_context.options, "max_pixels": str(int(max_pixels))}
         last_t = None
         convert = (lambda k: rgb) if isinstance(rgb, bool) else (lambda k: k in rgb)
         try:
             for index, frame in enumerate(container.decode(vs)):
-                check_pixels(frame.width, frame.height, max_pixels, f"{path}: frames")
+                check_pixels(frame.width, frame.height, max_pixels, f"{shown(path)}: frames")
                 t = frame.time
                 if t is None:  # no pts: count on from the last one at the average rate
                     rate = float(vs.average_rate or vs.guessed_rate or 30)
@@ -111,7 +167,7 @@ def iter_frames(path, stream: int | None = None, rgb: bool = True,
             raise
         except Exception as exc:  # corrupt data after some frames: keep what decoded, if anything
             if last_t is None:
-                raise VideoError(f"cannot decode {path}: {first_line(exc)}") from None
+                raise VideoError(f"cannot decode {shown(path)}: {first_line(exc)}") from None
     finally:
         container.close()
 
@@ -122,7 +178,7 @@ def packet_times(path, stream: int | None = None) -> np.ndarray | None:
     trusted (a packet without a time, flagged corrupt or to be discarded, as edit lists do): callers decode
     then. Callers still check it against the frames they decode; a decoder may drop a packet it cannot read.
     """
-    container = _open_input(path)
+    container = open_media(path)
     try:
         vs = _video_stream(container, path, stream)
         pts = []
@@ -145,7 +201,7 @@ def packet_times(path, stream: int | None = None) -> np.ndarray | None:
 
 
 def probe(path, stream: int | None = None) -> VideoInfo:
-    container = _open_input(path)
+    container = open_media(path)
     try:
         vs = _video_stream(container, path, stream)
         rate = vs.average_rate or vs.guessed_rate
@@ -156,6 +212,15 @@ def probe(path, stream: int | None = None) -> VideoInfo:
         container.close()
 
 
+def check_input(path, stream: int | None = None, max_pixels: int | None = None) -> VideoInfo:
+    """What a run checks of its input before any work (an upload before it is queued): the file opens as a
+    video (open_media) and its first frame decodes within the pixel budget. Raises VideoError (one line)."""
+    info = probe(path, stream)
+    for _ in iter_frames(path, stream, rgb=False, max_pixels=max_pixels):
+        return info
+    raise VideoError(f"{shown(path)} has no decodable video frames")
+
+
 def read_video(path, stream: int | None = None, max_frames: int | None = None,
                max_pixels: int | None = None) -> tuple[np.ndarray, VideoInfo]:
     """All frames (RGB uint8 [T, H, W, 3], as displayed) and the video's info, times included."""
@@ -163,7 +228,7 @@ def read_video(path, stream: int | None = None, max_frames: int | None = None,
     frames, times, rotation = [], [], 0
     for rgb, t, rot in iter_frames(path, stream, max_pixels=max_pixels):
         if frames and rgb.shape != frames[0].shape:
-            raise VideoError(f"{path}: frame size changes mid-stream ({frames[0].shape[1]}x{frames[0].shape[0]} "
+            raise VideoError(f"{shown(path)}: frame size changes mid-stream ({frames[0].shape[1]}x{frames[0].shape[0]} "
                              f"to {rgb.shape[1]}x{rgb.shape[0]}), which is not supported")
         frames.append(rgb)
         times.append(t)
@@ -171,7 +236,7 @@ def read_video(path, stream: int | None = None, max_frames: int | None = None,
         if max_frames and len(frames) >= max_frames:
             break
     if not frames:
-        raise VideoError(f"{path} has no decodable video frames")
+        raise VideoError(f"{shown(path)} has no decodable video frames")
     info.frames = len(frames)
     info.height, info.width = frames[0].shape[:2]
     info.rotation = rotation
