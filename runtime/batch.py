@@ -29,7 +29,9 @@ from runtime.outpaint import checked, cluster_options, run_options
 log = logging.getLogger("runtime.batch")  # not __name__: run as __main__
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".m4v", ".avi", ".gif")
-WORK = ".work"  # DIR/.work/<stem>/: a video's checkpoints while it runs; DIR/.work/lock: one batch at a time
+WORK = ".work"  # DIR/.work/<stem>/: a video's checkpoints while it runs
+# One batch at a time per DIR; beside .work, not in it, where a video named lock.mp4 has its work dir.
+LOCK = ".work.lock"
 
 
 def parser() -> cli.Parser:
@@ -170,7 +172,7 @@ def main(argv=None) -> int:
 
     def body():
         (out_dir / WORK).mkdir(parents=True, exist_ok=True)
-        lock = open(out_dir / WORK / "lock", "w")
+        lock = open(out_dir / LOCK, "w")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

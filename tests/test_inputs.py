@@ -13,7 +13,7 @@ import pytest
 
 import media
 from conftest import ROOT, one_error_line
-from runtime.video import VideoError, read_video
+from runtime.video import EncodeOptions, VideoError, read_video, write_video
 
 CLI = [sys.executable, "-m", "runtime.outpaint"]
 FAST = ("--steps", "2", "--threads", "1")
@@ -135,3 +135,12 @@ def test_the_command_outpaints_a_protocol_named_file_as_itself(traps, engines, t
     frames = media.decode(tmp_path / "out.mp4")[0]
     assert len(frames) == 8 and not media.shows_secret(frames)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+@pytest.mark.parametrize("name", ["concat:out.mp4", "file:out.mp4", "pipe:1.mp4"])
+def test_outputs_named_like_protocols_are_written_as_the_files_they_are(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)  # a relative name, as a user types it
+    frames = media.scene(4, 64, 48, seed=5)
+    write_video(name, frames, np.arange(4) / 24.0, 24.0, EncodeOptions(audio=False))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    assert read_video(tmp_path / name)[0].shape == frames.shape

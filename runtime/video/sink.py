@@ -145,7 +145,8 @@ class VideoWriter:
         if even_w < 2 or even_h < 2:
             raise VideoError(f"output frames of {width}x{height} are too small to encode")
         track_partial(self.tmp)
-        self.container = self.av.open(str(self.tmp), "w", format=self.format)
+        # A path, never a URL: an output named concat:out.mp4 or pipe:1.mp4 is that file (as inputs are).
+        self.container = self.av.open("file:" + os.path.abspath(self.tmp), "w", format=self.format)
         vs = _add_video_stream(self.av, self.container, self.options, self.fps, even_w, even_h, self.gaps)
         self.stream = vs
         if self.audio_from is not None:
