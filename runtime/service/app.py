@@ -121,15 +121,7 @@ def create_app(queue: JobQueue, *, token: str | None = None, max_upload_mb: floa
     limit = int(max_upload_mb * 2**20)
     metrics = Metrics(queue, backend)
     queue.on_finish = metrics.finished
-    bearer = HTTPBearer(auto_error=False, description="--token (or $M3DDM_TOKEN)")
-
-    def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)):
-        given = credentials.credentials if credentials is not None else ""
-        if not secrets.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-
-    v1 = [Depends(authorised)] if token is not None else []
-    auth = (401,) if token is not None else ()
+    v1, auth = _authorisation(token)
     _handlers(app)
 
     @app.post("/v1/jobs", status_code=202, dependencies=v1, response_model=contract.Created,
@@ -147,6 +139,31 @@ def create_app(queue: JobQueue, *, token: str | None = None, max_upload_mb: floa
             form.path.unlink(missing_ok=True)  # moved into the job's folder when accepted
         return {"id": job["id"], "status": job["status"]}
 
+    _job_routes(app, queue, v1, auth)
+    _operations(app, queue, metrics, backend)
+    add_docs(app)
+    _head_with_get(app)
+    app.state.queue, app.state.started = queue, time.time()
+    return app
+
+
+def _authorisation(token: str | None) -> tuple[list, tuple]:
+    """The /v1 routes' dependencies and the status they add: with a token, a bearer scheme (declared in the
+    document, so that a client knows it) and 401; without one, none (a document declaring security the
+    service does not enforce would be wrong)."""
+    if token is None:
+        return [], ()
+    bearer = HTTPBearer(auto_error=False, description="--token (or $M3DDM_TOKEN)")
+
+    def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)):
+        given = credentials.credentials if credentials is not None else ""
+        if not secrets.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    return [Depends(authorised)], (401,)
+
+
+def _job_routes(app: FastAPI, queue: JobQueue, v1: list, auth: tuple) -> None:
+    """The routes of submitted jobs: list, one, its results, delete."""
     @app.get("/v1/jobs", dependencies=v1, response_model=contract.Jobs, summary="The jobs, newest first",
              responses=contract.errors(*auth, 422))
     def jobs(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_OFFSET)):
@@ -186,12 +203,6 @@ def create_app(queue: JobQueue, *, token: str | None = None, max_upload_mb: floa
         if found is None:
             raise HTTPException(404, "no such job")
         return {**_view(found), "status": "deleted"}
-
-    _operations(app, queue, metrics, backend)
-    add_docs(app)
-    _head_with_get(app)
-    app.state.queue, app.state.started = queue, time.time()
-    return app
 
 
 def _operations(app: FastAPI, queue: JobQueue, metrics, backend: str) -> None:

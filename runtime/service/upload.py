@@ -141,14 +141,16 @@ async def receive(request: Request, folder: Path, limit: int, idle_s: float) -> 
             except FormParserError as exc:
                 raise Refused(422, f"not a well-formed multipart form: {first_line(exc)}") from None
             if form.pending:
-                out = out or await run_in_threadpool(_create, folder)
+                if out is None:
+                    out = await run_in_threadpool(_create, folder)
                 data, form.pending = b"".join(form.pending), []
                 await run_in_threadpool(_write, out, data, folder)
         if not form.ended:
             raise Refused(422, "the form ended before its closing boundary (a cut-off upload?)")
         if not form.has_file:
             raise Refused(422, "the form has no file field")
-        out = out or await run_in_threadpool(_create, folder)  # an empty file is still a file (the job fails)
+        if out is None:  # an empty file is still a file (its job fails, saying so)
+            out = await run_in_threadpool(_create, folder)
         out.close()
         form.upload.path = Path(out.name)
         return form.upload
