@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 
-from m3ddm.errors import EXIT_BAD_INPUT
+from m3ddm.errors import EXIT_BAD_INPUT, M3DDMError, first_line
 from runtime import cli, env
 
 log = logging.getLogger("runtime.serve")  # not __name__: run as __main__
@@ -34,6 +34,8 @@ def parser() -> cli.Parser:
     ap.add_argument("--token", default=os.environ.get("M3DDM_TOKEN"),
                     help="require `Authorization: Bearer TOKEN` on /v1 (default: $M3DDM_TOKEN; none: open)")
     ap.add_argument("--max-upload-mb", type=float, default=2048)
+    ap.add_argument("--upload-timeout", type=float, default=60,
+                    help="seconds an upload may send nothing before it is dropped (408; default 60)")
     ap.add_argument("--max-queue", type=int, default=100, help="waiting jobs before new ones get 429")
     ap.add_argument("--keep-hours", type=float, default=24, help="finished jobs and their files are removed after this")
     ap.add_argument("--workers", type=int,
@@ -52,7 +54,7 @@ def parser() -> cli.Parser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     cli.setup_logging()
-    for name in ("port", "max_upload_mb", "max_queue", "keep_hours", "workers"):
+    for name in ("port", "max_upload_mb", "upload_timeout", "max_queue", "keep_hours", "workers"):
         value = getattr(args, name)
         if value is not None and value <= 0 and not (name == "port" and args.port == 0):
             return cli.fail(EXIT_BAD_INPUT, f"--{name.replace('_', '-')} must be positive")
@@ -86,11 +88,15 @@ def main(argv=None) -> int:
             stop.set()
             queue.drain()
 
-        app = create_app(queue, token=args.token, max_upload_mb=args.max_upload_mb, backend=backend, on_shutdown=drain)
+        app = create_app(queue, token=args.token, max_upload_mb=args.max_upload_mb, backend=backend, on_shutdown=drain,
+                         upload_idle_s=args.upload_timeout)
 
         def expire():
             while not stop.wait(EXPIRE_EVERY_S):
-                queue.expire(args.keep_hours)
+                try:
+                    queue.expire(args.keep_hours)
+                except M3DDMError as exc:  # a full disk: the next round tries again
+                    log.warning(f"expiring old jobs: {first_line(exc)}")
 
         threading.Thread(target=expire, name="m3ddm-expire", daemon=True).start()
         queue.expire(args.keep_hours)

@@ -40,6 +40,15 @@ def _integer(value, what: str, low: int, high: int) -> int:
     return int(value)
 
 
+def _targets(ratios) -> tuple:
+    """The target ratios, each once, in order: "9:16,9:16" is one output (its label names one file, which two
+    targets would both be written into)."""
+    if isinstance(ratios, str):
+        ratios = ratios.split(",")
+    stripped = (r.strip() if isinstance(r, str) else r for r in ratios)
+    return tuple(dict.fromkeys(r for r in stripped if r != ""))
+
+
 @dataclass
 class Settings:
     ratios: tuple = ("9:16",)  # target ratios W:H, one output each
@@ -58,9 +67,7 @@ class Settings:
     max_pixels: int = MAX_PIXELS  # the largest frame read or written (width x height); larger is refused
 
     def __post_init__(self):
-        if isinstance(self.ratios, str):
-            self.ratios = tuple(r for r in self.ratios.split(",") if r.strip())
-        self.ratios = tuple(self.ratios)
+        self.ratios = _targets(self.ratios)
         if self.pad is not None:
             self.pad = tuple(self.pad)
         self.guidance = tuple(self.guidance)

@@ -1,5 +1,5 @@
 """The service's job model (runtime/service/jobs.py) on real engines and a real SQLite file: jobs in order,
-the CLI's output, bad options refused before the queue, a bad video failing alone, cancel, drain, and a
+the CLI's output, bad options refused before the queue, a bad video failing alone, delete, drain, and a
 worker killed mid-job whose job resumes in the next process with the same output."""
 import json
 import shutil
@@ -72,9 +72,9 @@ def test_jobs_run_in_order_and_give_the_command_lines_output(outpainter, clip, c
 
 
 @pytest.mark.parametrize("form,words", [
-    ({"ratio": "wide"}, "W:H"), ({"steps": "0"}, "steps"), ({"guidance": "nan,1"}, "finite"),
-    ({"seed": "x"}, "seed"), ({"sampler": "euler"}, "unknown sampler"), ({"pad": "1,2"}, "pad"),
-    ({"path": "/etc/passwd"}, "unknown field"),
+    ({"ratio": "wide"}, "W:H"), ({"steps": "0"}, "steps"), ({"guidance": "nan,1"}, "guidance"),
+    ({"seed": "x"}, "seed"), ({"sampler": "euler"}, "sampler"), ({"pad": "1,2"}, "pad"),
+    ({"path": "/etc/passwd"}, "unknown field"), ({"steps": ""}, "steps"), ({"ratio": "9:16,1e9:1"}, "ratio"),
 ])
 def test_a_bad_option_never_enters_the_queue(outpainter, clip, tmp_path, form, words):
     queue = JobQueue(outpainter, tmp_path / "data")
@@ -102,7 +102,7 @@ def test_the_queue_has_a_limit_and_a_bad_video_fails_alone(outpainter, clip, tmp
         queue.drain()
 
 
-def test_cancel_a_running_job_within_a_step_and_a_queued_one_at_once(outpainter, clip, tmp_path):
+def test_delete_stops_a_running_job_within_a_step_and_removes_a_queued_one_at_once(outpainter, clip, tmp_path):
     queue = JobQueue(outpainter, tmp_path / "data").start()
     try:
         running = queue.submit(*upload(clip, tmp_path), {**FORM, "steps": "50"})
@@ -110,13 +110,17 @@ def test_cancel_a_running_job_within_a_step_and_a_queued_one_at_once(outpainter,
         while (queue.store.get(running["id"])["progress"] or {}).get("fraction", 0) == 0:
             time.sleep(0.05)
         t0 = time.monotonic()
-        queue.cancel(running["id"])
-        queue.cancel(waiting["id"])
-        assert wait(queue, running["id"])["status"] == "cancelled" and time.monotonic() - t0 < 5
-        assert queue.store.get(waiting["id"])["status"] == "cancelled"
-        assert not queue.folder(running["id"]).exists() and not queue.folder(waiting["id"]).exists()
-        queue.cancel(running["id"])  # a finished job: deleted with its files
-        assert queue.store.get(running["id"]) is None
+        assert queue.delete(running["id"])["status"] == "running"
+        assert queue.delete(waiting["id"])["status"] == "queued"
+        assert queue.store.get(running["id"]) is None and queue.store.get(waiting["id"]) is None
+        assert queue.delete(running["id"]) is None and queue.delete("nope") is None  # a second call finds nothing
+        assert not queue.folder(waiting["id"]).exists()
+        while queue.folder(running["id"]).exists():  # its worker stops it and removes its files
+            assert time.monotonic() - t0 < 5
+            time.sleep(0.05)
+        after = queue.submit(*upload(clip, tmp_path), FORM)
+        assert wait(queue, after["id"])["status"] == "succeeded"  # and goes on
+        assert queue.delete(after["id"])["status"] == "succeeded" and not queue.folder(after["id"]).exists()
     finally:
         queue.drain()
 

@@ -1,28 +1,38 @@
 """The HTTP side of the service: a FastAPI app over a JobQueue (runtime/service/jobs.py).
 
-The paths and fields are the contract of DESIGN.md's "Service" line. The app never samples: it validates,
-stores uploads under the data dir and answers from the job records; the queue's worker thread does the work.
+The paths and fields are the contract of DESIGN.md's "Service" line, declared in the OpenAPI document
+(runtime/service/contract.py) with every status a route gives. The app never samples: it validates, stores
+uploads under the data dir and answers from the job records; the queue's worker thread does the work.
+Every refusal is one line, ``{"detail": ...}``; a method a path does not take is 405 with all those it does.
 """
 from __future__ import annotations
 
+import os
 import secrets
-import tempfile
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import anyio
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from m3ddm.errors import InputError, first_line
-from runtime.service.jobs import FORM_FIELDS, STATUSES, JobQueue, QueueClosed, QueueFull
+from runtime.service import contract, upload
+from runtime.service.disk import DiskFull
+from runtime.service.docs import add_docs
+from runtime.service.jobs import JobQueue, QueueClosed, QueueFull
+from runtime.service.metrics import Metrics
 
 PAGE = Path(__file__).with_name("page.html")
-
-
-class TooLarge(Exception):
-    pass
+MAX_OFFSET = 2**63 - 1  # SQLite's largest integer
 
 
 def _view(job: dict) -> dict:
@@ -35,74 +45,70 @@ def _view(job: dict) -> dict:
                          "windows_done": progress.get("windows_done"), "windows": progress.get("windows"),
                          "eta_s": progress.get("eta_s")},
             "error": job.get("error"),
-            "outputs": {label: f"/v1/jobs/{job['id']}/result/{label}" for label in outputs},
+            "outputs": {label: f"/v1/jobs/{quote(job['id'], safe='')}/result/{quote(label, safe='')}"
+                        for label in outputs},
             "created": job.get("created"), "started": job.get("started"), "finished": job.get("finished")}
 
 
-class Metrics:
-    """The service's Prometheus metrics (its own registry: several apps may live in one test process)."""
+class _OpenedResult(FileResponse):
+    """A result sent from the file opened before the answer starts: a DELETE meanwhile removes its name, not
+    what is being sent."""
 
-    def __init__(self, queue: JobQueue, backend: str):
-        self.registry = r = CollectorRegistry()
-        self.jobs = Gauge("m3ddm_jobs", "Jobs by status", ["status"], registry=r)
-        self.queue_depth = Gauge("m3ddm_queue_depth", "Jobs waiting", registry=r)
-        self.seconds = Histogram("m3ddm_job_seconds", "Wall time of finished jobs", registry=r,
-                                 buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, float("inf")))
-        self.fps = Gauge("m3ddm_frames_per_second", "Output frames per second of the last job", registry=r)
-        self.failures = Counter("m3ddm_job_failures", "Failed jobs by reason", ["reason"], registry=r)
-        self.backend = Gauge("m3ddm_backend_info", "The engine backend", ["backend"], registry=r)
-        self.backend.labels(backend=backend).set(1)
-        self.gpu_used = Gauge("m3ddm_gpu_memory_used_bytes", "GPU memory in use (where there is a GPU)",
-                              registry=r)
-        self.queue = queue
+    def __init__(self, file, **options):
+        super().__init__(file.name, stat_result=os.fstat(file.fileno()), **options)
+        self._file = file
 
-    def finished(self, job: dict, seconds: float, frames: int | None) -> None:
-        self.seconds.observe(seconds)
-        if job["status"] == "succeeded" and frames:
-            self.fps.set(frames / max(seconds, 1e-9))
-        if job["status"] == "failed":
-            self.failures.labels(reason=_reason(job.get("error") or "")).inc()
+    @asynccontextmanager
+    async def _open_file(self):
+        yield anyio.wrap_file(self._file)
 
-    def render(self) -> bytes:
-        counts = self.queue.store.counts()
-        for status in STATUSES:
-            self.jobs.labels(status=status).set(counts.get(status, 0))
-        self.queue_depth.set(counts.get("queued", 0))
-        used = _gpu_memory_used()
-        if used is not None:
-            self.gpu_used.set(used)
-        return generate_latest(self.registry)
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._file.close()
 
 
-_NO_GPU: list = []
+def _allowed(app: FastAPI, scope) -> list[str]:
+    """Every method some route takes at this request's path."""
+    methods = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= route.methods
+    return sorted(methods)
 
 
-def _gpu_memory_used() -> int | None:
-    """Bytes in use on the current GPU, or None without one (asked once: no GPU stays no GPU)."""
-    if _NO_GPU:
-        return None
-    try:
-        from runtime.engines import cuda
-        free, total = cuda.mem_info()
-        return int(total - free)
-    except Exception:
-        _NO_GPU.append(True)
-        return None
+def _handlers(app: FastAPI) -> None:
+    @app.exception_handler(InputError)
+    async def input_error(request, exc):  # noqa: ARG001
+        return JSONResponse({"detail": first_line(exc)}, status_code=422)
 
+    @app.exception_handler(DiskFull)
+    async def disk_full(request, exc):  # noqa: ARG001
+        return JSONResponse({"detail": first_line(exc)}, status_code=507)
 
-def _reason(error: str) -> str:
-    """A small, fixed set of failure reasons (a label per message would grow without bound)."""
-    text = error.lower()
-    for reason, words in (("pixel_budget", ("pixel budget",)), ("not_a_video", ("cannot open", "no video stream",
-                          "empty", "decod")), ("engines", ("engines", "onnx runtime", "tensorrt")),
-                          ("out_of_memory", ("out of memory",))):
-        if any(w in text for w in words):
-            return reason
-    return "other"
+    @app.exception_handler(upload.Refused)
+    async def refused(request, exc):  # noqa: ARG001
+        return JSONResponse({"detail": first_line(exc)}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request, exc):  # noqa: ARG001
+        error = (exc.errors() or [{}])[0]
+        where = " ".join(str(part) for part in error.get("loc", ()))
+        return JSONResponse({"detail": f"{where}: {error.get('msg', 'invalid')}".strip(": ")}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):
+        if exc.status_code == 405:
+            methods = _allowed(app, request.scope)
+            return JSONResponse({"detail": f"{request.method} is not allowed here; use {', '.join(methods)}"},
+                                status_code=405, headers={"Allow": ", ".join(methods)})
+        return await http_exception_handler(request, exc)
 
 
 def create_app(queue: JobQueue, *, token: str | None = None, max_upload_mb: float = 2048,
-               backend: str = "ort", on_shutdown=None) -> FastAPI:
+               backend: str = "ort", on_shutdown=None, upload_idle_s: float = 60.0) -> FastAPI:
     """The app; ``on_shutdown()`` runs once the server has stopped accepting requests (e.g. to drain)."""
     @asynccontextmanager
     async def lifespan(app):
@@ -110,76 +116,57 @@ def create_app(queue: JobQueue, *, token: str | None = None, max_upload_mb: floa
         if on_shutdown is not None:
             on_shutdown()
 
-    app = FastAPI(title="M3DDM video outpainting", version="1", lifespan=lifespan,
+    app = FastAPI(title="M3DDM video outpainting", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Outpaint videos to another aspect ratio: submit, follow, download.")
     limit = int(max_upload_mb * 2**20)
     metrics = Metrics(queue, backend)
     queue.on_finish = metrics.finished
-    uploads = queue.data / "uploads"
-    uploads.mkdir(exist_ok=True)
+    v1, auth = _authorisation(token)
+    _handlers(app)
 
-    def authorised(request: Request):
-        if token is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not (given.startswith("Bearer ") and secrets.compare_digest(given[7:].encode(), token.encode())):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-
-    v1 = [Depends(authorised)]
-
-    @app.exception_handler(InputError)
-    async def input_error(request, exc):  # noqa: ARG001
-        return JSONResponse({"detail": first_line(exc)}, status_code=422)
-
-    @app.post("/v1/jobs", status_code=202, dependencies=v1)
+    @app.post("/v1/jobs", status_code=202, dependencies=v1, response_model=contract.Created,
+              openapi_extra=contract.job_form(), summary="Submit a video with its options",
+              responses=contract.errors(400, *auth, 408, 413, 415, 422, 429, 503, 507))
     async def submit(request: Request):
-        too_large = HTTPException(413, f"the upload is over the limit of {max_upload_mb:g} MB")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-            raise too_large
-        received, original = 0, request.stream
-
-        async def counted():
-            nonlocal received
-            async for chunk in original():
-                received += len(chunk)
-                if received > limit + 64 * 1024:  # the form's own fields fit in 64 KB
-                    raise TooLarge
-                yield chunk
-
-        request.stream = counted  # the form parser reads through this: never more than the limit is stored
+        form = await upload.receive(request, queue.uploads, limit, upload_idle_s)
         try:
-            form = await request.form(max_files=1, max_fields=len(FORM_FIELDS) + 1)
-        except TooLarge:
-            raise too_large from None
-        except Exception as exc:
-            raise HTTPException(422, f"not a multipart form with a file: {first_line(exc)}") from None
-        try:
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise InputError("the form has no file field")
-            fields = {k: v for k, v in form.items() if k != "file"}
-            if any(not isinstance(v, str) for v in fields.values()):
-                raise InputError("only the file field may be a file")
-            with tempfile.NamedTemporaryFile(dir=uploads, delete=False) as tmp:
-                while chunk := await upload.read(1 << 20):
-                    tmp.write(chunk)
-            path = Path(tmp.name)
-            try:
-                job = queue.submit(path, upload.filename or "", fields)
-            finally:
-                path.unlink(missing_ok=True)  # moved into the job's folder when accepted
+            job = queue.submit(form.path, form.filename, form.fields)
         except QueueFull as exc:
             raise HTTPException(429, first_line(exc)) from None
         except QueueClosed as exc:
             raise HTTPException(503, first_line(exc)) from None
         finally:
-            await form.close()
+            form.path.unlink(missing_ok=True)  # moved into the job's folder when accepted
         return {"id": job["id"], "status": job["status"]}
 
-    @app.get("/v1/jobs", dependencies=v1)
-    def jobs(limit: int = 50, offset: int = 0):
-        limit, offset = max(1, min(limit, 500)), max(0, offset)
+    _job_routes(app, queue, v1, auth)
+    _operations(app, queue, metrics, backend)
+    add_docs(app)
+    _head_with_get(app)
+    app.state.queue, app.state.started = queue, time.time()
+    return app
+
+
+def _authorisation(token: str | None) -> tuple[list, tuple]:
+    """The /v1 routes' dependencies and the status they add: with a token, a bearer scheme (declared in the
+    document, so that a client knows it) and 401; without one, none (a document declaring security the
+    service does not enforce would be wrong)."""
+    if token is None:
+        return [], ()
+    bearer = HTTPBearer(auto_error=False, description="--token (or $M3DDM_TOKEN)")
+
+    def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)):
+        given = credentials.credentials if credentials is not None else ""
+        if not secrets.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    return [Depends(authorised)], (401,)
+
+
+def _job_routes(app: FastAPI, queue: JobQueue, v1: list, auth: tuple) -> None:
+    """The routes of submitted jobs: list, one, its results, delete."""
+    @app.get("/v1/jobs", dependencies=v1, response_model=contract.Jobs, summary="The jobs, newest first",
+             responses=contract.errors(*auth, 422))
+    def jobs(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_OFFSET)):
         return {"jobs": [_view(j) for j in queue.store.list(limit, offset)], "limit": limit, "offset": offset}
 
     def _job(job_id: str) -> dict:
@@ -188,40 +175,64 @@ def create_app(queue: JobQueue, *, token: str | None = None, max_upload_mb: floa
             raise HTTPException(404, "no such job")
         return job
 
-    @app.get("/v1/jobs/{job_id}", dependencies=v1)
+    @app.get("/v1/jobs/{job_id}", dependencies=v1, response_model=contract.Job, summary="A job",
+             responses=contract.errors(*auth, 404, 422))
     def job(job_id: str):
         return _view(_job(job_id))
 
-    @app.get("/v1/jobs/{job_id}/result/{label}", dependencies=v1)
+    @app.get("/v1/jobs/{job_id}/result/{label}", dependencies=v1, response_class=Response,
+             summary="A result (range requests: a browser can seek)",
+             responses={200: contract.video("the mp4"), 206: contract.video("the range asked for"),
+                        400: contract.plain("a malformed Range header"), 416: contract.plain("a range past the end"),
+                        **contract.errors(*auth, 404, 422)})
     def result(job_id: str, label: str):
         path = queue.result(_job(job_id)["id"], label)
-        if path is None or not path.is_file():
+        try:
+            file = open(path, "rb") if path is not None else None  # noqa: SIM115 (closed by the response)
+        except (FileNotFoundError, IsADirectoryError):
+            file = None  # deleted meanwhile
+        if file is None:
             raise HTTPException(404, "no such result (the job has not succeeded, or has no such target)")
-        return FileResponse(path, media_type="video/mp4", filename=f"{job_id}_{label}.mp4")
+        return _OpenedResult(file, media_type="video/mp4", filename=f"{job_id}_{label}.mp4")
 
-    @app.delete("/v1/jobs/{job_id}", dependencies=v1)
+    @app.delete("/v1/jobs/{job_id}", dependencies=v1, response_model=contract.Deleted,
+                summary="Delete a job with its files (a queued or running one is cancelled: within one step)",
+                responses=contract.errors(*auth, 404, 422, 507))
     def delete(job_id: str):
-        found = queue.cancel(_job(job_id)["id"])
-        after = queue.store.get(job_id)
-        return _view(after) if after else {**_view(found), "status": "deleted"}
+        found = queue.delete(job_id) if len(job_id) < 64 else None
+        if found is None:
+            raise HTTPException(404, "no such job")
+        return {**_view(found), "status": "deleted"}
 
-    @app.get("/healthz")
+
+def _operations(app: FastAPI, queue: JobQueue, metrics, backend: str) -> None:
+    """The open routes: health, readiness, metrics, the page."""
+    @app.get("/healthz", response_model=contract.Healthy, summary="The process is alive")
     def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", response_model=contract.Ready, summary="Engines loaded, a worker running, room to work",
+             responses={503: {"model": contract.NotReady, "description": "not ready, and why"}})
     def readyz():
-        if not queue.alive():
-            return JSONResponse({"status": "not ready", "detail": "the job worker is not running"}, status_code=503)
+        problem = queue.problem()
+        if problem is not None:
+            return JSONResponse({"status": "not ready", "detail": problem}, status_code=503)
         return {"status": "ready", "backend": backend}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics",
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
     def prometheus():
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return PlainTextResponse(metrics.render(), media_type=metrics.content_type)
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, summary="The web page")
     def page():
         return PAGE.read_text()
 
-    app.state.queue, app.state.started = queue, time.time()
-    return app
+
+def _head_with_get(app: FastAPI) -> None:
+    """HEAD wherever GET is (HTTP asks it of every resource), left out of the document: it is GET without the
+    body. The document is made first, so that it lists the operations as written."""
+    app.openapi()
+    for route in app.router.routes:
+        if isinstance(route, APIRoute) and "GET" in route.methods:
+            route.methods.add("HEAD")

@@ -1,185 +1,55 @@
-"""The job model a service runs: records in SQLite under the data dir, one worker per engine set, jobs in
-submission order, each an ``Outpainter.outpaint_file`` call with its own work dir, cancel token and progress.
+"""The job model a service runs: records in SQLite under the data dir (runtime/service/store.py), one worker per
+engine set, jobs in submission order, each an ``Outpainter.outpaint_file`` call with its own work dir, cancel
+token and progress.
 
     DATA/jobs.sqlite3         one row per job (status, options, progress, outputs, error, times)
+    DATA/uploads/             uploads while they arrive (runtime/service/upload.py)
     DATA/jobs/ID/input.EXT    the upload, moved here when the job is accepted
     DATA/jobs/ID/work/        the job's checkpoints (runtime/workdir.py) while it runs
     DATA/jobs/ID/out_LABEL.mp4  the results
 
 Nothing is lost on a crash: a queued job stays queued, and a job found "running" when the queue opens (its
 process was killed) goes back to the head of the queue and resumes from its work dir, finishing with the
-output an uninterrupted run gives. Ids are random (``secrets``); no request field ever becomes a path.
+output an uninterrupted run gives; files that belong to no job (an upload cut off, a job deleted just before
+the crash) are removed then. Ids are random (``secrets``); no request field ever becomes a path.
+
+A full data disk fails the job it stopped with one line, after removing that job's files (which gives the room
+to record it); where even that cannot be written the worker waits for space, saying why on /readyz, and goes on.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import secrets
 import shutil
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
 from m3ddm.errors import Cancelled, InputError, first_line
-from runtime import cli
-from runtime.settings import Settings
+from runtime.service.disk import DiskFull, free_mb, full, is_full
+from runtime.service.form import FORM_FIELDS, check_form, settings_from_form  # noqa: F401 (FORM_FIELDS: the API)
+from runtime.service.store import FINISHED, STATUSES, JobStore  # noqa: F401 (STATUSES, JobStore: the API)
 from runtime.streaming import output_paths
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINISHED = ("succeeded", "failed", "cancelled")
 SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".m4v", ".avi", ".gif", ".png", ".jpg")
 PROGRESS_EVERY_S = 0.5  # at most this often a running job's progress is written
-
-
-FORM_FIELDS = ("ratio", "pad", "steps", "seed", "sampler", "strides", "guidance")  # a job's options, as text
-
-
-def settings_from_form(form: dict) -> Settings:
-    """A job's Settings from its text fields (FORM_FIELDS, parsed as the command line parses them), checked."""
-    def numbers(name, kind, n=None):
-        text = form.get(name)
-        if text in (None, ""):
-            return None
-        try:
-            return tuple(cli.csv(kind, n)(text))
-        except argparse.ArgumentTypeError as exc:
-            raise InputError(f"{name}: {exc}") from None
-
-    unknown = sorted(set(form) - set(FORM_FIELDS))
-    if unknown:
-        raise InputError(f"unknown field(s): {', '.join(unknown)}")
-    steps, seed = numbers("steps", int, 1), numbers("seed", int, 1)
-    pad = numbers("pad", int, 4)
-    s = Settings.build(ratio=() if pad else (form.get("ratio") or "9:16"), pad=pad,
-                       steps=steps[0] if steps else None, seed=seed[0] if seed else None,
-                       sampler=form.get("sampler") or None, strides=numbers("strides", int),
-                       guidance=numbers("guidance", float, 2))
-    s.check()
-    return s
-
-
-class JobStore:
-    """Job records in SQLite (WAL, one connection per thread); every change is one transaction."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self._local = threading.local()
-        with self._db() as db:
-            db.execute("""CREATE TABLE IF NOT EXISTS jobs (
-                id TEXT PRIMARY KEY, seq INTEGER, status TEXT NOT NULL, options TEXT NOT NULL, input TEXT NOT NULL,
-                progress TEXT, outputs TEXT, error TEXT, created REAL NOT NULL, started REAL, finished REAL)""")
-            db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq)")
-
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.row_factory = sqlite3.Row
-            self._local.db = db
-        return _Transaction(db)
-
-    @staticmethod
-    def _record(row) -> dict | None:
-        if row is None:
-            return None
-        job = dict(row)
-        for key in ("options", "progress", "outputs"):
-            job[key] = json.loads(job[key]) if job[key] else None
-        job.pop("seq", None)
-        return job
-
-    def add(self, job_id: str, options: dict, input_name: str) -> dict:
-        with self._db() as db:
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
-            db.execute("INSERT INTO jobs (id, seq, status, options, input, created) VALUES (?, ?, 'queued', ?, ?, ?)",
-                       (job_id, seq, json.dumps(options), input_name, time.time()))
-        return self.get(job_id)
-
-    def get(self, job_id: str) -> dict | None:
-        with self._db() as db:
-            return self._record(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
-
-    def list(self, limit: int = 50, offset: int = 0) -> list[dict]:
-        with self._db() as db:
-            rows = db.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
-        return [self._record(r) for r in rows]
-
-    def counts(self) -> dict:
-        with self._db() as db:
-            rows = db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
-        return {s: 0 for s in STATUSES} | {r[0]: r[1] for r in rows}
-
-    def claim_next(self) -> dict | None:
-        """The oldest queued job, now running (one transaction: two workers never claim the same job)."""
-        with self._db() as db:
-            row = db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1").fetchone()
-            if row is None:
-                return None
-            db.execute("UPDATE jobs SET status = 'running', started = COALESCE(started, ?) WHERE id = ?",
-                       (time.time(), row[0]))
-        return self.get(row[0])
-
-    def requeue_running(self) -> list[str]:
-        """Jobs left 'running' by a process that died: back to the head of the queue (they resume)."""
-        with self._db() as db:
-            ids = [r[0] for r in db.execute("SELECT id FROM jobs WHERE status = 'running'").fetchall()]
-            if ids:
-                first = db.execute("SELECT COALESCE(MIN(seq), 0) FROM jobs").fetchone()[0]
-                for k, job_id in enumerate(ids):
-                    db.execute("UPDATE jobs SET status = 'queued', seq = ? WHERE id = ?", (first - len(ids) + k, job_id))
-        return ids
-
-    def set_progress(self, job_id: str, progress: dict) -> None:
-        with self._db() as db:
-            db.execute("UPDATE jobs SET progress = ? WHERE id = ?", (json.dumps(progress), job_id))
-
-    def finish(self, job_id: str, status: str, outputs: dict | None = None, error: str | None = None) -> None:
-        assert status in STATUSES, status
-        with self._db() as db:
-            db.execute("UPDATE jobs SET status = ?, outputs = ?, error = ?, finished = ? WHERE id = ?",
-                       (status, json.dumps(outputs) if outputs is not None else None, error,
-                        time.time() if status in FINISHED else None, job_id))
-
-    def delete(self, job_id: str) -> None:
-        with self._db() as db:
-            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-
-    def finished_before(self, when: float) -> list[str]:
-        with self._db() as db:
-            return [r[0] for r in db.execute("SELECT id FROM jobs WHERE finished IS NOT NULL AND finished < ?",
-                                              (when,)).fetchall()]
-
-
-class _Transaction:
-    """``with store._db() as db``: BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an error."""
-
-    def __init__(self, db):
-        self.db = db
-
-    def __enter__(self):
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, kind, exc, tb):
-        self.db.execute("ROLLBACK" if kind else "COMMIT")
-        return False
+RETRY_S = 1.0  # how often a worker that could not write (a full disk) tries again
+MIN_FREE_MB = 1.0  # less free under the data dir and the service is not ready: no job could be stored
+DISK_FULL = "the service's data disk is full: the job stopped and its files were removed; submit it again later"
 
 
 class JobQueue:
     """Accepts jobs and runs them in submission order, one worker thread per Outpainter (per engine set: one
-    per GPU), each job at a time; cancels; drains."""
+    per GPU), each job at a time; deletes (stopping a running job within one step); drains."""
 
     def __init__(self, outpainters, data_dir, *, max_queue: int = 100, encode=None):
         self.outpainters = list(outpainters) if isinstance(outpainters, (list, tuple)) else [outpainters]
         self.data = Path(data_dir)
-        self.data.mkdir(parents=True, exist_ok=True)
-        (self.data / "jobs").mkdir(exist_ok=True)
+        self.uploads = self.data / "uploads"
+        for folder in (self.data, self.data / "jobs", self.uploads):
+            folder.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(self.data / "jobs.sqlite3")
         self.max_queue = max_queue
         self.encode = encode
@@ -187,10 +57,12 @@ class JobQueue:
         self._stop = threading.Event()
         self._accepting = True
         self._running: dict[str, tuple[threading.Event, object]] = {}  # job id -> (cancel token, its outpainter)
+        self._problem: str | None = None  # why the workers cannot go on just now (a full disk), or None
         self.on_finish = None  # callable(job record, seconds, frames or None) after every job (metrics)
         self._lock = threading.Lock()
         for job_id in self.store.requeue_running():
             log.warning(f"job {job_id} was running when the service stopped: it resumes from its checkpoint")
+        self._sweep()
         self.workers = [threading.Thread(target=self._work, args=(op,), name=f"m3ddm-jobs-{k}", daemon=True)
                         for k, op in enumerate(self.outpainters)]
 
@@ -202,6 +74,14 @@ class JobQueue:
     def alive(self) -> bool:
         return all(w.is_alive() for w in self.workers)
 
+    def problem(self) -> str | None:
+        """Why the queue cannot run jobs now (one line), or None when it can."""
+        if not self.alive():
+            return "the job worker is not running"
+        if self._problem is None and free_mb(self.data) < MIN_FREE_MB:
+            return f"the service's data disk is full ({free_mb(self.data):.1f} MB free)"
+        return self._problem
+
     def folder(self, job_id: str) -> Path:
         if not job_id or not all(c.isalnum() or c in "-_" for c in job_id):
             raise InputError("no such job")
@@ -212,39 +92,42 @@ class JobQueue:
         """Queue the uploaded file ``upload`` (moved under the data dir) with the options of ``form``."""
         if not self._accepting:
             raise QueueClosed("the service is shutting down and accepts no new jobs")
+        check_form(form)
         settings = settings_from_form(form)  # a bad option never enters the queue
         if self.store.counts()["queued"] >= self.max_queue:
             raise QueueFull(f"{self.max_queue} jobs are already waiting; try again later")
         job_id = secrets.token_urlsafe(16)
         folder = self.folder(job_id)
-        folder.mkdir()
         suffix = Path(filename or "").suffix.lower()
         target = folder / ("input" + (suffix if suffix in SUFFIXES else ".bin"))
-        shutil.move(str(upload), target)
-        record = self.store.add(job_id, {**{k: v for k, v in form.items() if v not in (None, "")},
-                                         "labels": settings.labels}, target.name)
+        try:
+            folder.mkdir()
+            shutil.move(str(upload), target)
+            record = self.store.add(job_id, {**form, "labels": settings.labels}, target.name)
+        except BaseException as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            if is_full(exc) and not isinstance(exc, DiskFull):
+                raise full("the job cannot be stored", self.data) from exc
+            raise
         self._wake.set()
         return record
 
-    def cancel(self, job_id: str) -> dict | None:
-        """Cancel a queued or running job (a running one stops within one step), or delete a finished one."""
-        job = self.store.get(job_id)
-        if job is None:
-            return None
-        with self._lock:
-            if job_id in self._running:
-                cancel, outpainter = self._running[job_id]
-                cancel.set()
-                outpainter.interrupt()
-                return job
-            if job["status"] == "queued":
-                self.store.finish(job_id, "cancelled")
-                self._remove_files(job_id)
-                return self.store.get(job_id)
-        if job["status"] in FINISHED:
-            self._remove_files(job_id)
-            self.store.delete(job_id)
-        return job
+    def delete(self, job_id: str) -> dict | None:
+        """Remove a job and its files; returns its record as it was, or None when there is no such job (of two
+        calls for one job, one gets the record). A running job stops within one step, and its worker removes
+        its files (and its record, where a full disk kept this call from it)."""
+        with self._lock:  # a worker claims and lets go of its job under this lock: it is running or it is not
+            running = self._running.get(job_id)
+            if running is None:
+                self._remove_files(job_id)  # first: on a full disk, the room the record's removal needs
+                return self.store.delete(job_id)
+            cancel, outpainter = running
+            cancel.set()
+            outpainter.interrupt()
+            try:
+                return self.store.delete(job_id)
+            except DiskFull:
+                return self.store.get(job_id)  # its worker deletes it, once the job's files have made room
 
     def result(self, job_id: str, label: str) -> Path | None:
         job = self.store.get(job_id)
@@ -255,21 +138,57 @@ class JobQueue:
     # -- running ------------------------------------------------------------------------------
     def _work(self, outpainter):
         while not self._stop.is_set():
-            with self._lock:  # claimed and marked ours at once: a cancel sees it queued or running, never between
-                job = self.store.claim_next() if self._accepting else None
-                if job is not None:
-                    cancel = threading.Event()
-                    self._running[job["id"]] = (cancel, outpainter)
-            if job is None:
-                self._wake.wait(1.0)
-                self._wake.clear()
-                continue
-            self._run(job, cancel, outpainter)
+            try:
+                with self._lock:  # claimed and marked ours at once: a DELETE sees it queued or running
+                    job = self.store.claim_next() if self._accepting else None
+                    if job is not None:
+                        cancel = threading.Event()
+                        self._running[job["id"]] = (cancel, outpainter)
+                self._problem = None
+                if job is None:
+                    self._wake.wait(1.0)
+                    self._wake.clear()
+                    continue
+                self._run(job, cancel, outpainter)
+            except DiskFull as exc:
+                self._wait_for_space(exc)
+            except Exception as exc:  # a bug, or a store that cannot be read: said, and the worker goes on
+                log.error(f"the job worker goes on after an error: {first_line(exc)}", exc_info=True)
+                self._problem = first_line(exc)
+                self._stop.wait(RETRY_S)
 
     def _run(self, job: dict, cancel: threading.Event, outpainter):
         job_id = job["id"]
         folder = self.folder(job_id)
         form = {k: v for k, v in job["options"].items() if k != "labels"}
+        t0, frames = time.monotonic(), None
+        try:
+            settings = settings_from_form(form)
+            paths = output_paths(folder / "out.mp4", settings.labels)
+            frames = outpainter.outpaint_file(folder / job["input"], folder / "out.mp4", settings=settings,
+                                              encode=self.encode, progress=self._progress(job_id), cancel=cancel,
+                                              work_dir=folder / "work")["frames"]
+            end = {"status": "succeeded", "outputs": {label: p.name for label, p in paths.items()},
+                   "progress": {"fraction": 1.0, "stage": "finish"}}
+        except Cancelled:  # draining: the checkpoint stays, the job resumes on the next start (else: deleted)
+            end = {"status": "queued"}
+        except Exception as exc:  # the job fails with the command line's one line; the service goes on
+            self._remove_files(job_id)  # first: on a full disk this is the room to record the failure in
+            end = {"status": "failed", "error": self._public(DISK_FULL if is_full(exc) else first_line(exc), job)}
+        deleted = cancel.is_set() and not self._stop.is_set()  # while it ran, or just as it ended
+        if deleted:
+            self._remove_files(job_id)  # first: on a full disk, the room to delete its record in
+        if not self._record_end(job_id, None if deleted else end):
+            self._remove_files(job_id)  # its record was deleted while it ran
+            return
+        record = self.store.get(job_id)
+        if self.on_finish is not None and record is not None and record["status"] in FINISHED:
+            try:
+                self.on_finish(record, time.monotonic() - t0, frames)
+            except Exception:
+                log.exception("the on_finish hook failed")
+
+    def _progress(self, job_id: str):
         last = [0.0]
 
         def progress(event):
@@ -277,40 +196,63 @@ class JobQueue:
             if event.get("stage") != "sample" or now - last[0] < PROGRESS_EVERY_S:
                 return
             last[0] = now
-            self.store.set_progress(job_id, {"fraction": round(event["fraction"], 4), "stage": "sample",
-                                             "windows_done": event["windows_done"], "windows": event["windows"],
-                                             "eta_s": None if event["eta_s"] is None else round(event["eta_s"], 1)})
+            try:
+                self.store.set_progress(job_id, {
+                    "fraction": round(event["fraction"], 4), "stage": "sample", "windows_done": event["windows_done"],
+                    "windows": event["windows"], "eta_s": None if event["eta_s"] is None else round(event["eta_s"], 1)})
+            except DiskFull:
+                pass  # progress is a hint: the job goes on, and its end is what must be recorded
+        return progress
 
-        t0, frames = time.monotonic(), None
-        try:
-            settings = settings_from_form(form)
-            paths = output_paths(folder / "out.mp4", settings.labels)
-            frames = outpainter.outpaint_file(folder / job["input"], folder / "out.mp4", settings=settings,
-                                          encode=self.encode, progress=progress, cancel=cancel,
-                                          work_dir=folder / "work")["frames"]
-            self.store.set_progress(job_id, {"fraction": 1.0, "stage": "finish"})
-            self.store.finish(job_id, "succeeded", outputs={label: p.name for label, p in paths.items()})
-        except Cancelled:
-            if self._stop.is_set():  # draining: the checkpoint stays, the job resumes on the next start
-                self.store.finish(job_id, "queued")
-            else:
-                self.store.finish(job_id, "cancelled")
-                self._remove_files(job_id)
-        except Exception as exc:  # the job fails with the command line's one line; the service goes on
-            self.store.finish(job_id, "failed", error=first_line(exc))
-            self._remove_files(job_id)
-        finally:
-            with self._lock:
-                self._running.pop(job_id, None)
-            record = self.store.get(job_id)
-            if self.on_finish is not None and record is not None and record["status"] in FINISHED:
-                try:
-                    self.on_finish(record, time.monotonic() - t0, frames)
-                except Exception:
-                    log.exception("the on_finish hook failed")
+    def _record_end(self, job_id: str, end: dict | None) -> bool:
+        """Write a job's end (JobStore.finish's fields; None: deleted, its record goes where a full disk kept the
+        DELETE from it) and let go of it, both under the lock; False when it has no record any more. A full
+        disk is waited out: the job stays "running" until its end fits (or the service stops, and the next
+        start requeues it)."""
+        while True:
+            try:
+                with self._lock:
+                    if end is None:
+                        self.store.delete(job_id)
+                    recorded = end is not None and self.store.finish(job_id, **end)
+                    self._running.pop(job_id, None)
+                self._problem = None
+                return recorded
+            except DiskFull as exc:
+                if self._stop.is_set():
+                    with self._lock:
+                        self._running.pop(job_id, None)
+                    return True
+                self._wait_for_space(exc)
+
+    def _wait_for_space(self, exc: DiskFull) -> None:
+        line = f"{first_line(exc)}; the job worker waits for space"
+        if line != self._problem:
+            log.warning(line)
+        self._problem = line
+        self._stop.wait(RETRY_S)
+
+    def _public(self, line: str, job: dict) -> str:
+        """A failure's line without the server's own paths: the upload is "the upload"."""
+        return line.replace(str(self.folder(job["id"]) / job["input"]), "the upload").replace(str(self.data), "DATA")
 
     def _remove_files(self, job_id: str) -> None:
-        shutil.rmtree(self.folder(job_id), ignore_errors=True)
+        try:
+            shutil.rmtree(self.folder(job_id), ignore_errors=True)
+        except InputError:
+            pass  # not an id: no files
+
+    def _sweep(self) -> None:
+        """Remove what belongs to no job: uploads a crash cut off, a job folder whose record was deleted."""
+        for path in self.uploads.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        known = self.store.ids()
+        for folder in (self.data / "jobs").iterdir():
+            if folder.name not in known:
+                shutil.rmtree(folder, ignore_errors=True)
 
     # -- stopping -----------------------------------------------------------------------------
     def drain(self, timeout: float = 60.0) -> None:
@@ -327,7 +269,8 @@ class JobQueue:
                 worker.join(timeout)
 
     def expire(self, keep_hours: float) -> int:
-        """Remove finished jobs older than ``keep_hours`` with their files; returns how many."""
+        """Remove finished jobs older than ``keep_hours`` with their files (files first: on a full disk that
+        is the room the records' removal needs); returns how many."""
         ids = self.store.finished_before(time.time() - keep_hours * 3600)
         for job_id in ids:
             self._remove_files(job_id)

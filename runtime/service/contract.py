@@ -1,0 +1,100 @@
+"""What the OpenAPI document says of the service, and what the service then holds to: the answers' shapes, each
+status code a route gives with its body, the job form (the multipart body ``POST /v1/jobs`` reads itself, to
+stream the file to disk under a size limit: runtime/service/upload.py) with every field's grammar
+(runtime/service/form.py). Schemathesis, run on this document against the real server, keeps them in step
+(tests/test_service_contract.py)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from runtime.service.form import FIELDS
+from runtime.service.store import STATUSES
+
+Status = Literal[STATUSES]  # type: ignore[valid-type]
+
+
+class Error(BaseModel):
+    detail: str = Field(description="what went wrong, in one line")
+
+
+class Created(BaseModel):
+    id: str
+    status: Literal["queued"]
+
+
+class Progress(BaseModel):
+    fraction: float = Field(ge=0, le=1)
+    stage: str
+    windows_done: int | None
+    windows: int | None
+    eta_s: float | None = Field(description="seconds left, estimated")
+
+
+class Job(BaseModel):
+    id: str
+    status: Status
+    progress: Progress
+    error: str | None = Field(description="why it failed, in one line")
+    outputs: dict[str, str] = Field(description="label (9x16, pad, ...) -> the URL of the result")
+    created: float = Field(description="Unix time")
+    started: float | None
+    finished: float | None
+
+
+class Deleted(Job):
+    status: Literal["deleted"]
+
+
+class Jobs(BaseModel):
+    jobs: list[Job] = Field(description="newest first")
+    limit: int
+    offset: int
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    backend: str
+
+
+class NotReady(BaseModel):
+    status: Literal["not ready"]
+    detail: str
+
+
+class Healthy(BaseModel):
+    status: Literal["ok"]
+
+
+WHY = {400: "a malformed request (a client gone mid-upload)",
+       401: "the bearer token is missing or wrong", 404: "no such job (or no such result of it)",
+       408: "the upload stalled", 413: "the upload is over --max-upload-mb", 415: "the body is not multipart/form-data",
+       422: "a bad option, form or parameter",
+       429: "more than --max-queue jobs are waiting", 503: "the service is shutting down",
+       507: "the service's data disk is full"}
+
+
+def errors(*codes: int) -> dict:
+    """FastAPI ``responses`` for these error codes, each with its one-line body."""
+    return {code: {"model": Error, "description": WHY[code]} for code in codes}
+
+
+def job_form() -> dict:
+    """The request body of ``POST /v1/jobs`` (``openapi_extra``): the video and the options, all but the file
+    optional; nothing else is taken."""
+    properties = {"file": {"type": "string", "contentMediaType": "application/octet-stream",
+                           "description": "the video (or image) to outpaint"}}
+    properties |= {name: {**f.schema, "description": f.meaning} for name, f in FIELDS.items()}
+    schema = {"type": "object", "properties": properties, "required": ["file"], "additionalProperties": False}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+def video(description: str) -> dict:
+    return {"description": description,
+            "content": {"video/mp4": {"schema": {"type": "string", "contentMediaType": "video/mp4"}}}}
+
+
+def plain(description: str) -> dict:
+    """An answer with a text body (Starlette's own, for a malformed or unsatisfiable Range header)."""
+    return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
