@@ -14,6 +14,7 @@ Only the small integer subgraph is touched; the graph computes the same values a
 """
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -60,13 +61,20 @@ def _dim(d):
     if d.HasField("dim_value"):
         return int(d.dim_value)
     if d.HasField("dim_param"):
-        names = {t: sympy.Symbol(t, integer=True, positive=True) for t in re.findall(r"[A-Za-z_]\w*", d.dim_param)}
-        try:
-            value = sympy.sympify(d.dim_param, locals=names)
-        except (sympy.SympifyError, TypeError, SyntaxError, AttributeError):
-            return None
-        return value if isinstance(value, sympy.Expr) and value.free_symbols <= set(names.values()) else None
+        return _parse_dim(d.dim_param)
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_dim(text: str):
+    """A symbolic dim as a sympy expression, or None. Cached: a UNet graph names a few dozen distinct dims tens of
+    thousands of times, and parsing each again was half of the folding's time (sympy expressions are immutable)."""
+    names = {t: sympy.Symbol(t, integer=True, positive=True) for t in re.findall(r"[A-Za-z_]\w*", text)}
+    try:
+        value = sympy.sympify(text, locals=names)
+    except (sympy.SympifyError, TypeError, SyntaxError, AttributeError):
+        return None
+    return value if isinstance(value, sympy.Expr) and value.free_symbols <= set(names.values()) else None
 
 
 def _static_shapes(graph) -> dict[str, list]:
