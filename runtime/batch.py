@@ -152,6 +152,8 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir)
     try:
         inputs = find_videos(args.inputs)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise InputError(f"--out-dir {out_dir} is a file, not a folder")
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

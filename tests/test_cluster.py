@@ -118,6 +118,8 @@ def test_batch_refuses_bad_arguments_in_one_line(engines, clips, tmp_path):
     assert "--workers" in one_error_line(res) and res.returncode == 2
     res = batch([clips / "clip0.mp4"], tmp_path / "out", tmp_path / "no-engines", "local")
     assert "engines" in one_error_line(res) and res.returncode == 3
+    res = batch([clips / "clip0.mp4"], clips / "clip1.mp4", engines, "local")
+    assert "is a file, not a folder" in one_error_line(res) and res.returncode == 2
 
 
 def test_one_video_over_two_workers_equals_one_process(engines, ray_cluster, tmp_path):
