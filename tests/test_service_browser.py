@@ -22,7 +22,7 @@ def test_the_page_submits_a_clip_follows_it_and_plays_the_result(engines, tmp_pa
     from selenium.webdriver.support.ui import WebDriverWait
 
     clip = tmp_path / "clip.mp4"
-    media.write(clip, media.scene(40, 96, 54, seed=41), fps=24)
+    media.write(clip, media.scene(20, 96, 54, seed=41), fps=24)  # two windows: ten steps for the bar to move in
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required",
@@ -33,7 +33,7 @@ def test_the_page_submits_a_clip_follows_it_and_plays_the_result(engines, tmp_pa
         try:
             browser.get(str(client.base_url))
             browser.find_element(By.ID, "file").send_keys(str(clip))
-            browser.find_element(By.ID, "steps").send_keys("20")
+            browser.find_element(By.ID, "steps").send_keys("5")
             browser.find_element(By.ID, "go").click()
             wait = WebDriverWait(browser, 300, poll_frequency=0.1)
             wait.until(lambda b: float(b.find_element(By.ID, "bar").get_attribute("value") or 0) > 0)

@@ -11,7 +11,7 @@ import pytest
 
 from runtime.service.form import FORM_FIELDS
 from test_service_http import finished, server, submit
-from test_service_jobs import clip  # noqa: F401 (fixture)
+from test_service_jobs import short_clip  # noqa: F401 (fixture)
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi", reason="the service extra is not installed (pip install '.[serve]')")
@@ -38,7 +38,7 @@ def test_schemathesis_finds_nothing_against_the_real_server(service, tmp_path):
     assert service.get("/readyz").status_code == 200
 
 
-def test_the_document_declares_the_job_form_and_every_answer(service, clip):
+def test_the_document_declares_the_job_form_and_every_answer(service, short_clip):
     doc = service.get("/openapi.json").json()
     post = doc["paths"]["/v1/jobs"]["post"]
     body = post["requestBody"]["content"]["multipart/form-data"]["schema"]
@@ -56,7 +56,7 @@ def test_the_document_declares_the_job_form_and_every_answer(service, clip):
     assert examples["sampler"] in body["properties"]["sampler"]["enum"]
     for name in ("steps", "seed"):
         assert body["properties"][name]["minimum"] <= examples[name] <= body["properties"][name]["maximum"]
-    accepted = submit(service, clip, **{k: v for k, v in examples.items() if k != "pad"})
+    accepted = submit(service, short_clip, **{k: v for k, v in examples.items() if k != "pad"})
     assert accepted.status_code == 202, accepted.text
     assert service.delete(f"/v1/jobs/{accepted.json()['id']}").status_code == 200
 
@@ -76,8 +76,8 @@ def test_docs_work_offline(service):
     assert service.get("/docs/../jobs.sqlite3").status_code == 404 and service.get("/redoc").status_code == 404
 
 
-def test_every_route_answers_head_and_refuses_other_methods_with_allow(service, clip):
-    job = finished(service, submit(service, clip, steps=2).json()["id"])
+def test_every_route_answers_head_and_refuses_other_methods_with_allow(service, short_clip):
+    job = finished(service, submit(service, short_clip, steps=2).json()["id"])
     doc = service.get("/openapi.json").json()
     paths = {p.replace("{job_id}", job["id"]).replace("{label}", "9x16"): set(ops) for p, ops in doc["paths"].items()}
     paths |= {"/docs": {"get"}, "/openapi.json": {"get"}}

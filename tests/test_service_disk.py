@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ROOT
 from test_service_http import finished, server, submit
-from test_service_jobs import clip  # noqa: F401 (fixture)
+from test_service_jobs import clip, short_clip  # noqa: F401 (fixtures)
 
 pytest.importorskip("fastapi", reason="the service extra is not installed (pip install '.[serve]')")
 MOUNT = 'mount -t tmpfs -o size="$1" tmpfs "$2" && shift 2 && exec "$@"'
@@ -75,7 +75,7 @@ def ready(client, timeout=10):
         time.sleep(0.1)
 
 
-def test_an_upload_that_does_not_fit_and_a_full_disk_answer_507_and_leave_nothing(small_disks, engines, clip,
+def test_an_upload_that_does_not_fit_and_a_full_disk_answer_507_and_leave_nothing(small_disks, engines, short_clip,
                                                                                  tmp_path):
     with disk_server(engines, tmp_path / "data", 8) as client:
         inside, before = client.inside, free(client.inside)
@@ -87,7 +87,7 @@ def test_an_upload_that_does_not_fit_and_a_full_disk_answer_507_and_leave_nothin
         assert files(inside) == [] and free(inside) > before - 2**16  # the partial upload is gone
 
         fill(inside / "ballast")
-        res = submit(client, clip, steps=2)
+        res = submit(client, short_clip, steps=2)
         assert res.status_code == 507 and "disk is full" in res.json()["detail"]
         assert files(inside) == []
         not_ready = client.get("/readyz")
@@ -95,12 +95,12 @@ def test_an_upload_that_does_not_fit_and_a_full_disk_answer_507_and_leave_nothin
 
         (inside / "ballast").unlink()
         ready(client)
-        assert finished(client, submit(client, clip, steps=2).json()["id"])["status"] == "succeeded"
+        assert finished(client, submit(client, short_clip, steps=2).json()["id"])["status"] == "succeeded"
     assert "Traceback" not in client.log, client.log
 
 
 def test_a_job_that_does_not_fit_fails_with_one_line_and_the_service_comes_back(small_disks, engines, clip,
-                                                                                tmp_path):
+                                                                                short_clip, tmp_path):
     with disk_server(engines, tmp_path / "data", 8) as client:
         inside = client.inside
         fill(inside / "ballast", leave=clip.stat().st_size + 160 * 1024)  # the upload and its record fit
@@ -112,7 +112,8 @@ def test_a_job_that_does_not_fit_fails_with_one_line_and_the_service_comes_back(
         (inside / "ballast").unlink()
         ready(client)
 
-        running = submit(client, clip, steps=30).json()["id"]
+        # three windows of 6 steps: once the first is checkpointed, ten steps or more are left to fill the disk in
+        running = submit(client, clip, steps=6).json()["id"]
         while not client.get(f"/v1/jobs/{running}").json()["progress"]["windows_done"]:
             time.sleep(0.05)
         fill(inside / "ballast")  # the disk fills mid-job
@@ -124,7 +125,7 @@ def test_a_job_that_does_not_fit_fails_with_one_line_and_the_service_comes_back(
 
         (inside / "ballast").unlink()
         ready(client)  # readiness comes back: the worker is alive
-        assert finished(client, submit(client, clip, steps=2).json()["id"])["status"] == "succeeded"
+        assert finished(client, submit(client, short_clip, steps=2).json()["id"])["status"] == "succeeded"
         assert 'm3ddm_job_failures_total{reason="disk_full"} 2.0' in client.get("/metrics").text
     assert "Traceback" not in client.log, client.log
 
@@ -146,7 +147,10 @@ try:
 except OSError:
     pass
 queue.start()  # its first write, the claim of the job, does not fit
-time.sleep(2.5)
+t0 = time.monotonic()
+while "waits for space" not in (queue.problem() or "") and time.monotonic() - t0 < 60:
+    time.sleep(0.05)
+time.sleep(1.2)  # and it still waits after trying again (every RETRY_S = 1 s)
 print(json.dumps([queue.store.get(job["id"])["status"], queue.problem(), queue.alive()]), flush=True)
 (data / "ballast").unlink()
 t0 = time.monotonic()
@@ -157,11 +161,12 @@ queue.drain()
 """
 
 
-def test_a_worker_that_cannot_write_its_records_waits_for_space_and_goes_on(small_disks, engines, clip, tmp_path):
+def test_a_worker_that_cannot_write_its_records_waits_for_space_and_goes_on(small_disks, engines, short_clip,
+                                                                             tmp_path):
     import json
     data = tmp_path / "data"
     data.mkdir()
-    res = subprocess.run([*in_small_disk(4, data), sys.executable, "-c", WORKER, str(engines), str(data), str(clip)],
+    res = subprocess.run([*in_small_disk(4, data), sys.executable, "-c", WORKER, str(engines), str(data), str(short_clip)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     waiting, done = (json.loads(line) for line in res.stdout.splitlines())

@@ -15,7 +15,7 @@ import pytest
 import media
 from conftest import outpaint_cli
 from test_service_http import finished, server, submit
-from test_service_jobs import cli_output, clip, outpainter  # noqa: F401 (fixtures)
+from test_service_jobs import cli_output, clip, outpainter, short_clip  # noqa: F401 (fixtures)
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi", reason="the service extra is not installed (pip install '.[serve]')")
@@ -143,11 +143,12 @@ def test_an_upload_streams_under_data_and_a_stalled_one_is_dropped(edges):
     assert list((edges.data / "uploads").iterdir()) == [] and sorted(edges.tmp.iterdir()) == before
 
 
-def test_concurrent_deletes_of_one_job_one_wins_the_rest_find_nothing(edges, clip, tmp_path):
+def test_concurrent_deletes_of_one_job_one_wins_the_rest_find_nothing(edges, short_clip, tmp_path):
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
     for round_ in range(9):
-        job_id = submit(edges, clip if round_ % 3 == 0 else empty, steps=2).json()["id"]  # succeeded, or failed
+        video = short_clip if round_ % 3 == 0 else empty
+        job_id = submit(edges, video, steps=2).json()["id"]  # succeeded, or failed
         job = finished(edges, job_id)
         url = job["outputs"].get("9x16")
         answers, start = [], threading.Barrier(8)
@@ -181,9 +182,9 @@ def test_a_ratio_given_twice_is_one_output_from_the_service_the_cli_and_the_api(
                                    "--threads", "1")
     assert list(summary["outputs"]) == ["9x16"] and np.array_equal(frames, cli_output)
 
-    video = media.decode(clip)[0][:20]
+    video = media.decode(clip)[0][:8]
     result = outpainter.outpaint(video, 24, ratio=["9:16", " 9:16"], steps=2)
-    assert list(result.outputs) == ["9x16"] and len(result.frames) == 20
+    assert list(result.outputs) == ["9x16"] and len(result.frames) == 8
 
 
 def test_result_urls_are_percent_encoded(engines, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 import media
 from conftest import ROOT
-from test_service_jobs import cli_output, clip  # noqa: F401 (fixtures: the clip and the CLI's frames of it)
+from test_service_jobs import cli_output, clip, short_clip  # noqa: F401 (fixtures: clips, the CLI's frames of one)
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi", reason="the service extra is not installed (pip install '.[serve]')")
@@ -52,7 +52,7 @@ def server(engines, data, *extra, command=(sys.executable, "-m", "runtime.serve"
                 pass
             assert proc.poll() is None, proc.communicate()[1][-2000:]
             assert time.monotonic() - t0 < 120, "the server did not become ready"
-            time.sleep(0.2)
+            time.sleep(0.05)
         client.proc = proc
         yield client
     finally:
@@ -108,7 +108,7 @@ def test_submit_poll_download_gives_the_command_lines_frames(engines, clip, cli_
         assert 'm3ddm_backend_info{backend="ort"} 1.0' in metrics
 
 
-def test_token_limits_and_bad_options(engines, clip, tmp_path, mode):
+def test_token_limits_and_bad_options(engines, clip, short_clip, tmp_path, mode):
     big = tmp_path / "big.mp4"
     big.write_bytes(b"\0" * (2 * 2**20))
     with server(engines, tmp_path / "data", *mode, "--token", "s3cret", "--max-upload-mb", "1", "--max-queue", "1") as client:
@@ -122,12 +122,12 @@ def test_token_limits_and_bad_options(engines, clip, tmp_path, mode):
         assert bad.status_code == 422 and "W:H" in bad.json()["detail"]
         assert submit(client, clip, steps="nan").status_code == 422
         assert client.get("/v1/jobs").json()["jobs"] == []  # none of these entered the queue
-        long_job = submit(client, clip, steps=50).json()["id"]
+        long_job = submit(client, short_clip, steps=50).json()["id"]
         while client.get(f"/v1/jobs/{long_job}").json()["status"] != "running":
             time.sleep(0.05)
-        waiting = submit(client, clip, steps=2)
+        waiting = submit(client, short_clip, steps=2)
         assert waiting.status_code == 202
-        full = submit(client, clip, steps=2)
+        full = submit(client, short_clip, steps=2)
         assert full.status_code == 429
         t0 = time.time()
         deleted = client.delete(f"/v1/jobs/{long_job}")
@@ -166,7 +166,8 @@ def test_sigterm_drains_the_running_job_and_a_restart_finishes_it(engines, clip,
     from runtime.service.jobs import JobStore
     data = tmp_path / "data"
     with server(engines, data, "--workers", "1", *mode) as client:
-        job_id = submit(client, clip, steps=30).json()["id"]
+        # three windows of 6 steps: once the first is checkpointed, ten steps or more are left to drain in
+        job_id = submit(client, clip, steps=6).json()["id"]
         while (client.get(f"/v1/jobs/{job_id}").json()["progress"]["windows_done"] or 0) < 1:
             time.sleep(0.05)
         t0 = time.monotonic()

@@ -20,16 +20,38 @@ from runtime.service.jobs import JobQueue, QueueFull, settings_from_form
 FORM = {"ratio": "9:16", "steps": "3"}
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("jobs") / "clip.mp4"
-    media.write(path, media.scene(40, 96, 54, seed=21), fps=24)
+# The service test modules import these fixtures, and pytest makes an imported fixture anew in every module
+# (even a session-scoped one): made once per session here instead, the same clip and the same CLI run.
+_ONCE: dict = {}
+
+
+def _once(key, make):
+    if key not in _ONCE:
+        _ONCE[key] = make()
+    return _ONCE[key]
+
+
+def _write_clip(path, frames):
+    media.write(path, media.scene(frames, 96, 54, seed=21), fps=24)
     return path
 
 
 @pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """40 frames: three windows (the CLI's output is compared with this one's)."""
+    return _once("clip", lambda: _write_clip(tmp_path_factory.mktemp("jobs") / "clip.mp4", 40))
+
+
+@pytest.fixture(scope="module")
+def short_clip(tmp_path_factory):
+    """8 frames, one window: for jobs that only need to run (succeed, fail, be deleted), not a given output."""
+    return _once("short_clip", lambda: _write_clip(tmp_path_factory.mktemp("jobs") / "short.mp4", 8))
+
+
+@pytest.fixture(scope="module")
 def cli_output(engines, clip, tmp_path_factory):
-    return outpaint_cli(clip, tmp_path_factory.mktemp("cli") / "cli.mp4", engines, "--steps", "3", "--threads", "1")[0]
+    return _once(("cli_output", str(engines), str(clip)), lambda: outpaint_cli(
+        clip, tmp_path_factory.mktemp("cli") / "cli.mp4", engines, "--steps", "3", "--threads", "1")[0])
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +75,11 @@ def wait(queue, job_id, statuses=("succeeded", "failed", "cancelled"), timeout=3
     raise AssertionError(f"job {job_id} still {job['status']}")
 
 
-def test_jobs_run_in_order_and_give_the_command_lines_output(outpainter, clip, cli_output, tmp_path):
+def test_jobs_run_in_order_and_give_the_command_lines_output(outpainter, clip, short_clip, cli_output, tmp_path):
     queue = JobQueue(outpainter, tmp_path / "data").start()
     try:
         a = queue.submit(*upload(clip, tmp_path), FORM)
-        b = queue.submit(*upload(clip, tmp_path), {**FORM, "ratio": "1:1,9:16"})
+        b = queue.submit(*upload(short_clip, tmp_path), {**FORM, "ratio": "1:1,9:16"})
         assert a["status"] == "queued" and a["id"] != b["id"] and len(a["id"]) >= 20
         done_a, done_b = wait(queue, a["id"]), wait(queue, b["id"])
         assert done_a["status"] == done_b["status"] == "succeeded"
@@ -83,14 +105,14 @@ def test_a_bad_option_never_enters_the_queue(outpainter, clip, tmp_path, form, w
     assert queue.store.list() == [] and list((tmp_path / "data" / "jobs").iterdir()) == []
 
 
-def test_the_queue_has_a_limit_and_a_bad_video_fails_alone(outpainter, clip, tmp_path):
+def test_the_queue_has_a_limit_and_a_bad_video_fails_alone(outpainter, short_clip, tmp_path):
     queue = JobQueue(outpainter, tmp_path / "data", max_queue=2)
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
     first = queue.submit(bad, "bad.mp4", FORM)
-    second = queue.submit(*upload(clip, tmp_path), FORM)
+    second = queue.submit(*upload(short_clip, tmp_path), FORM)
     with pytest.raises(QueueFull, match="2 jobs are already waiting"):
-        queue.submit(*upload(clip, tmp_path), FORM)
+        queue.submit(*upload(short_clip, tmp_path), FORM)
     queue.start()
     try:
         failed, ok = wait(queue, first["id"]), wait(queue, second["id"])
@@ -102,11 +124,12 @@ def test_the_queue_has_a_limit_and_a_bad_video_fails_alone(outpainter, clip, tmp
         queue.drain()
 
 
-def test_delete_stops_a_running_job_within_a_step_and_removes_a_queued_one_at_once(outpainter, clip, tmp_path):
+def test_delete_stops_a_running_job_within_a_step_and_removes_a_queued_one_at_once(outpainter, short_clip,
+                                                                                     tmp_path):
     queue = JobQueue(outpainter, tmp_path / "data").start()
     try:
-        running = queue.submit(*upload(clip, tmp_path), {**FORM, "steps": "50"})
-        waiting = queue.submit(*upload(clip, tmp_path), FORM)
+        running = queue.submit(*upload(short_clip, tmp_path), {**FORM, "steps": "50"})
+        waiting = queue.submit(*upload(short_clip, tmp_path), FORM)
         while (queue.store.get(running["id"])["progress"] or {}).get("fraction", 0) == 0:
             time.sleep(0.05)
         t0 = time.monotonic()
@@ -118,7 +141,7 @@ def test_delete_stops_a_running_job_within_a_step_and_removes_a_queued_one_at_on
         while queue.folder(running["id"]).exists():  # its worker stops it and removes its files
             assert time.monotonic() - t0 < 5
             time.sleep(0.05)
-        after = queue.submit(*upload(clip, tmp_path), FORM)
+        after = queue.submit(*upload(short_clip, tmp_path), FORM)
         assert wait(queue, after["id"])["status"] == "succeeded"  # and goes on
         assert queue.delete(after["id"])["status"] == "succeeded" and not queue.folder(after["id"]).exists()
     finally:
@@ -171,7 +194,8 @@ def test_a_worker_killed_mid_job_resumes_it_in_the_next_process(engines, clip, c
 
 def test_drain_checkpoints_the_running_job_and_expire_removes_old_ones(outpainter, clip, tmp_path):
     queue = JobQueue(outpainter, tmp_path / "data").start()
-    job = queue.submit(*upload(clip, tmp_path), {**FORM, "steps": "50"})
+    # three windows of 6 steps: once the first is checkpointed, ten steps or more are left to drain in
+    job = queue.submit(*upload(clip, tmp_path), {**FORM, "steps": "6"})
     while (queue.store.get(job["id"])["progress"] or {}).get("windows_done", 0) < 1:
         time.sleep(0.05)
     queue.drain()
