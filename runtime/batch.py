@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 
 from m3ddm.errors import EXIT_BAD_INPUT, EXIT_ENGINES, EnginesError, InputError, M3DDMError, first_line
-from runtime import cli
-from runtime.outpaint import checked, cluster_options, run_options
+from runtime import cli, options
 
 log = logging.getLogger("runtime.batch")  # not __name__: run as __main__
 
@@ -40,11 +39,10 @@ def parser() -> cli.Parser:
     ap.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders of videos, or globs")
     ap.add_argument("--out-dir", required=True, help="where the outputs, the report and the work dirs go")
     ap.add_argument("--report", help="the JSON-lines report of this run (default: OUT_DIR/report.jsonl)")
-    run_options(ap)
-    g = ap.add_argument_group("Ray")
-    g.add_argument("--workers", type=int, help="actors, each with its own engines (default: the cluster's GPUs "
-                                               "over --gpus-per-worker, or its CPUs over --cpus-per-worker)")
-    cluster_options(g)
+    options.add_run_options(ap)
+    options.add_cluster_options(ap.add_argument_group("Ray"),
+                                workers="actors, each with its own engines (default: the cluster's GPUs over "
+                                        "--gpus-per-worker, or its CPUs over --cpus-per-worker)")
     ap.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return ap
 
@@ -158,7 +156,7 @@ def main(argv=None) -> int:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"cannot make {out_dir}: {exc.strerror}") from None
-        run_settings, encode = checked(args, [out_dir / f"{p.stem}.mp4" for p in inputs])
+        run_settings, encode = options.checked(args, [out_dir / f"{p.stem}.mp4" for p in inputs])
         from runtime.streaming import output_paths
         outputs = {p: output_paths(out_dir / f"{p.stem}.mp4", run_settings.labels) for p in inputs}
         report_path = Path(args.report) if args.report else out_dir / "report.jsonl"

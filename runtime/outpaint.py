@@ -12,7 +12,7 @@ import threading
 import time
 
 from m3ddm.errors import EXIT_BAD_INPUT, InputError, check_cancel, first_line
-from runtime import cli, env
+from runtime import cli, options
 
 log = logging.getLogger("runtime.outpaint")  # not __name__: run as __main__
 
@@ -22,11 +22,10 @@ def parser() -> cli.Parser:
                     description="Outpaint a video to another aspect ratio with M3DDM engines.")
     ap.add_argument("input", help="input video file")
     ap.add_argument("-o", "--output", required=True, help="output video (.mp4, .mov, .mkv, .webm)")
-    run_options(ap)
-    g = ap.add_argument_group("Ray (the cluster extra)")
-    g.add_argument("--workers", type=int, help="spread each level's independent windows over this many Ray workers, "
-                                               "each with its own engines (this process runs the first level)")
-    cluster_options(g)
+    options.add_run_options(ap)
+    options.add_cluster_options(ap.add_argument_group("Ray (the cluster extra)"),
+                                workers="spread each level's independent windows over this many Ray workers, "
+                                        "each with its own engines (this process runs the first level)")
     ap.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output")
     ap.add_argument("--work-dir", help="keep the job's checkpoints here; running the same command again resumes "
                                        "where it stopped, with the same result (removed on success)")
@@ -38,74 +37,6 @@ def parser() -> cli.Parser:
     ap.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     ap.add_argument("--quiet", action="store_true", help="no progress on stderr (--progress none)")
     return ap
-
-
-def run_options(ap) -> None:
-    """The options of a run, the same in every command that runs videos (runtime.batch too)."""
-    from runtime.engines.select import BACKENDS
-    from runtime.samplers import SAMPLERS
-    from runtime.settings import MAX_PIXELS
-    from runtime.video.sink import ENCODER_THREADS
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--ratio", default="9:16", help="target ratio W:H, or several: 9:16,1:1 (one output each, "
-                                                   "named OUTPUT_9x16.mp4, ...); default 9:16")
-    g.add_argument("--pad", type=cli.csv(int, 4), metavar="T,R,B,L", help="explicit padding in source pixels instead of a ratio")
-    ap.add_argument("--engines", default=env.engines_dir(), help=f"engines folder (default: ${env.ENGINES} or ./engines)")
-    ap.add_argument("--backend", default="auto", choices=BACKENDS)
-    ap.add_argument("--sampler", default="pndm", choices=sorted(SAMPLERS), help="pndm (default) reproduces the official run")
-    ap.add_argument("--steps", type=int, help="sampling steps (default: 50; 20 for dpmpp)")
-    ap.add_argument("--seed", type=int, default=6)
-    ap.add_argument("--strides", type=cli.csv(int), help="coarse-to-fine strides, e.g. 15,5,1 (official) or 30,15,1 "
-                                                         "(paper); default: 15,5,1, or 1 under 50 frames")
-    ap.add_argument("--guidance", type=cli.csv(float, 2), metavar="S1,S2", help="local and global guidance (default 2,4)")
-    ap.add_argument("--batch-windows", type=int, default=4, help="independent windows per engine call (default 4)")
-    ap.add_argument("--window-noise", choices=["shared", "independent"], default="shared",
-                    help="one start noise for every window (official) or one per window")
-    ap.add_argument("--feather", type=float, help="seam blend width in source pixels (default 1%% of the shorter side)")
-    ap.add_argument("--height", type=int, help="scale the output to this height (default: the source's own scale)")
-    ap.add_argument("--stream", type=int, help="video stream index (default: the first)")
-    ap.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
-                    help=f"refuse frames, read or written, larger than this many pixels (default {MAX_PIXELS}: 8K)")
-    ap.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime")
-    ap.add_argument("--gpu-memory", type=float, metavar="GB",
-                    help="TensorRT: the most GPU memory this run may take (weights included); the window batch "
-                         "is chosen to fit")
-    ap.add_argument("--codec", default="libx264")
-    ap.add_argument("--crf", type=int, default=18)
-    ap.add_argument("--pix-fmt", default="yuv420p")
-    ap.add_argument("--encoder-threads", type=int, default=ENCODER_THREADS,
-                    help=f"the video encoder's threads (default {ENCODER_THREADS}); the same count gives the same "
-                         "bytes on any machine")
-    ap.add_argument("--no-audio", action="store_true", help="drop the audio track")
-
-
-def cluster_options(g) -> None:
-    g.add_argument("--address", help="the Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: a local Ray)")
-    g.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (default: 1 where the cluster has GPUs)")
-    g.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default: --threads, or 1)")
-
-
-def checked(args, outputs) -> tuple:
-    """(Settings, EncodeOptions) of the options, every one checked and the encoder tried on each of
-    ``outputs`` (paths, before their _WxH suffixes), before any engine loads. Raises InputError."""
-    from runtime.api import check_resources
-    from runtime.streaming import output_paths
-    from runtime.video import EncodeOptions
-    if args.stream is not None and args.stream < 0:
-        raise InputError("--stream must be 0 or more")
-    check_resources(args.threads, args.gpu_memory)
-    for name in ("workers", "gpus_per_worker", "cpus_per_worker"):
-        value = getattr(args, name, None)
-        if value is not None and not (value >= 0 if name == "gpus_per_worker" else value > 0):
-            raise InputError(f"--{name.replace('_', '-')} must be {'0 or more' if name == 'gpus_per_worker' else 'positive'}")
-    run_settings = settings(args)
-    run_settings.check()
-    encode = EncodeOptions(codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt, audio=not args.no_audio,
-                           threads=args.encoder_threads)
-    for output in outputs:
-        for path in output_paths(output, run_settings.labels).values():
-            encode.check(path)
-    return run_settings, encode
 
 
 class Progress:
@@ -166,22 +97,12 @@ class JsonProgress:
         pass
 
 
-def settings(args):
-    """The run the options describe."""
-    from runtime.settings import Settings
-    return Settings(ratios=args.ratio if args.pad is None else (), pad=args.pad, steps=args.steps,
-                    sampler=args.sampler, seed=args.seed, strides=args.strides,
-                    guidance=args.guidance if args.guidance is not None else Settings.guidance,
-                    batch_windows=args.batch_windows, window_noise=args.window_noise, feather=args.feather,
-                    output_height=args.height, max_pixels=args.max_pixels)
-
-
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     cli.setup_logging(quiet=args.quiet)
     try:  # every option, the encoder and the input, before the engines load or a frame is decoded
         from runtime.video import check_input
-        run_settings, encode = checked(args, [args.output])
+        run_settings, encode = options.checked(args, [args.output])
         check_input(args.input, args.stream, run_settings.max_pixels)
         if args.work_dir is not None:
             from runtime.streaming import output_paths

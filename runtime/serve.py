@@ -19,7 +19,7 @@ import sys
 import threading
 
 from m3ddm.errors import EXIT_BAD_INPUT, M3DDMError, first_line
-from runtime import cli, env
+from runtime import cli, options
 
 log = logging.getLogger("runtime.serve")  # not __name__: run as __main__
 EXPIRE_EVERY_S = 60.0
@@ -27,7 +27,7 @@ EXPIRE_EVERY_S = 60.0
 
 def parser() -> cli.Parser:
     ap = cli.Parser(prog="python -m runtime.serve", description="The outpainting service: a job API and a web page.")
-    ap.add_argument("--engines", default=env.engines_dir(), help=f"engines folder (default: ${env.ENGINES} or ./engines)")
+    options.add(ap, "engines")
     ap.add_argument("--data", required=True, help="folder for the job records, uploads and results")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     ap.add_argument("--port", type=int, default=8000)
@@ -38,16 +38,16 @@ def parser() -> cli.Parser:
                     help="seconds an upload may send nothing before it is dropped (408; default 60)")
     ap.add_argument("--max-queue", type=int, default=100, help="waiting jobs before new ones get 429")
     ap.add_argument("--keep-hours", type=float, default=24, help="finished jobs and their files are removed after this")
-    ap.add_argument("--workers", type=int,
-                    help="engine sets, each with its own worker (one per GPU; each loads the engines); default 1, "
-                         "or with --ray as many as the cluster has room for")
-    ap.add_argument("--backend", default="auto")
+    options.add(ap, "workers",
+                help="engine sets, each with its own worker (one per GPU; each loads the engines); default 1, "
+                     "or with --ray as many as the cluster has room for")
+    options.add(ap, "backend", choices=None)  # an unknown name is the engines' refusal here (exit 3), as before
     ap.add_argument("--ray", metavar="ADDRESS", help="run the jobs on Ray workers (the cluster extra): auto, HOST:PORT, "
                                                     "ray://HOST:PORT, or local (a Ray started here); --workers of them "
                                                     "(default: one per GPU in the cluster)")
-    ap.add_argument("--gpus-per-worker", type=float, help="with --ray: GPUs per worker (default 1 where there are GPUs)")
-    ap.add_argument("--cpus-per-worker", type=float, help="with --ray: CPUs per worker (default --threads, or 1)")
-    ap.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime")
+    options.add(ap, "gpus_per_worker", help="with --ray: GPUs per worker (default 1 where there are GPUs)")
+    options.add(ap, "cpus_per_worker", help="with --ray: CPUs per worker (default --threads, or 1)")
+    options.add(ap, "threads")
     return ap
 
 

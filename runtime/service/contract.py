@@ -1,15 +1,15 @@
 """What the OpenAPI document says of the service, and what the service then holds to: the answers' shapes, each
 status code a route gives with its body, the job form (the multipart body ``POST /v1/jobs`` reads itself, to
 stream the file to disk under a size limit: runtime/service/upload.py) with every field's grammar
-(runtime/service/form.py). Schemathesis, run on this document against the real server, keeps them in step
-(tests/test_service_contract.py)."""
+(runtime/options.py, checked by runtime/service/form.py). Schemathesis, run on this document against the real
+server, keeps them in step (tests/test_service_contract.py)."""
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from runtime.service.form import FIELDS
+from runtime.options import FIELDS
 from runtime.service.store import STATUSES
 
 Status = Literal[STATUSES]  # type: ignore[valid-type]

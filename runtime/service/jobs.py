@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 
 from m3ddm.errors import Cancelled, InputError, first_line
+from runtime.options import FORM_FIELDS, settings_from_form  # noqa: F401 (FORM_FIELDS: the API)
 from runtime.service.disk import DiskFull, free_mb, full, is_full
-from runtime.service.form import FORM_FIELDS, check_form, settings_from_form  # noqa: F401 (FORM_FIELDS: the API)
+from runtime.service.form import check_form
 from runtime.service.store import FINISHED, STATUSES, JobStore  # noqa: F401 (STATUSES, JobStore: the API)
 from runtime.streaming import output_paths
 
