@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from export.demo import synthetic_clip
+    from runtime.video.synthetic import synthetic_clip
     from runtime import Outpainter, cluster
     from runtime.geometry import letterbox_geometry
     from runtime.plan import official_plan

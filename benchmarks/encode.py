@@ -38,7 +38,7 @@ def frames(width: int, height: int, count: int) -> list:
     import av
     import cv2
 
-    from export.demo import synthetic_clip
+    from runtime.video.synthetic import synthetic_clip
     span = width + 4 * count
     base = cv2.resize(synthetic_clip(1)[0], (span, height), interpolation=cv2.INTER_CUBIC).astype(np.float32)
     # Texture at a quarter of the resolution, as a generated border has: a smooth picture alone is too easy.

@@ -34,7 +34,7 @@ def clip(width: int, height: int, frames: int) -> Path:
     if not path.exists():
         import cv2
 
-        from export.demo import synthetic_clip
+        from runtime.video.synthetic import synthetic_clip
         from runtime.video import write_video
         CLIPS.mkdir(parents=True, exist_ok=True)
         base = cv2.resize(synthetic_clip(1)[0], (width, height), interpolation=cv2.INTER_CUBIC)

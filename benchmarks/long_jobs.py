@@ -32,7 +32,7 @@ CLI = [sys.executable, "-m", "runtime.outpaint"]
 
 
 def _clip(path: Path, frames: int, width: int, height: int) -> Path:
-    from export.demo import synthetic_clip
+    from runtime.video.synthetic import synthetic_clip
     from runtime.video import write_video
     if width == 160 and height == 90:
         rgb = synthetic_clip(frames)

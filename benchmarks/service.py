@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     import httpx
     import numpy as np
 
-    from export.demo import synthetic_clip
+    from runtime.video.synthetic import synthetic_clip
     from runtime.video import write_video
     ap = argparse.ArgumentParser(prog="python -m benchmarks.service", description=__doc__.splitlines()[0])
     ap.add_argument("--engines", default=str(ROOT / "build" / "demo" / "engines"))

@@ -81,7 +81,7 @@ def _on_gpu(fn):
 
 
 def clip(frames: int, width: int = 160, height: int = 90) -> np.ndarray:
-    from export.demo import synthetic_clip
+    from runtime.video.synthetic import synthetic_clip
     return synthetic_clip(frames, width, height)
 
 

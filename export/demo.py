@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 log = logging.getLogger("export.demo")  # not __name__: run as __main__
@@ -52,19 +51,6 @@ def make_checkpoints(folder: Path, seed: int = 0, full_size: bool = False) -> tu
     return unet_dir, vae_dir
 
 
-def synthetic_clip(frames: int = 24, width: int = 160, height: int = 90) -> np.ndarray:
-    """A panning gradient with moving shapes, RGB uint8 [T, H, W, 3]."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    out = []
-    for t in range(frames):
-        img = np.stack([128 + 100 * np.sin((xx + 3 * t) / 23), 128 + 90 * np.cos(yy / 17 + t / 9),
-                        np.full_like(xx, 60 + 4 * t)], -1).clip(0, 255).astype(np.uint8)
-        cv2.circle(img, (20 + 5 * t, 45), 14, (250, 220, 40), -1)
-        cv2.rectangle(img, (120 - 2 * t, 10), (150 - 2 * t, 40), (30, 90, 230), -1)
-        out.append(img)
-    return np.stack(out)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("build/demo"))
@@ -77,6 +63,7 @@ def main(argv=None) -> int:
     from export.engine_folder import export_engines
     from runtime import cli, outpaint
     from runtime.video import write_video
+    from runtime.video.synthetic import synthetic_clip
 
     cli.setup_logging(sys.stdout)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,8 @@ import numpy as np
 from m3ddm.errors import InputError
 from runtime import composite, env, streaming
 from runtime.engines.select import make_backend
+from runtime.callbacks import Spread
 from runtime.pipeline import OutpaintResult, Pipeline
-from runtime.plan import official_plan
 from runtime.settings import Settings
 from runtime.video import EncodeOptions
 
@@ -28,27 +28,18 @@ class Outpainter:
 
     def __init__(self, engines_dir=None, backend: str = "auto", *, threads: int | None = None,
                  max_batch: int | None = None, gpu_memory_gb: float | None = None, engine=None,
-                 workers: int | None = None, address: str | None = None, gpus_per_worker: float | None = None,
-                 cpus_per_worker: float | None = None):
-        """With ``workers`` (the ``cluster`` extra), that many Ray workers, each with its own engine set, sample
-        every level's independent batches after the first (runtime/cluster.py); this process prepares, runs
-        the first level and decodes. ``address``: the Ray cluster (None: a local one); ``gpus_per_worker``
-        (default 1 where the cluster has GPUs), ``cpus_per_worker`` (default ``threads`` or 1)."""
+                 spread: Spread | None = None):
+        """``spread``: where a level's independent batches are sampled besides this process, e.g.
+        ``runtime.cluster.window_pool(engines_dir, workers)`` (Ray workers, the ``cluster`` extra): this process
+        prepares, runs the first level and decodes; the Outpainter closes it with itself."""
         check_resources(threads, gpu_memory_gb)
         engines_dir = engines_dir if engines_dir is not None else env.engines_dir()
         self.backend = engine if engine is not None else make_backend(engines_dir, backend, threads, max_batch,
                                                                       gpu_memory_gb)
         self.pipeline = Pipeline(self.backend)
+        self.pipeline.spread = spread
         self.size = self.pipeline.size
         self._lock = threading.Lock()
-        if workers is not None:
-            if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-                raise InputError(f"workers must be an integer of 1 or more, not {workers!r}")
-            from runtime import cluster
-            cluster.connect(address)
-            self.pipeline.spread = cluster.WindowPool(cluster.start_workers(
-                engines_dir, workers, backend=backend, threads=threads, gpu_memory_gb=gpu_memory_gb,
-                gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker))
 
     def close(self) -> None:
         """Release the backend's sessions and device memory (and the Ray workers)."""
@@ -83,24 +74,22 @@ class Outpainter:
         t_count, height, width = frames.shape[:3]
         box, targets = s.layout(height, width, self.size)
         t0 = time.perf_counter()
+        generated = np.empty((t_count, self.size, self.size, 3), np.uint8)
+
         def given(wanted):  # the frames as prepare asks for them: the first level's first
             return ((i, frames[i] if wanted is None or i in wanted else None) for i in range(t_count))
+
+        def keep(start, chunk):
+            generated[start:start + len(chunk)] = chunk
+
         with self._lock:
-            video = self.pipeline.prepare(given, t_count, box, float(fps), progress, cancel,
-                                          plan=official_plan(t_count, s.strides), background=self.backend.concurrent)
-            prepare_s = time.perf_counter() - t0
-            if progress:
-                progress({"stage": "prepared", "seconds": prepare_s})
-            try:
-                generated, latents, plan, stats = self.pipeline.generate(video, s, progress, cancel=cancel)
-            finally:
-                if video.waiter is not None:
-                    video.waiter.close()
+            latents, plan, stats = self.pipeline.run(given, keep, s, count=t_count, box=box, fps=float(fps),
+                                                     progress=progress, cancel=cancel)
         t3 = time.perf_counter()
         outputs = {t.label: np.stack([composite.scale_output(composite.composite(frames[i], generated[i], box, t,
                                                                                  s.feather), s.output_height)
                                       for i in range(t_count)]) for t in targets}
-        stats.update(frames=t_count, model_size=self.size, backend=self.backend.name, prepare_s=prepare_s,
+        stats.update(frames=t_count, model_size=self.size, backend=self.backend.name,
                      composite_s=time.perf_counter() - t3, total_s=time.perf_counter() - t0)
         return OutpaintResult(frames=outputs[targets[0].label], latents=latents, outputs=outputs, targets=targets,
                               plan=plan, stats=stats)

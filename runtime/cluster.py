@@ -3,7 +3,7 @@ threads), anywhere in a cluster. Ray does the placing, the restarts and the tran
 
 - ``Worker``: the actor. It builds its ``Outpainter`` once and runs whole files (runtime.batch, the service
   with ``--ray``) or single batches of windows (one long video over many workers).
-- ``WindowPool``: ``Pipeline.spread`` over N workers. A level's independent batches go out through
+- ``WindowPool``: an Outpainter's ``spread`` (runtime/callbacks.py) over N workers (``window_pool``). A level's independent batches go out through
   ``ray.util.ActorPool`` and come back in plan order; each batch is ``Pipeline.sample_batch`` of the same
   windows, numbers, guides and settings as in one process, so the video is the one-process video.
 - ``RemoteOutpainter``: what the service's job queue needs of an Outpainter (``outpaint_file``, ``interrupt``),
@@ -184,6 +184,18 @@ def start_workers(engines, workers: int | None, *, backend: str = "auto", thread
     return actors
 
 
+def window_pool(engines, workers: int, *, address: str | None = None, backend: str = "auto",
+                threads: int | None = None, gpu_memory_gb: float | None = None, gpus_per_worker: float | None = None,
+                cpus_per_worker: float | None = None) -> "WindowPool":
+    """``workers`` Ray workers on the cluster at ``address`` (None: a local one), each with its own engine set, as
+    an Outpainter's ``spread``: ``Outpainter(engines, spread=window_pool(engines, 4))``."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InputError(f"workers must be an integer of 1 or more, not {workers!r}")
+    connect(address)
+    return WindowPool(start_workers(engines, workers, backend=backend, threads=threads, gpu_memory_gb=gpu_memory_gb,
+                                    gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker))
+
+
 def stop_workers(actors) -> None:
     for actor in actors:
         try:
@@ -202,12 +214,11 @@ class WindowPool:
         self._video = (None, None)
         self._jobs: list[str] = []
 
-    def __call__(self, tasks, video, stored, s, cancel, reporter):
-        from runtime.samplers import make_sampler
+    def __call__(self, tasks, video, stored, s, sampler, cancel, reporter):
         if self._video[0] is not video:  # in the object store once per video; each node fetches it once
             self._video = (video, ray.put(video))
         ref, job = self._video[1], uuid.uuid4().hex
-        last_step = len(make_sampler(s.sampler, s.steps).timesteps) - 1
+        last_step = len(sampler.timesteps) - 1
         self._jobs.append(job)
         given = 0
         for batch, first in tasks:

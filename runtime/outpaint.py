@@ -124,8 +124,12 @@ def main(argv=None) -> int:
             cluster.connect(args.address, quiet=args.quiet)
         try:
             outpainter = Outpainter(args.engines, backend=args.backend, threads=args.threads,
-                                    gpu_memory_gb=args.gpu_memory, workers=args.workers, address=args.address,
-                                    gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
+                                    gpu_memory_gb=args.gpu_memory)
+            if args.workers is not None:  # once this process's engines are known to load
+                outpainter.pipeline.spread = cluster.window_pool(
+                    args.engines, args.workers, address=args.address, backend=args.backend, threads=args.threads,
+                    gpu_memory_gb=args.gpu_memory, gpus_per_worker=args.gpus_per_worker,
+                    cpus_per_worker=args.cpus_per_worker)
             check_cancel(cancel)
             for note in outpainter.backend.notes:
                 log.warning(note)

@@ -5,12 +5,7 @@ level with independent windows batched into one engine call of 3 x W rows, each 
 """
 from __future__ import annotations
 
-import dataclasses
-import os
-import threading
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,8 +13,10 @@ import numpy as np
 from m3ddm.errors import check_cancel
 from m3ddm.facts import GLOBAL_FRAMES, VAE_DOWNSAMPLE, WINDOW_FRAMES
 from runtime import geometry, guidance, samplers
+from runtime.callbacks import CancelToken, Checkpoint, FrameSink, FrameSource, Progress, Spread
 from runtime.engines.contract import VAE_BATCH
 from runtime.plan import Window, independent_runs, official_plan
+from runtime.prepare import VideoLatents, prepare
 from runtime.resize import resize_frame_antialias
 from runtime.settings import Settings
 
@@ -35,169 +32,10 @@ class OutpaintResult:
 
 
 @dataclass(frozen=True)
-class VideoLatents:
-    """What sampling reads of one video, computed once by ``Pipeline.prepare``."""
-    inits: np.ndarray  # [T, 4, h, w] latents of the TELEA-inpainted canvases: the start of every window
-    canvases: np.ndarray  # [T, 4, h, w] latents of the letterboxed canvases: the local branches' context
-    mask: np.ndarray  # [h, w] latent mask, 1 where content is missing
-    context: np.ndarray  # [1, L, 320] the global frames' context tokens
-    fps: float
-    waiter: object = field(default=None, compare=False, repr=False)  # prepares the later levels meanwhile
-
-    def __len__(self) -> int:
-        return len(self.inits)
-
-    def wait(self, level: int | None = None, cancel=None, first_run: bool = False) -> None:
-        """Until the frames of plan level ``level`` (None: every frame; ``first_run``: only the first level's
-        first run, all the first step reads) are prepared; a failure of the preparing thread is raised here."""
-        if self.waiter is not None:
-            self.waiter.wait(level, cancel, first_run)
-
-    def __getstate__(self):  # to another process: the prepared arrays, never the thread preparing them
-        self.wait()
-        return {k: getattr(self, k) for k in ("inits", "canvases", "mask", "context", "fps")}
-
-    def __setstate__(self, state):
-        for k, v in {**state, "waiter": None}.items():
-            object.__setattr__(self, k, v)
-
-
-@dataclass(frozen=True)
 class BatchNoise:
     """The random draws of one batch of windows, each belonging to its window (never to the batch)."""
     start: np.ndarray  # [W, 4, 16, h, w] start noise per window
     steps: list  # per window: step -> [4, 16, h, w], the fresh noise of stochastic samplers
-
-
-def prepare_groups(count: int, plan=None) -> list[list[int]]:
-    """The frames in the order they are prepared: grouped by the first plan level whose windows read them,
-    each group in frame order (one group of every frame without a plan). With more than one level, the first
-    level is two groups: the frames of its first run (what the first step reads) and the rest of it. Then
-    ``level_groups`` says which group completes each level."""
-    if plan is None:
-        return [list(range(count))]
-    seen, groups = set(), []
-    for level in plan:
-        group = sorted({f for w in level for f in w.frames} - seen)
-        seen.update(group)
-        groups.append(group)
-    rest = sorted(set(range(count)) - seen)
-    if rest:  # a plan that reads fewer frames than the video has: they still get latents
-        groups[-1] = sorted(groups[-1] + rest)
-    if len(plan) > 1:
-        head = sorted({f for w in independent_runs(plan[0])[0] for f in w.frames})
-        groups[:1] = [head, sorted(set(groups[0]) - set(head))]
-    return groups
-
-
-def level_groups(groups: list, plan=None) -> list[int]:
-    """For each plan level, the group whose completion makes it ready (groups complete in order)."""
-    levels = len(plan) if plan is not None else 1
-    return [k + 1 for k in range(levels)] if len(groups) == levels + 1 else list(range(len(groups)))
-
-
-DEFER_BYTES = 128 * 2 ** 20  # canvases of the first level held for after the first step, at most
-
-
-class _Preparer:
-    """Canvases and TELEA inits on a pool of threads, VAE-encoded in chunks of VAE_BATCH per group (the
-    group's frames in order): the latents are the same whatever the timing. Level k is ready once group
-    ``levels[k]`` is (``level_groups``); the first step waits for group 0 alone."""
-
-    def __init__(self, pipeline, count, groups, box, progress, cancel, levels=None, early=()):
-        self.pipeline, self.count, self.box, self.progress, self.cancel = pipeline, count, box, progress, cancel
-        self.levels = levels or list(range(len(groups)))  # level k is ready with group levels[k]
-        self.early = set(early)  # groups ready as soon as encoded, also on the thread (the first level's)
-        self.group_of = np.zeros(count, np.int64)
-        for g, frames in enumerate(groups):
-            self.group_of[frames] = g
-        self.left = [len(frames) for frames in groups]
-        self.buffers: list[list] = [[] for _ in groups]  # (index, future) waiting for their chunk
-        self.ready = [threading.Event() for _ in groups]
-        for g, n in enumerate(self.left):
-            if n == 0:
-                self.ready[g].set()
-        self.held: list[np.ndarray | None] = [None, None]  # latents of the canvases, of the inits
-        self.done, self.t0 = 0, time.perf_counter()
-        self.workers = min(8, os.cpu_count() or 1)
-        self.pool = ThreadPoolExecutor(self.workers)  # OpenCV releases the GIL
-        self.thread, self.error, self._stop = None, None, threading.Event()
-
-    def add(self, i: int, rgb: np.ndarray) -> None:
-        self._submit(i, self.pool.submit(geometry.canvas_and_init, rgb, self.box))
-
-    def add_canvas(self, i: int, canvas: np.ndarray) -> None:
-        """A frame whose canvas was made earlier: only its TELEA init is left."""
-        self._submit(i, self.pool.submit(lambda: (canvas, geometry.inpaint_init(canvas, self.box))))
-
-    def _submit(self, i: int, future) -> None:
-        g = int(self.group_of[i])
-        self.buffers[g].append((i, future))
-        if len(self.buffers[g]) == VAE_BATCH:  # memory: at most a chunk of frames per group (plan level)
-            self._encode(g)
-
-    def flush(self, group: int | None) -> None:
-        """Encode what is left of ``group`` (None: every group): its frames are all in."""
-        for g in range(len(self.buffers)) if group is None else [group]:
-            if self.buffers[g]:
-                self._encode(g)
-
-    def _encode(self, g: int) -> None:
-        chunk = self.buffers[g]
-        results = [future.result() for _, future in chunk]
-        index = np.array([i for i, _ in chunk])
-        for k in (1, 0):  # inits first
-            latents = self.pipeline.encode(geometry.to_unit_range(np.stack([r[k] for r in results])))
-            if self.held[k] is None:  # the latents are held once, never copied whole
-                self.held[k] = np.empty((self.count, *latents.shape[1:]), np.float32)
-            self.held[k][index] = latents
-        chunk.clear()
-        self.done += len(index)
-        self.left[g] -= len(index)
-        if self.left[g] == 0 and (self.thread is None or g in self.early):  # else: once all is in, and saved
-            self.ready[g].set()
-        if self.progress:
-            self.progress({"stage": "prepare", "frames_done": self.done, "frames": self.count,
-                           "seconds": time.perf_counter() - self.t0})
-
-    # -- the later groups on a thread of their own --------------------------------------------
-    def run(self, body) -> None:
-        def work():
-            try:
-                body()
-            except BaseException as exc:
-                self.error = exc
-            finally:
-                self.pool.shutdown(wait=True)
-                for event in self.ready:
-                    event.set()  # waiters wake up and see the error, if any
-        self.thread = threading.Thread(target=work, name="m3ddm-prepare", daemon=True)
-        self.thread.start()
-
-    def wait(self, level, cancel=None, first_run: bool = False) -> None:
-        if first_run:
-            event = self.ready[0]
-        else:
-            event = self.ready[-1 if level is None else self.levels[min(level, len(self.levels) - 1)]]
-        while not event.wait(0.1):
-            check_cancel(cancel)
-        if self.error is not None:
-            raise self.error
-
-    def stopped(self) -> bool:
-        return self._stop.is_set()
-
-    def close(self) -> None:
-        """Stop preparing (at the next frame) and wait for the thread; safe to call twice."""
-        self._stop.set()
-        if self.thread is not None and self.thread is not threading.current_thread():
-            self.thread.join()
-        self.pool.shutdown(wait=True)
-
-
-def latent_mask(box: geometry.Letterbox) -> np.ndarray:
-    """[h, w] float32 latent mask, 1 where content is missing: each 8x8 cell's top-left pixel (nearest)."""
-    return box.mask[::VAE_DOWNSAMPLE, ::VAE_DOWNSAMPLE].astype(np.float32)
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -228,9 +66,7 @@ class Pipeline:
         self.size = backend.model_size
         self.latent = self.size // VAE_DOWNSAMPLE
         self._null = None
-        # Optional: spread(tasks, video, stored, settings, cancel, reporter) samples a run's independent batches
-        # elsewhere (runtime/cluster.py: Ray workers) and yields their latents in order.
-        self.spread = None
+        self.spread: Spread | None = None  # a run's independent batches sampled elsewhere (Ray workers)
 
     def null_inputs(self):
         """(null latent [4, h, w] of an all-black image, null context [1, L, 320] of zero latents), once."""
@@ -254,7 +90,7 @@ class Pipeline:
         Made as the frame is decoded, so a long 4K video never holds its full-size frames."""
         return resize_frame_antialias(rgb, self.size, self.size) * 2 - 1
 
-    def prepare(self, frames, count: int, box: geometry.Letterbox, fps: float, progress=None,
+    def prepare(self, frames: FrameSource, count: int, box: geometry.Letterbox, fps: float, progress=None,
                 cancel=None, plan=None, background: bool = False, on_prepared=None) -> VideoLatents:
         """The ``count`` RGB frames -> what sampling reads.
 
@@ -271,116 +107,49 @@ class Pipeline:
         (``VideoLatents.wait``); ``on_prepared(video)`` is called once every frame is. Only for backends whose
         engines take calls from two threads at once (``Backend.concurrent``).
         """
-        groups = prepare_groups(count, plan)
-        levels = level_groups(groups, plan)
-        split = levels[0] == 1  # the first level in two groups: its first run, then the rest of it
-        gidx = geometry.global_frame_indices(count, GLOBAL_FRAMES)
-        gset = set(gidx.tolist())
-        prep = _Preparer(self, count, groups, box, progress, cancel, levels, early={1} if split else ())
-        global_images = {}
-        two_passes = callable(frames) and len(groups) > 1
-        # The first pass decodes every frame (the global frames span the video). It prepares the first run's
-        # frames; of the rest of the first level it keeps only the canvases (cheap and small), whose TELEA
-        # inits (~50 ms each) are made after the first step has started.
-        first = set(groups[0]) | (set(groups[1]) if split else set()) if two_passes else set(range(count))
-        deferred: dict[int, Future] = {}
-        defer = (set(groups[1]) if two_passes and split and
-                 len(groups[1]) * self.size * self.size * 3 <= DEFER_BYTES else set())
-        # The global images and the kept canvases are made on the pool too, off the decoding thread; a few
-        # frames in flight at most, so a fast decoder never queues up the video's full-size frames.
-        in_flight: deque = deque()
+        return prepare(self, frames, count, box, fps, progress, cancel, plan, background, on_prepared)
 
-        def on_pool(fn, *args) -> Future:
-            future = prep.pool.submit(fn, *args)
-            in_flight.append(future)
-            while len(in_flight) > 2 * prep.workers:
-                in_flight.popleft().result()
-            return future
-
+    def run(self, frames: FrameSource, sink: FrameSink, s: Settings, *, count: int, box: geometry.Letterbox,
+            fps: float, progress: Progress | None = None, cancel: CancelToken | None = None,
+            prepared: VideoLatents | None = None, on_prepared=None, resume=None,
+            checkpoint: Checkpoint | None = None) -> tuple[np.ndarray, list, dict]:
+        """One video, whole: prepared (unless ``prepared``, e.g. read back from a work dir), sampled level by
+        level, each generated S x S frame handed to ``sink(start, frames)`` in order, in chunks of VAE_BATCH, as
+        soon as it is final. Returns (final latents [T, 4, h, w], plan, stats). The array API and the file
+        path both come here. ``frames`` as for ``prepare``; ``resume`` and ``checkpoint`` as for ``sample``;
+        ``on_prepared(video)`` once every frame is prepared (not called with ``prepared``)."""
+        plan = official_plan(count, s.strides)
+        sampler = samplers.make_sampler(s.sampler, s.steps)  # checked by Settings.check: built once per run
+        t0 = time.perf_counter()
+        video = prepared
+        if video is None:  # the first level's frames now, the rest while it samples (where the engines allow)
+            video = self.prepare(frames, count, box, fps, progress, cancel, plan=plan,
+                                 background=self.backend.concurrent, on_prepared=on_prepared)
+        prepare_s = time.perf_counter() - t0
+        if progress:
+            progress({"stage": "prepared", "seconds": prepare_s, "resumed": prepared is not None})
         try:
-            source = frames(first | gset if two_passes else None) if callable(frames) else enumerate(frames)
-            for i, rgb in source:
-                if i >= count:
-                    break
-                check_cancel(cancel)
-                if rgb is None:
-                    if i in first or i in gset:
-                        raise ValueError(f"frame {i} was asked for and not given")
-                    continue
-                if i in gset:
-                    global_images[i] = on_pool(self.global_image, rgb)
-                if i in defer:
-                    deferred[i] = on_pool(geometry.letterbox_frame, rgb, box)
-                elif i in first:
-                    prep.add(i, rgb)
-            prep.flush(0 if two_passes else None)
-            if two_passes and split and not defer:
-                prep.flush(1)
-            if len(global_images) != len(gset):
-                raise ValueError(f"the video gave fewer than the {count} frames expected")
-            context = self.backend.encode_global(self.encode(np.stack([global_images[int(i)].result()
-                                                                       for i in gidx])))
-            global_images.clear()
+            latents, stats = self.generate(video, s, sampler, sink, progress, cancel, resume, checkpoint)
+            if video.waiter is not None:
+                video.waiter.close()  # every level waited for it; its last act (``on_prepared``) ends now
+                video.wait()
         except BaseException:
-            prep.close()
+            if video.waiter is not None:
+                video.waiter.close()
             raise
-        video = VideoLatents(inits=prep.held[1], canvases=prep.held[0], mask=latent_mask(box), context=context,
-                             fps=float(fps), waiter=prep if two_passes else None)
+        stats["prepare_s"] = prepare_s
+        return latents, plan, stats
 
-        def rest():
-            for i in sorted(deferred):
-                if prep.stopped():
-                    return
-                check_cancel(cancel)
-                prep.add_canvas(i, deferred.pop(i).result())
-            if defer:
-                prep.flush(1)
-            for i, rgb in frames(set(range(count)) - first):
-                if i >= count:
-                    break
-                if prep.stopped():
-                    return
-                check_cancel(cancel)
-                if i not in first:
-                    if rgb is None:
-                        raise ValueError(f"frame {i} was asked for and not given")
-                    prep.add(i, rgb)
-            prep.flush(None)
-            if prep.done != count:
-                raise ValueError(f"the video gave {prep.done} frames, {count} expected")
-            if on_prepared is not None:
-                on_prepared(video)
-
-        if not two_passes:
-            if prep.done != count:
-                raise ValueError(f"the video gave {prep.done} frames, {count} expected")
-            prep.close()
-            if on_prepared is not None:
-                on_prepared(video)
-        elif background:
-            prep.run(rest)
-        else:
-            try:
-                rest()
-            finally:
-                prep.close()
-            video = dataclasses.replace(video, waiter=None)
-        return video
-
-    def generate(self, video: VideoLatents, s: Settings, progress=None, sink=None, cancel=None, resume=None,
-                 checkpoint=None):
-        """Sample and decode: (generated S x S frames, final latents, plan, stats).
-
-        With ``sink(start, frames)``, the generated frames are handed over in order, in chunks of VAE_BATCH,
-        as soon as they are final, while sampling goes on (the file path composites and encodes them on
-        another thread meanwhile); the returned frames are then None. ``resume`` and ``checkpoint``: see
-        ``sample``. After sampling, the frames still to decode are reported as "decode" events.
-        """
+    def generate(self, video: VideoLatents, s: Settings, sampler: samplers.Sampler, sink: FrameSink,
+                 progress=None, cancel=None, resume=None, checkpoint=None) -> tuple[np.ndarray, dict]:
+        """Sample and decode: (final latents, stats). The generated frames go to ``sink(start, frames)`` in
+        order, in chunks of VAE_BATCH starting at multiples of it, as soon as they are final, while sampling goes
+        on (the file path composites and encodes them on another thread meanwhile). After sampling, the frames
+        still to decode are reported as "decode" events."""
         emitted, decode_s, sampled = [0], [0.0], [False]
         t0 = time.perf_counter()
 
         def emit(upto, latent_of):
-            # Chunks start at multiples of VAE_BATCH, as decode's: the same frames either way.
             while emitted[0] < upto:
                 start = emitted[0]
                 end = min(start + VAE_BATCH, upto)
@@ -400,22 +169,18 @@ class Pipeline:
             emit(emitted[0] + (ready - emitted[0]) // VAE_BATCH * VAE_BATCH, stored)
 
         t1 = time.perf_counter()
-        latents, plan, sampled_windows = self.sample(video, s, progress, on_batch=on_batch if sink else None,
-                                                     cancel=cancel, resume=resume, checkpoint=checkpoint)
+        latents, plan, sampled_windows = self.sample(video, s, progress, on_batch=on_batch, cancel=cancel,
+                                                     resume=resume, checkpoint=checkpoint, sampler=sampler)
         stats = {"sample_s": time.perf_counter() - t1 - decode_s[0], "windows": sum(len(level) for level in plan),
                  "windows_sampled": sampled_windows}
         t2 = time.perf_counter()
         sampled[0] = True
-        if sink:
-            emit(len(latents), latents)
-            generated = None
-        else:
-            generated = self.decode(latents)
+        emit(len(latents), latents)
         stats["decode_s"] = decode_s[0] + time.perf_counter() - t2
-        return generated, latents, plan, stats
+        return latents, stats
 
     def sample(self, video: VideoLatents, s: Settings, progress=None, on_batch=None, cancel=None, resume=None,
-               checkpoint=None) -> tuple[np.ndarray, list, int]:
+               checkpoint=None, sampler: samplers.Sampler | None = None) -> tuple[np.ndarray, list, int]:
         """Run the plan; returns final latents per frame [T, 4, h, w], the plan and the windows sampled.
 
         ``on_batch(stored)`` is called after every batch with {frame: final latent} so far (a frame's
@@ -428,7 +193,7 @@ class Pipeline:
         """
         t_count = len(video)
         plan = official_plan(t_count, s.strides)
-        sampler = samplers.make_sampler(s.sampler, s.steps)
+        sampler = sampler or samplers.make_sampler(s.sampler, s.steps)
         stored: dict[int, np.ndarray] = dict(resume[0]) if resume else {}
         skip = int(resume[1]) if resume else 0
         total = sum(len(level) for level in plan)
@@ -465,7 +230,7 @@ class Pipeline:
                         tasks.append((batch, done))
                     done += len(batch)
                 if self.spread is not None and len(tasks) > 1:  # independent batches: over the cluster
-                    outs = self.spread(tasks, video, stored, s, cancel, reporter)
+                    outs = self.spread(tasks, video, stored, s, sampler, cancel, reporter)
                 else:
                     outs = (self.sample_batch(batch, first, video, stored, s, sampler, reporter(batch, first))
                             for batch, first in tasks)

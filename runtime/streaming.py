@@ -22,7 +22,7 @@ import numpy as np
 
 from m3ddm.errors import Cancelled, check_cancel
 from runtime import composite, workdir
-from runtime.pipeline import VideoLatents, latent_mask
+from runtime.prepare import VideoLatents, latent_mask
 from runtime.plan import official_plan
 from runtime.settings import Settings
 from runtime.video import EncodeOptions, VideoError, VideoWriter, fps_from_times, iter_frames, packet_times, probe
@@ -63,112 +63,41 @@ def _outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None =
     input, output = Path(input), Path(output)
     encode = encode or EncodeOptions()
     s.check(pipeline.latent)
-    paths = output_paths(output, s.labels)
-    if work_dir is not None:  # before anything is made: neither the input nor an output may be in its way
-        workdir.check_apart(work_dir, input, paths.values())
-    for p in paths.values():
-        if p.resolve() == input.resolve():
-            raise VideoError(f"output {p} would overwrite the input")
-        if p.exists() and not overwrite:
-            raise VideoError(f"output {p} exists (pass overwrite=True / drop --no-overwrite)")
-        encode.check(p)  # a codec, pixel format or container that cannot work fails now, not after sampling
+    paths = _checked_outputs(input, output, s, encode, overwrite, work_dir)
     info = probe(input, stream)
     s.check_frame(info.height, info.width, f"{input}: frames")  # as declared, before a frame is decoded
     pipeline.backend.load()  # a graph that cannot load fails now, not after the prepare stage
     t0 = time.perf_counter()
-    announced = packet_times(input, stream)
-    verify = announced is not None and not count_by_decoding
-    if verify:
-        times = announced
-    else:
-        times = []
-        for _, t, _ in iter_frames(input, stream, rgb=False, max_pixels=s.max_pixels):
-            times.append(t)
-            if len(times) % 256 == 0:
-                check_cancel(cancel)
-        if not times:
-            raise VideoError(f"{input} has no decodable video frames")
-        times = np.array(times, dtype=np.float64)
-    t_count = len(times)
-    fps = info.fps or fps_from_times(times)
-    source = iter_frames(input, stream, max_pixels=s.max_pixels)
-    try:
-        first = next(source, None)
-    finally:
-        source.close()
-    if first is None:
-        raise VideoError(f"{input} has no decodable video frames")
-    shape = first[0].shape
-    box, targets = s.layout(shape[0], shape[1], pipeline.size)  # every output size checked here
-    plan = official_plan(t_count, s.strides)
-
-    def frames(wanted):
-        """(index, RGB or None) of every frame, decoded again; RGB for those in ``wanted`` (None: all)."""
-        i = -1
-        for i, (rgb, t, _) in enumerate(iter_frames(input, stream, rgb=True if wanted is None else wanted,
-                                                    max_pixels=s.max_pixels)):
-            if verify and (i >= t_count or t != times[i]):
-                raise _Recount()
-            if rgb is not None and rgb.shape != shape:
-                raise VideoError(f"{input}: the frame size changes mid-stream, which is not supported")
-            yield i, rgb
-        if verify and i + 1 != t_count:
-            raise _Recount()
-
-    writers = {t.label: VideoWriter(paths[t.label], fps, encode, audio_from=input, times=times) for t in targets}
+    source = _Source(input, stream, s.max_pixels, count_by_decoding, cancel)
+    box, targets = s.layout(source.shape[0], source.shape[1], pipeline.size)  # every output size checked here
+    fps = info.fps or fps_from_times(source.times)
+    writers = {t.label: VideoWriter(paths[t.label], fps, encode, audio_from=input, times=source.times)
+               for t in targets}
     finisher = _Finisher(lambda rgb, gen: composite.finish(rgb, gen, box, targets, s.feather, s.output_height),
-                         iter_frames(input, stream, max_pixels=s.max_pixels), times, writers, input, verify)
-    wd = None
-    if work_dir is not None:
-        # "frames": as announced where the container announces them, so that both ways of counting name the
-        # same job (a work dir left by a run that had to count by decoding is resumed by the next run).
-        job = {"format": workdir.FORMAT, "input": {"bytes": input.stat().st_size, "sha256": workdir.file_digest(input)},
-               "stream": info.stream_index, "frames": t_count if announced is None else len(announced),
-               "settings": workdir.settings_identity(s),
-               "engines": workdir.engines_identity(pipeline.backend)}
-        wd = workdir.WorkDir.open(work_dir, job, restart,
-                                  expected=workdir.Expected.of(plan, t_count, pipeline.latent))
-    written = {}
-    video = None
+                         iter_frames(input, stream, max_pixels=s.max_pixels), source.times, writers, input,
+                         source.verify)
+    wd = _work_dir(pipeline, source, info, s, work_dir, restart) if work_dir is not None else None
+    written: dict = {}
+    saved = resume = None
     t1 = time.perf_counter()
     try:
         finisher.start()
         with lock or nullcontext():
-            tp = time.perf_counter()
-            saved = wd.prepared() if wd else None
-            if saved and len(saved["inits"]) != t_count:
-                if verify:  # prepared by a run that counted by decoding: so must this one
-                    raise _Recount()
-                raise VideoError(f"work dir {wd.folder} holds {len(saved['inits'])} prepared frames, the video "
-                                 f"{t_count}; pass --restart")
-            if saved:  # the VAE encodes of an earlier run of this job
-                video = VideoLatents(saved["inits"], saved["canvases"], latent_mask(box), saved["context"],
-                                     float(fps))
-            else:  # the first level's frames now, the rest while it samples (where the engines allow)
-                video = pipeline.prepare(frames, t_count, box, fps, progress, cancel,
-                                         plan=plan, background=pipeline.backend.concurrent,
-                                         on_prepared=(lambda v: wd.save_prepared(v.inits, v.canvases, v.context))
-                                         if wd else None)
-            prepare_s = time.perf_counter() - tp
-            if progress:
-                progress({"stage": "prepared", "seconds": prepare_s, "resumed": bool(saved)})
+            saved = _saved_prepared(wd, source, box, fps) if wd else None
             resume = (wd.finished(), wd.windows_done) if wd else None
-            _, _, _, stats = pipeline.generate(video, s, progress, sink=finisher.put, cancel=cancel, resume=resume,
-                                               checkpoint=wd.save_batch if wd else None)
-            if video.waiter is not None:
-                video.waiter.close()  # every level waited for it; its last act (saving the latents) ends now
-                video.wait()
+            _, _, stats = pipeline.run(source.frames, finisher.put, s, count=source.count, box=box, fps=fps,
+                                       progress=progress, cancel=cancel, prepared=saved, resume=resume,
+                                       on_prepared=(lambda v: wd.save_prepared(v.inits, v.canvases, v.context))
+                                       if wd else None, checkpoint=wd.save_batch if wd else None)
         t2 = time.perf_counter()
-        finisher.finish(t_count, cancel)
+        finisher.finish(source.count, cancel)
         stats["finish_wait_s"] = time.perf_counter() - t2
         check_cancel(cancel)  # the last chance: nothing is in place yet
         if progress:
-            progress({"stage": "finish", "frames_done": t_count, "frames": t_count})
+            progress({"stage": "finish", "frames_done": source.count, "frames": source.count})
         for label, w in writers.items():
             written[label] = w.commit()
     except BaseException as exc:
-        if video is not None and video.waiter is not None:
-            video.waiter.close()
         if wd is not None:
             wd.close()  # its files stay: the same call resumes from them
         finisher.cancel()
@@ -179,21 +108,112 @@ def _outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None =
         if cancel is not None and cancel.is_set() and not isinstance(exc, Cancelled):
             raise Cancelled("cancelled") from None  # an engine call aborted by the cancellation, say
         raise
-    stats.update(prepare_s=prepare_s, encode_s=finisher.seconds, generate_and_encode_s=time.perf_counter() - t1,
+    stats.update(encode_s=finisher.seconds, generate_and_encode_s=time.perf_counter() - t1,
                  total_s=time.perf_counter() - t0)
-    extra = {}
-    if wd:
-        try:
-            extra = {"work_dir": str(wd.folder), "work_dir_bytes": wd.bytes_on_disk(), "resumed_windows": resume[1],
-                     "prepare_resumed": bool(saved), "checkpoint_s": round(wd.seconds, 4)}
-            if not keep_work_dir:
-                wd.clear()
-        finally:
-            wd.close()
+    extra = _finish_work_dir(wd, resume, saved, keep_work_dir) if wd else {}
     return {**extra, "windows_sampled": stats["windows_sampled"], "input": str(input),
-            "outputs": {k: str(v) for k, v in written.items()}, "frames": t_count, "fps": fps, "source_size": [int(shape[1]), int(shape[0])],
+            "outputs": {k: str(v) for k, v in written.items()}, "frames": source.count, "fps": fps,
+            "source_size": [int(source.shape[1]), int(source.shape[0])],
             "output_size": composite.output_size(targets[0], s.output_height), "has_audio": info.has_audio,
             "windows": stats["windows"], **{k: round(v, 3) for k, v in stats.items() if k.endswith("_s")}}
+
+
+def _checked_outputs(input: Path, output: Path, s: Settings, encode: EncodeOptions, overwrite: bool,
+                     work_dir) -> dict:
+    """{label: path} of the outputs, each checked before anything is made: not the input, not in a work dir's
+    way, not an existing file unless ``overwrite``, and writable with ``encode``'s codec and container."""
+    paths = output_paths(output, s.labels)
+    if work_dir is not None:  # neither the input nor an output may be in its way
+        workdir.check_apart(work_dir, input, paths.values())
+    for p in paths.values():
+        if p.resolve() == input.resolve():
+            raise VideoError(f"output {p} would overwrite the input")
+        if p.exists() and not overwrite:
+            raise VideoError(f"output {p} exists (pass overwrite=True / drop --no-overwrite)")
+        encode.check(p)  # a codec, pixel format or container that cannot work fails now, not after sampling
+    return paths
+
+
+class _Source:
+    """The input's frames: counted from the container's packets without decoding (so sampling starts after
+    one decoding pass, not two), or by decoding where asked (``count_by_decoding``) or where the container
+    announces nothing; then decoded again as often as the preparing stage asks (``frames``)."""
+
+    def __init__(self, input: Path, stream, max_pixels: int, count_by_decoding: bool, cancel):
+        self.input, self.stream, self.max_pixels = input, stream, max_pixels
+        self.announced = packet_times(input, stream)
+        self.verify = self.announced is not None and not count_by_decoding
+        self.times = self.announced if self.verify else self._decoded_times(cancel)
+        self.count = len(self.times)
+        first = iter_frames(input, stream, max_pixels=max_pixels)
+        try:
+            frame = next(first, None)
+        finally:
+            first.close()
+        if frame is None:
+            raise VideoError(f"{input} has no decodable video frames")
+        self.shape = frame[0].shape
+
+    def _decoded_times(self, cancel) -> np.ndarray:
+        times = []
+        for _, t, _ in iter_frames(self.input, self.stream, rgb=False, max_pixels=self.max_pixels):
+            times.append(t)
+            if len(times) % 256 == 0:
+                check_cancel(cancel)
+        if not times:
+            raise VideoError(f"{self.input} has no decodable video frames")
+        return np.array(times, dtype=np.float64)
+
+    def frames(self, wanted):
+        """(index, RGB or None) of every frame, decoded again; RGB for those in ``wanted`` (None: all). Where
+        the count was announced, a frame whose time differs from it starts the call over (``_Recount``)."""
+        i = -1
+        for i, (rgb, t, _) in enumerate(iter_frames(self.input, self.stream, rgb=True if wanted is None else wanted,
+                                                    max_pixels=self.max_pixels)):
+            if self.verify and (i >= self.count or t != self.times[i]):
+                raise _Recount()
+            if rgb is not None and rgb.shape != self.shape:
+                raise VideoError(f"{self.input}: the frame size changes mid-stream, which is not supported")
+            yield i, rgb
+        if self.verify and i + 1 != self.count:
+            raise _Recount()
+
+
+def _work_dir(pipeline, source: _Source, info, s: Settings, folder, restart: bool) -> workdir.WorkDir:
+    """The job's work dir, opened (and locked) before anything is made; a work dir of another job is refused."""
+    # "frames": as announced where the container announces them, so that both ways of counting name the
+    # same job (a work dir left by a run that had to count by decoding is resumed by the next run).
+    input = source.input
+    job = {"format": workdir.FORMAT, "input": {"bytes": input.stat().st_size, "sha256": workdir.file_digest(input)},
+           "stream": info.stream_index, "frames": source.count if source.announced is None else len(source.announced),
+           "settings": workdir.settings_identity(s), "engines": workdir.engines_identity(pipeline.backend)}
+    plan = official_plan(source.count, s.strides)
+    return workdir.WorkDir.open(folder, job, restart, expected=workdir.Expected.of(plan, source.count, pipeline.latent))
+
+
+def _saved_prepared(wd: workdir.WorkDir, source: _Source, box, fps: float) -> VideoLatents | None:
+    """The VAE encodes an earlier run of this job left in its work dir, if any."""
+    saved = wd.prepared()
+    if not saved:
+        return None
+    if len(saved["inits"]) != source.count:
+        if source.verify:  # prepared by a run that counted by decoding: so must this one
+            raise _Recount()
+        raise VideoError(f"work dir {wd.folder} holds {len(saved['inits'])} prepared frames, the video "
+                         f"{source.count}; pass --restart")
+    return VideoLatents(saved["inits"], saved["canvases"], latent_mask(box), saved["context"], float(fps))
+
+
+def _finish_work_dir(wd: workdir.WorkDir, resume, saved, keep_work_dir: bool) -> dict:
+    """What the summary says of the work dir; removed unless kept."""
+    try:
+        extra = {"work_dir": str(wd.folder), "work_dir_bytes": wd.bytes_on_disk(), "resumed_windows": resume[1],
+                 "prepare_resumed": saved is not None, "checkpoint_s": round(wd.seconds, 4)}
+        if not keep_work_dir:
+            wd.clear()
+    finally:
+        wd.close()
+    return extra
 
 
 class _Finisher(threading.Thread):

@@ -8,7 +8,7 @@ import media
 from m3ddm.errors import InputError
 from runtime import Outpainter
 from runtime.geometry import letterbox_geometry
-from runtime.pipeline import level_groups, prepare_groups
+from runtime.prepare import level_groups, prepare_groups
 from runtime.plan import official_plan
 from runtime.settings import Settings
 
@@ -132,7 +132,7 @@ def test_a_count_the_decoder_does_not_confirm_is_redone_by_decoding(outpainter, 
 def test_the_first_step_waits_for_the_first_window_only(outpainter, monkeypatch):
     """The first level's other windows get their TELEA inits after sampling has started, from canvases kept by
     the first pass (no third decode); the latents are those of a serial prepare."""
-    from runtime import pipeline as pipeline_module
+    from runtime import prepare as prepare_module
     frames = media.scene(100, 96, 54, seed=9)
     s = Settings(steps=2, strides=(5, 1))
     plan = official_plan(100, s.strides)
@@ -140,8 +140,8 @@ def test_the_first_step_waits_for_the_first_window_only(outpainter, monkeypatch)
     assert len(plan[0]) == 2 and len(groups[1]) > 0  # a first level of two windows
     box = letterbox_geometry(54, 96, ["9:16"], outpainter.size)
     later, decoded = [], []
-    add_canvas = pipeline_module._Preparer.add_canvas
-    monkeypatch.setattr(pipeline_module._Preparer, "add_canvas",
+    add_canvas = prepare_module._Preparer.add_canvas
+    monkeypatch.setattr(prepare_module._Preparer, "add_canvas",
                         lambda self, i, canvas: (later.append(i), add_canvas(self, i, canvas))[1])
 
     def given(wanted):
