@@ -102,6 +102,23 @@ def tiny_config():
     return UNetConfig(block_out_channels=(32, 64, 64, 64))
 
 
+@pytest.fixture(scope="session")
+def scene_clip(tmp_path_factory):
+    """``scene_clip(frames, width=96, height=54, seed=11, fps=24, audio=False)``: the path of an H.264 clip of
+    ``media.scene``, written once per session for each set of arguments (the test modules' clips)."""
+    import media
+    made: dict = {}
+
+    def make(frames: int, width: int = 96, height: int = 54, seed: int = 11, fps: int = 24, audio: bool = False):
+        key = (frames, width, height, seed, fps, audio)
+        if key not in made:
+            path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+            media.write(path, media.scene(frames, width, height, seed=seed), fps=fps, audio=audio)
+            made[key] = path
+        return made[key]
+    return make
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

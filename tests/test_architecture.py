@@ -5,6 +5,7 @@ import logging
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -35,6 +36,91 @@ def _imports(folder: str) -> dict:
 def test_layers_import_only_downwards(folder, forbidden):
     wrong = {f: sorted(names & forbidden) for f, names in _imports(folder).items() if names & forbidden}
     assert not wrong, f"{folder}/ reaches up or sideways: {wrong}"
+
+
+def _runtime_graph() -> dict:
+    """{module: {runtime modules it imports, at any depth, inside functions too}} for every module of runtime/.
+    ``from runtime import x`` names the module runtime.x where there is one; a package's own __init__ is not an
+    edge of every module below it (Python runs it first, but it imports nothing of theirs)."""
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in (ROOT / "runtime").rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in modules:
+                subs = {f"{node.module}.{a.name}" for a in node.names} & set(modules)
+                edges |= subs or {node.module}
+        graph[name] = edges - {name}
+    return graph
+
+
+def _cycle(graph: dict) -> list | None:
+    """One import cycle of ``graph``, as a list of modules, or None."""
+    state: dict = {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt, path + [nxt])):
+                return found
+        state[node] = "done"
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start, [start])):
+            return found
+    return None
+
+
+def test_runtime_has_no_import_cycle():
+    graph = _runtime_graph()
+    assert "runtime.cluster" not in graph["runtime.api"] and "runtime.api" in graph["runtime.cluster"]
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]  # it finds one
+
+
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 320, 80
+
+
+def test_runtime_files_and_functions_stay_small():
+    """Past these sizes a module holds two things and a function does three: split them (CONTRIBUTING.md)."""
+    big_files, big_functions = {}, {}
+    for path in (ROOT / "runtime").rglob("*.py"):
+        text = path.read_text()
+        rel = str(path.relative_to(ROOT))
+        if len(text.splitlines()) > MAX_FILE_LINES:
+            big_files[rel] = len(text.splitlines())
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    big_functions[f"{rel}:{node.name}"] = lines
+    assert not big_files, f"files over {MAX_FILE_LINES} lines: {big_files}"
+    assert not big_functions, f"functions over {MAX_FUNCTION_LINES} lines: {big_functions}"
+
+
+def test_the_sampler_is_built_once_per_run(monkeypatch):
+    """Pipeline.run builds the run's sampler and hands it on: to the plan loop and every batch of every level."""
+    from runtime import samplers
+    from runtime.pipeline import Pipeline
+    from runtime.settings import Settings
+    from runtime.geometry import letterbox_geometry
+    from runtime.plan import official_plan
+    from test_settings import Arithmetic
+    frames = np.random.default_rng(0).integers(0, 255, (40, 18, 32, 3), np.uint8)
+    s = Settings(steps=3, strides=(5, 1), batch_windows=1)
+    s.check()
+    built, make = [], samplers.make_sampler
+    monkeypatch.setattr(samplers, "make_sampler", lambda *a: built.append(a) or make(*a))
+    given = lambda wanted: ((i, frames[i]) for i in range(40))  # noqa: E731
+    Pipeline(Arithmetic()).run(given, lambda start, chunk: None, s, count=40,
+                               box=letterbox_geometry(18, 32, ["9:16"], 64), fps=24.0)
+    assert len(official_plan(40, (5, 1))[1]) > 1 and built == [("pndm", 3)]
 
 
 def test_first_line_never_raises():

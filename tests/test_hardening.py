@@ -47,10 +47,8 @@ def measured(cmd, *, timeout=120, memory_cap_gb=4.0, env=None):
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("hardening") / "clip.mp4"
-    media.write(path, media.scene(20, 96, 54, seed=3), fps=24)
-    return path
+def clip(scene_clip):
+    return scene_clip(20, seed=3)
 
 
 # -- 1. decompression bombs ---------------------------------------------------------------------------

@@ -18,10 +18,8 @@ JOB = ["--steps", "3", "--batch-windows", "1", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("long") / "clip.mp4"
-    media.write(path, media.scene(60, 96, 54, seed=11), fps=24)
-    return path
+def clip(scene_clip):
+    return scene_clip(60)
 
 
 @pytest.fixture(scope="module")

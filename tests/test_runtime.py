@@ -31,11 +31,9 @@ def outpainter(engines):
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
+def clip(scene_clip):
     """A phone-like clip made here: 36 frames of 320x240 at 30 fps, H.264 with an AAC track."""
-    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
-    media.write(path, media.scene(36, 320, 240, seed=7), fps=30, audio=True)
-    return path
+    return scene_clip(36, 320, 240, seed=7, fps=30, audio=True)
 
 
 def test_official_run_reproduced_by_the_runtime(golden_engines, shared):

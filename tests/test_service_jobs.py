@@ -31,21 +31,16 @@ def _once(key, make):
     return _ONCE[key]
 
 
-def _write_clip(path, frames):
-    media.write(path, media.scene(frames, 96, 54, seed=21), fps=24)
-    return path
-
-
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
+def clip(scene_clip):
     """40 frames: three windows (the CLI's output is compared with this one's)."""
-    return _once("clip", lambda: _write_clip(tmp_path_factory.mktemp("jobs") / "clip.mp4", 40))
+    return scene_clip(40, seed=21)
 
 
 @pytest.fixture(scope="module")
-def short_clip(tmp_path_factory):
+def short_clip(scene_clip):
     """8 frames, one window: for jobs that only need to run (succeed, fail, be deleted), not a given output."""
-    return _once("short_clip", lambda: _write_clip(tmp_path_factory.mktemp("jobs") / "short.mp4", 8))
+    return scene_clip(8, seed=21)
 
 
 @pytest.fixture(scope="module")
