@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         op.pipeline.spread = None
         marks = {}
 
-        def checkpoint(new, windows_done):  # when the serial first level ends
+        def checkpoint(new, windows_done, marks=marks):  # when the serial first level ends
             if windows_done == len(plan[0]):
                 marks["first"] = time.perf_counter()
         t0 = time.perf_counter()
@@ -80,7 +80,8 @@ def main(argv=None) -> int:
                                  "bit_identical": bool(np.array_equal(spread, alone)),
                                  "max_abs_diff": float(np.abs(spread - alone).max())}
             print(f"batch {bw}, {n} workers: {spread_s:.1f} s against {alone_s:.1f} s in one process "
-                  f"(x{alone_s / spread_s:.2f}, ceiling x{ceiling:.2f}), identical: {row['workers'][n]['bit_identical']}",
+                  f"(x{alone_s / spread_s:.2f}, ceiling x{ceiling:.2f}), "
+                  f"identical: {row['workers'][n]['bit_identical']}",
                   flush=True)
         results["batch_windows"][bw] = row
     op.close()

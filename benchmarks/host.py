@@ -132,7 +132,8 @@ def main(argv=None) -> int:
     for w, h in sizes:
         for n in counts:
             clip(w, h, n)
-        stage = _child(f"import json; from benchmarks.host import stages_child; print(json.dumps(stages_child({w}, {h})))")
+        stage = _child("import json; from benchmarks.host import stages_child; "
+                       f"print(json.dumps(stages_child({w}, {h})))")
         results["stages"].append(stage)
         print(json.dumps(stage), flush=True)
         for n in counts:

@@ -142,10 +142,12 @@ def memory(counts, folder: Path) -> dict:
     per_frame_rss = (b["peak_rss_mb"] - a["peak_rss_mb"]) / (b["frames"] - a["frames"])
     per_frame_disk = (b["work_dir_bytes"] - a["work_dir_bytes"]) / (b["frames"] - a["frames"])
     ten_minutes = 10 * 60 * 30
-    return {"runs": rows, "rss_mb_per_frame": round(per_frame_rss, 4), "work_dir_kb_per_frame": round(per_frame_disk / 1024, 2),
+    more = ten_minutes - a["frames"]
+    return {"runs": rows, "rss_mb_per_frame": round(per_frame_rss, 4),
+            "work_dir_kb_per_frame": round(per_frame_disk / 1024, 2),
             "ten_minutes_1080p30": {"frames": ten_minutes,
-                                    "peak_rss_gb": round((a["peak_rss_mb"] + per_frame_rss * (ten_minutes - a["frames"])) / 1024, 2),
-                                    "work_dir_gb": round((a["work_dir_bytes"] + per_frame_disk * (ten_minutes - a["frames"])) / 2**30, 2)}}
+                                    "peak_rss_gb": round((a["peak_rss_mb"] + per_frame_rss * more) / 1024, 2),
+                                    "work_dir_gb": round((a["work_dir_bytes"] + per_frame_disk * more) / 2**30, 2)}}
 
 
 def main(argv=None) -> int:

@@ -70,7 +70,7 @@ class LPIPS(nn.Module):
             p.requires_grad_(False)
         self.eval()
 
-    def load(self, alexnet_state: dict, lin_state: dict) -> "LPIPS":
+    def load(self, alexnet_state: dict, lin_state: dict) -> LPIPS:
         self.features.load_state_dict({k[len("features."):]: v for k, v in alexnet_state.items()
                                        if k.startswith("features.")}, strict=True)
         for k, lin in enumerate(self.lins):

@@ -82,8 +82,9 @@ def run(repo: str, unet_dir: str, vae_dir: str, video: np.ndarray, fps: float, s
     from diffusers import AutoencoderKL, DDPMScheduler
     from diffusers.schedulers.scheduling_pndm import PNDMScheduler
     from model.unet_3d_condition_video import UNet3DConditionModel
-    from pipelines.stable_diffusion.pipeline_stable_diffusion_video2video_mask_for_video_outpainting import \
-        StableDiffusionPipelineVideo2VideoMaskC as OfficialPipeline
+    from pipelines.stable_diffusion.pipeline_stable_diffusion_video2video_mask_for_video_outpainting import (
+        StableDiffusionPipelineVideo2VideoMaskC as OfficialPipeline,
+    )
 
     betas = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
     scheduler = PNDMScheduler(**betas, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)  # SD1.5's

@@ -40,6 +40,7 @@ class GpuMemoryWatch:
 
     def __enter__(self):
         import threading
+
         from runtime.engines import cuda
         self.cuda = cuda
         self.free0, self.total = cuda.mem_info()
@@ -88,6 +89,7 @@ def clip(frames: int, width: int = 160, height: int = 90) -> np.ndarray:
 # -- one measurement per process ---------------------------------------------------------------------
 def _baseline(args, what: str, frames: int) -> dict:
     import torch
+
     from export.model import load_unet, load_vae
     from export.reference import ReferencePipeline
     torch.manual_seed(0)

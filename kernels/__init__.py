@@ -64,7 +64,8 @@ def _nvrtc():
     try:
         from cuda.bindings import nvrtc
     except ImportError:
-        raise KernelError("cuda-python (cuda-bindings) is not installed: pip install 'm3ddm-runtime[kernels]'") from None
+        raise KernelError("cuda-python (cuda-bindings) is not installed: "
+                          "pip install 'm3ddm-runtime[kernels]'") from None
     return nvrtc
 
 

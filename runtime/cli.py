@@ -9,14 +9,22 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-from pathlib import Path
 import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
-from m3ddm.errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, Cancelled, M3DDMError,
-                          exit_code, first_line)
+from m3ddm.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Cancelled,
+    M3DDMError,
+    exit_code,
+    first_line,
+)
 from m3ddm.files import remove_partials
 from runtime import env
 

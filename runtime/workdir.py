@@ -97,7 +97,7 @@ class WorkDir:
         self._lock = threading.Lock()  # the prepared latents may be saved by the thread preparing them
 
     @classmethod
-    def open(cls, folder, job: dict, restart: bool = False, *, expected: Expected) -> "WorkDir":
+    def open(cls, folder, job: dict, restart: bool = False, *, expected: Expected) -> WorkDir:
         """The work dir ``folder`` of ``job``, locked; made where it is missing. Raises WorkDirError: a folder
         that is not ours, in use by another run, of another job, or damaged."""
         for _ in range(3):
@@ -113,7 +113,7 @@ class WorkDir:
         raise WorkDirError(f"work dir {folder} keeps being removed by another run; name another folder")
 
     @classmethod
-    def _open(cls, files: Folder, job: dict, restart: bool, expected: Expected) -> "WorkDir":
+    def _open(cls, files: Folder, job: dict, restart: bool, expected: Expected) -> WorkDir:
         if not _ours(files):
             raise WorkDirError(f"work dir {files.path} is not empty and holds no job; name an empty or new folder")
         files.lock()

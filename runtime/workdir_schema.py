@@ -63,7 +63,7 @@ class Expected:
     windows: tuple
 
     @classmethod
-    def of(cls, plan, frames: int, latent: int) -> "Expected":
+    def of(cls, plan, frames: int, latent: int) -> Expected:
         return cls(frames, latent, GLOBAL_FRAMES * global_tokens_per_frame(latent),
                    tuple(w.frames for level in plan for w in level))
 

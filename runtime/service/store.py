@@ -30,7 +30,7 @@ class JobStore:
                 progress TEXT, outputs TEXT, error TEXT, created REAL NOT NULL, started REAL, finished REAL)""")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq)")
 
-    def _db(self) -> "_Transaction":
+    def _db(self) -> _Transaction:
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -90,7 +90,8 @@ class JobStore:
             if ids:
                 first = db.execute("SELECT COALESCE(MIN(seq), 0) FROM jobs").fetchone()[0]
                 for k, job_id in enumerate(ids):
-                    db.execute("UPDATE jobs SET status = 'queued', seq = ? WHERE id = ?", (first - len(ids) + k, job_id))
+                    db.execute("UPDATE jobs SET status = 'queued', seq = ? WHERE id = ?",
+                               (first - len(ids) + k, job_id))
         return ids
 
     def set_progress(self, job_id: str, progress: dict) -> None:

@@ -18,7 +18,6 @@ from m3ddm.errors import first_line
 from m3ddm.files import track_partial
 from runtime.video.source import VideoError, _av, open_media
 
-
 # The encoder's threads, fixed: the bitstream depends on them (see _add_video_stream), so a count that followed
 # the machine would give other bytes on every machine and in every CPU set a job may run in.
 ENCODER_THREADS = 4
@@ -62,7 +61,8 @@ class EncodeOptions:
             raise
         except Exception as exc:
             raise VideoError(f"cannot encode {path.name} with codec {self.codec!r}, pixel format {self.pix_fmt!r}"
-                             f"{f', preset {self.preset!r}' if _takes_crf(self.codec) else ''}: {first_line(exc)}") from None
+                             f"{f', preset {self.preset!r}' if _takes_crf(self.codec) else ''}: "
+                             f"{first_line(exc)}") from None
         finally:
             try:
                 container.close()
@@ -78,7 +78,8 @@ def _add_video_stream(av, container, options: EncodeOptions, fps: float, width: 
     try:
         codec = av.Codec(options.codec, "w")
     except Exception:
-        raise VideoError(f"unknown video encoder {options.codec!r} (e.g. libx264, libx265, libvpx-vp9, mpeg4)") from None
+        raise VideoError(f"unknown video encoder {options.codec!r} "
+                         "(e.g. libx264, libx265, libvpx-vp9, mpeg4)") from None
     if codec.type != "video":
         raise VideoError(f"{options.codec!r} is not a video encoder")
     formats = {f.name for f in (codec.video_formats or ())}
@@ -237,7 +238,8 @@ def write_video(path, frames, times: np.ndarray, fps: float, options: EncodeOpti
 
 
 # Audio codecs each container takes as they are; anything else is re-encoded to AAC (Opus for webm).
-_REMUX = {"mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}, "mov": {"aac", "mp3", "ac3", "alac", "pcm_s16le"},
+_REMUX = {"mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"},
+          "mov": {"aac", "mp3", "ac3", "alac", "pcm_s16le"},
           "matroska": None, "webm": {"opus", "vorbis"}}
 
 
