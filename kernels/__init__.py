@@ -36,7 +36,7 @@ def _reason(status) -> str:
     api, call = {"cudaError_t": ("runtime", "cudaGetErrorString"), "CUresult": ("driver", "cuGetErrorString"),
                  "nvrtcResult": ("nvrtc", "nvrtcGetErrorString")}.get(type(status).__name__, (None, None))
     try:
-        if api is not None:
+        if api is not None and call is not None:
             import importlib
             text = getattr(importlib.import_module(f"cuda.bindings.{api}"), call)(status)[1]
             return text.decode() if isinstance(text, bytes) else str(text)

@@ -46,8 +46,8 @@ class Parser(argparse.ArgumentParser):
     """argparse with a one-line error (``prog: error: ...``, exit 2) instead of its usage block, and the
     command's installed name as ``prog`` when it was run as its script (``command_name``)."""
 
-    def __init__(self, *args, prog: str | None = None, **kwargs):
-        super().__init__(*args, prog=command_name(prog) if prog else None, **kwargs)
+    def __init__(self, *, prog: str | None = None, **kwargs):
+        super().__init__(prog=command_name(prog) if prog else None, **kwargs)
 
     def error(self, message):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -136,8 +137,9 @@ class VideoWriter:
         check_output_path(self.path)
         self.format = _FORMATS[self.path.suffix.lower()]
         self.tmp = self.path.with_name(f".{self.path.stem}.partial-{os.getpid()}{self.path.suffix}")
-        self.container = None
-        self.stream = None
+        # PyAV's output container and video stream, made by the first write (PyAV is imported lazily: self.av).
+        self.container: Any = None
+        self.stream: Any = None
         self.audio = (None, None, None)
         self.last_pts, self.count = -1, 0
 
