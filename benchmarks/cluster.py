@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     for bw in sorted({1, args.batch_windows}):
         s = Settings(steps=args.steps, batch_windows=bw)
         op.pipeline.spread = None
-        marks = {}
+        marks: dict[str, float] = {}
 
         def checkpoint(new, windows_done, marks=marks):  # when the serial first level ends
             if windows_done == len(plan[0]):
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
         alone, _, _ = op.pipeline.sample(video, s, checkpoint=checkpoint)
         alone_s = time.perf_counter() - t0
         first_s = marks["first"] - t0
-        row = {"one_process_s": round(alone_s, 2), "first_level_s": round(first_s, 2), "workers": {}}
+        row: dict[str, Any] = {"one_process_s": round(alone_s, 2), "first_level_s": round(first_s, 2), "workers": {}}
         for n in counts:
             if bw == 1 and n != max(counts):
                 continue  # the bit-identity check; the scaling is measured at the default batch size

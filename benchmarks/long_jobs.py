@@ -58,10 +58,11 @@ def resume(engines: Path, frames: int, steps: int, folder: Path) -> dict:
     plain, plain_wall = _run([*base, "-o", folder / "plain.mp4"])
     with_dir, with_dir_wall = _run([*base, "-o", folder / "dir.mp4", "--work-dir", folder / "work1"])
     # Killed as the last level starts (the coarse levels done), then the same command again.
-    cmd = [*CLI, clip, "--engines", engines, "--steps", str(steps), "-o", folder / "killed.mp4",
+    cmd: list[str | Path] = [*CLI, clip, "--engines", engines, "--steps", str(steps), "-o", folder / "killed.mp4",
            "--work-dir", folder / "work2"]
     t0 = time.perf_counter()
     proc = subprocess.Popen([*cmd, "--progress", "jsonl"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None  # a pipe, asked for
     last_level = None
     for line in proc.stderr:
         if not line.startswith("{"):

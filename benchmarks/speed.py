@@ -154,7 +154,10 @@ def _ours(args, what: str, frames: int) -> dict:
                 "overlapped_s": round(serial - stages["generate_and_encode_s"], 3)}
     calls = []
     orig = o.backend.unet
-    o.backend.unet = lambda *a: (calls.append(1), orig(*a))[1]
+    def counted(*a):
+        calls.append(1)
+        return orig(*a)
+    o.backend.unet = counted
     t0 = time.perf_counter()
     r = o.outpaint(clip(frames), 30.0, ratio="9:16")
     seconds = time.perf_counter() - t0
@@ -294,7 +297,7 @@ def main(argv=None) -> int:
             report["results"][key] = row
             print(key, json.dumps(row), flush=True)
             continue
-        runs = {side: [] for side in ["baseline", *backends]}
+        runs: dict[str, list[dict]] = {side: [] for side in ["baseline", *backends]}
         for _ in range(max(1, args.rounds)):  # alternately, so that a drift of the machine hits both sides
             runs["baseline"].append(measure("baseline", what, frames, common))
             for b in backends:

@@ -152,6 +152,7 @@ class ReferencePipeline:
             latents = self.encode(images)
             n = window.inpainted.shape[0]
             init_latents, padded_latents, null_latent = latents[:n], latents[n:2 * n], latents[2 * n]
+        assert padded_latents is not None and null_latent is not None  # given with init_latents, or made above
         global_latents = self.encode(global_frames_or_latents) if official else global_frames_or_latents
         local, masks = self.local_inputs(window, padded_latents, null_latent)
         x0 = init_latents.permute(1, 0, 2, 3)[None]
