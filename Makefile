@@ -18,7 +18,7 @@ WINDOWS ?=
 # More `python -m export` options, e.g. EXPORT_ARGS="--attention-softmax fp16 --opt-level 4".
 EXPORT_ARGS ?=
 
-.PHONY: setup test test-all test-gpu demo engines plans doctor serve bench bench-long bench-service bench-cluster bench-host bench-encode bench-model official-env bench-official clean
+.PHONY: setup lint test test-all test-gpu demo engines plans doctor serve bench bench-long bench-service bench-cluster bench-host bench-encode bench-model official-env bench-official clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q
+
+# ruff (style and likely bugs, whole tree) and mypy (types of the packages); both configured in pyproject.toml.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 # Also the slow tests (full-size model on the meta device and with random weights).
 test-all: setup

@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,16 +54,16 @@ def main(argv=None) -> int:
     for bw in sorted({1, args.batch_windows}):
         s = Settings(steps=args.steps, batch_windows=bw)
         op.pipeline.spread = None
-        marks = {}
+        marks: dict[str, float] = {}
 
-        def checkpoint(new, windows_done):  # when the serial first level ends
+        def checkpoint(new, windows_done, marks=marks):  # when the serial first level ends
             if windows_done == len(plan[0]):
                 marks["first"] = time.perf_counter()
         t0 = time.perf_counter()
         alone, _, _ = op.pipeline.sample(video, s, checkpoint=checkpoint)
         alone_s = time.perf_counter() - t0
         first_s = marks["first"] - t0
-        row = {"one_process_s": round(alone_s, 2), "first_level_s": round(first_s, 2), "workers": {}}
+        row: dict[str, Any] = {"one_process_s": round(alone_s, 2), "first_level_s": round(first_s, 2), "workers": {}}
         for n in counts:
             if bw == 1 and n != max(counts):
                 continue  # the bit-identity check; the scaling is measured at the default batch size
@@ -80,7 +81,8 @@ def main(argv=None) -> int:
                                  "bit_identical": bool(np.array_equal(spread, alone)),
                                  "max_abs_diff": float(np.abs(spread - alone).max())}
             print(f"batch {bw}, {n} workers: {spread_s:.1f} s against {alone_s:.1f} s in one process "
-                  f"(x{alone_s / spread_s:.2f}, ceiling x{ceiling:.2f}), identical: {row['workers'][n]['bit_identical']}",
+                  f"(x{alone_s / spread_s:.2f}, ceiling x{ceiling:.2f}), "
+                  f"identical: {row['workers'][n]['bit_identical']}",
                   flush=True)
         results["batch_windows"][bw] = row
     op.close()

@@ -90,7 +90,8 @@ def child(width: int, height: int, count: int, cores: str) -> dict:
     rows = {}
     for name, (thread_type, thread_count) in CONFIGS.items():
         seconds, data = encode(yuv, 18, thread_type, thread_count)
-        rows[name] = {"ms_per_frame": round(1000 * seconds / count, 1), "kib_per_frame": round(len(data) / count / 1024, 1),
+        rows[name] = {"ms_per_frame": round(1000 * seconds / count, 1),
+                      "kib_per_frame": round(len(data) / count / 1024, 1),
                       "psnr_db": round(psnr(decoded(data), lossless), 3), "sha256": hashlib.sha256(data).hexdigest()}
     return {"size": f"{width}x{height}", "cores": n, "frames": count, "configs": rows}
 
@@ -117,7 +118,8 @@ def main(argv=None) -> int:
             r = results[-1]
             for name, row in r["configs"].items():
                 print(f"{r['size']:>10} {r['cores']:>2} cores  {name:20s} {row['ms_per_frame']:8.1f} ms/frame "
-                      f"{row['kib_per_frame']:8.1f} KiB/frame  {row['psnr_db']:6.2f} dB  {row['sha256'][:12]}", flush=True)
+                      f"{row['kib_per_frame']:8.1f} KiB/frame  {row['psnr_db']:6.2f} dB  {row['sha256'][:12]}",
+                      flush=True)
     for size in {r["size"] for r in results}:
         runs = [r for r in results if r["size"] == size]
         same = {name: len({r["configs"][name]["sha256"] for r in runs}) == 1 for name in CONFIGS}

@@ -7,7 +7,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from m3ddm.facts import GLOBAL_FRAMES, WINDOW_FRAMES
 from runtime.engines import contract
 
-
 # Dense FP16 tensor-core peaks (TFLOP/s, FP32 accumulate where the vendor lists both), by GPU name, from
 # NVIDIA's data sheets; the first key contained in the device name wins (more specific keys first).
 FP16_TENSOR_PEAK_TFLOPS = {

@@ -20,7 +20,8 @@ STEPS = {
     "save_fp16_safetensors": ("torch.manual_seed(0); m = build_unet(UNetConfig()); n = m.num_parameters(); "
                               "t0 = time.perf_counter(); save_unet(m, W / 'ckpt', dtype=torch.float16); "
                               "extra['save_s'] = time.perf_counter() - t0; "
-                              "extra['file_bytes'] = (W / 'ckpt' / 'diffusion_pytorch_model.safetensors').stat().st_size"),
+                              "extra['file_bytes'] = "
+                              "(W / 'ckpt' / 'diffusion_pytorch_model.safetensors').stat().st_size"),
     # Summing every weight touches every page, so memory-mapped weights count in the RSS too.
     "load_fp16_file_as_fp32": "m = load_unet(W / 'ckpt'); n = m.num_parameters(); touch(m)",
     "load_fp16_file_as_fp16": "m = load_unet(W / 'ckpt', dtype=torch.float16); n = m.num_parameters(); touch(m)",

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def clip(width: int, height: int, frames: int) -> Path:
 
 def _pin(cores: str) -> int:
     """Pin this process to ``cores`` ("all" or a count) before the libraries start their pools."""
-    n = os.cpu_count() if cores == "all" else int(cores)
+    n = (os.cpu_count() or 1) if cores == "all" else int(cores)
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:n]))
     for var in THREAD_VARS:
         os.environ[var] = str(n)
@@ -128,11 +129,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     counts = [int(n) for n in args.frames.split(",")]
-    results = {"cpus": os.cpu_count(), "stages": [], "runs": []}
+    results: dict[str, Any] = {"cpus": os.cpu_count(), "stages": [], "runs": []}
     for w, h in sizes:
         for n in counts:
             clip(w, h, n)
-        stage = _child(f"import json; from benchmarks.host import stages_child; print(json.dumps(stages_child({w}, {h})))")
+        stage = _child("import json; from benchmarks.host import stages_child; "
+                       f"print(json.dumps(stages_child({w}, {h})))")
         results["stages"].append(stage)
         print(json.dumps(stage), flush=True)
         for n in counts:

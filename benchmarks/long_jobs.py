@@ -58,10 +58,11 @@ def resume(engines: Path, frames: int, steps: int, folder: Path) -> dict:
     plain, plain_wall = _run([*base, "-o", folder / "plain.mp4"])
     with_dir, with_dir_wall = _run([*base, "-o", folder / "dir.mp4", "--work-dir", folder / "work1"])
     # Killed as the last level starts (the coarse levels done), then the same command again.
-    cmd = [*CLI, clip, "--engines", engines, "--steps", str(steps), "-o", folder / "killed.mp4",
+    cmd: list[str | Path] = [*CLI, clip, "--engines", engines, "--steps", str(steps), "-o", folder / "killed.mp4",
            "--work-dir", folder / "work2"]
     t0 = time.perf_counter()
     proc = subprocess.Popen([*cmd, "--progress", "jsonl"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None  # a pipe, asked for
     last_level = None
     for line in proc.stderr:
         if not line.startswith("{"):
@@ -142,10 +143,12 @@ def memory(counts, folder: Path) -> dict:
     per_frame_rss = (b["peak_rss_mb"] - a["peak_rss_mb"]) / (b["frames"] - a["frames"])
     per_frame_disk = (b["work_dir_bytes"] - a["work_dir_bytes"]) / (b["frames"] - a["frames"])
     ten_minutes = 10 * 60 * 30
-    return {"runs": rows, "rss_mb_per_frame": round(per_frame_rss, 4), "work_dir_kb_per_frame": round(per_frame_disk / 1024, 2),
+    more = ten_minutes - a["frames"]
+    return {"runs": rows, "rss_mb_per_frame": round(per_frame_rss, 4),
+            "work_dir_kb_per_frame": round(per_frame_disk / 1024, 2),
             "ten_minutes_1080p30": {"frames": ten_minutes,
-                                    "peak_rss_gb": round((a["peak_rss_mb"] + per_frame_rss * (ten_minutes - a["frames"])) / 1024, 2),
-                                    "work_dir_gb": round((a["work_dir_bytes"] + per_frame_disk * (ten_minutes - a["frames"])) / 2**30, 2)}}
+                                    "peak_rss_gb": round((a["peak_rss_mb"] + per_frame_rss * more) / 1024, 2),
+                                    "work_dir_gb": round((a["work_dir_bytes"] + per_frame_disk * more) / 2**30, 2)}}
 
 
 def main(argv=None) -> int:

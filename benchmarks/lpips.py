@@ -37,7 +37,7 @@ MIN_SIDE = 31  # smallest frame side that survives conv1 and the two max pools b
 
 
 def alexnet_keys() -> dict:
-    keys = {}
+    keys: dict[str, tuple[int, ...]] = {}
     for i, (shape, _, _) in CONVS.items():
         keys[f"features.{i}.weight"] = shape
         keys[f"features.{i}.bias"] = (shape[0],)
@@ -51,9 +51,12 @@ def lin_keys() -> dict:
 class LPIPS(nn.Module):
     """LPIPS v0.1 / AlexNet. ``forward(x0, x1)``: images [N, 3, H, W] in [-1, 1]; returns [N] distances."""
 
+    shift: torch.Tensor  # buffers (register_buffer), typed for the checker
+    scale: torch.Tensor
+
     def __init__(self):
         super().__init__()
-        layers = []
+        layers: list[nn.Module] = []
         for i in range(TAPS[-1] + 1):
             if i in CONVS:
                 (cout, cin, k, _), stride, pad = CONVS[i]
@@ -70,7 +73,7 @@ class LPIPS(nn.Module):
             p.requires_grad_(False)
         self.eval()
 
-    def load(self, alexnet_state: dict, lin_state: dict) -> "LPIPS":
+    def load(self, alexnet_state: dict, lin_state: dict) -> LPIPS:
         self.features.load_state_dict({k[len("features."):]: v for k, v in alexnet_state.items()
                                        if k.startswith("features.")}, strict=True)
         for k, lin in enumerate(self.lins):

@@ -76,14 +76,17 @@ def temporal_consistency(frames) -> float:
     frames = np.asarray(frames)
     if len(frames) < 2:
         return 0.0
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     h, w = frames.shape[1:3]
     grid = np.stack(np.meshgrid(np.arange(w), np.arange(h)), -1).astype(np.float32)
     errors = []
     for prev, cur in zip(frames[:-1], frames[1:]):
         g0, g1 = cv2.cvtColor(prev, cv2.COLOR_RGB2GRAY), cv2.cvtColor(cur, cv2.COLOR_RGB2GRAY)
-        flow = dis.calc(g1, g0, None)  # where each pixel of `cur` came from in `prev`
-        warped = cv2.remap(prev, grid + flow, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        # where each pixel of `cur` came from in `prev` (flow None: a new one; OpenCV's stubs ask for one)
+        flow = dis.calc(g1, g0, None)  # type: ignore[call-overload]
+        # map2 None: map1 holds both coordinates (OpenCV's stubs ask for a map2 regardless)
+        warped = cv2.remap(prev, grid + flow, None, cv2.INTER_LINEAR,  # type: ignore[call-overload]
+                           borderMode=cv2.BORDER_REPLICATE)
         errors.append(np.abs(warped.astype(np.float64) - cur.astype(np.float64)).mean() / 255.0)
     return float(np.mean(errors))
 

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         for frames in lengths:
             video = Path(tmp) / f"clip{frames}.npy"
             np.save(video, clip(frames))
-            runs = {"official": [], "ours": []}
+            runs: dict[str, list[dict]] = {"official": [], "ours": []}
             for _ in range(max(1, args.rounds)):
                 runs["official"].append(official(args.python, args.repo, args.unet, args.vae, video, args.size))
                 runs["ours"].append(measure("ours", "video", frames, common))

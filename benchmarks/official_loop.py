@@ -18,6 +18,7 @@ import json
 import sys
 import time
 import types
+from typing import Any
 
 import numpy as np
 
@@ -38,10 +39,11 @@ def windows(count: int) -> list[tuple[int, list[int]]]:
 def _stand_ins() -> None:
     """decord (video reading) and torchvision (transforms) are imported by the official pipeline module but
     never called on this path: empty modules keep the import from needing them."""
-    decord = types.ModuleType("decord")
+    decord: Any = types.ModuleType("decord")  # given attributes below
     decord.bridge = types.SimpleNamespace(set_bridge=lambda *a: None)
     decord.VideoReader = object
-    vision, transforms = types.ModuleType("torchvision"), types.ModuleType("torchvision.transforms")
+    vision: Any = types.ModuleType("torchvision")
+    transforms = types.ModuleType("torchvision.transforms")
     vision.transforms = transforms
     for name, module in (("decord", decord), ("torchvision", vision), ("torchvision.transforms", transforms)):
         module.__spec__ = importlib.machinery.ModuleSpec(name, None)
@@ -76,14 +78,15 @@ def _canvases(frames: np.ndarray, size: int, ratio: float):
 def run(repo: str, unet_dir: str, vae_dir: str, video: np.ndarray, fps: float, size: int, steps: int,
         ratio: float) -> dict:
     _stand_ins()
-    sys.path.insert(0, str(repo) + "/src")
+    sys.path.insert(0, str(repo) + "/src")  # the official checkout's model and pipelines packages (untyped)
     import torch
     import torch.nn.functional as F
     from diffusers import AutoencoderKL, DDPMScheduler
     from diffusers.schedulers.scheduling_pndm import PNDMScheduler
-    from model.unet_3d_condition_video import UNet3DConditionModel
-    from pipelines.stable_diffusion.pipeline_stable_diffusion_video2video_mask_for_video_outpainting import \
-        StableDiffusionPipelineVideo2VideoMaskC as OfficialPipeline
+    from model.unet_3d_condition_video import UNet3DConditionModel  # type: ignore[import-not-found]
+    from pipelines.stable_diffusion.pipeline_stable_diffusion_video2video_mask_for_video_outpainting import (  # type: ignore[import-not-found]
+        StableDiffusionPipelineVideo2VideoMaskC as OfficialPipeline,
+    )
 
     betas = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
     scheduler = PNDMScheduler(**betas, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)  # SD1.5's

@@ -13,7 +13,8 @@ here (the folder must hold them; without them the run stops with one ``error:`` 
 - ``lpips``: LPIPS v0.1 / AlexNet (``benchmarks.lpips``; DIR holds ``alexnet-owt-7be5be79.pth`` and ``alex.pth``),
   per frame at the video's own resolution, averaged per video like the other scores;
 - ``fvd``: FVD over the whole set (``benchmarks.fvd``; DIR holds ``i3d_pretrained_400.pt``): the I3D logits of
-  every 16-frame clip of every output against those of the originals, at 224x224. ``--fvd-clip-frames 0`` takes whole videos as clips; ``--fvd-size`` changes the crop (numbers are then
+  every 16-frame clip of every output against those of the originals, at 224x224. ``--fvd-clip-frames 0``
+  takes whole videos as clips; ``--fvd-size`` changes the crop (numbers are then
   not comparable with published ones). A covariance needs at least 2 clips per side, checked before any
   outpainting. Weight files are checked (keys and shapes) before any outpainting too.
   Frames are squeezed whole to the square by default (``--fvd-frame full``, as the original TensorFlow FVD

@@ -42,8 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--queued", type=int, default=100)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         clip = tmp / "clip.mp4"
         write_video(clip, synthetic_clip(args.frames), np.arange(args.frames) / 24.0, 24.0)
         cli = []

@@ -40,6 +40,7 @@ class GpuMemoryWatch:
 
     def __enter__(self):
         import threading
+
         from runtime.engines import cuda
         self.cuda = cuda
         self.free0, self.total = cuda.mem_info()
@@ -88,6 +89,7 @@ def clip(frames: int, width: int = 160, height: int = 90) -> np.ndarray:
 # -- one measurement per process ---------------------------------------------------------------------
 def _baseline(args, what: str, frames: int) -> dict:
     import torch
+
     from export.model import load_unet, load_vae
     from export.reference import ReferencePipeline
     torch.manual_seed(0)
@@ -152,7 +154,10 @@ def _ours(args, what: str, frames: int) -> dict:
                 "overlapped_s": round(serial - stages["generate_and_encode_s"], 3)}
     calls = []
     orig = o.backend.unet
-    o.backend.unet = lambda *a: (calls.append(1), orig(*a))[1]
+    def counted(*a):
+        calls.append(1)
+        return orig(*a)
+    o.backend.unet = counted
     t0 = time.perf_counter()
     r = o.outpaint(clip(frames), 30.0, ratio="9:16")
     seconds = time.perf_counter() - t0
@@ -292,7 +297,7 @@ def main(argv=None) -> int:
             report["results"][key] = row
             print(key, json.dumps(row), flush=True)
             continue
-        runs = {side: [] for side in ["baseline", *backends]}
+        runs: dict[str, list[dict]] = {side: [] for side in ["baseline", *backends]}
         for _ in range(max(1, args.rounds)):  # alternately, so that a drift of the machine hits both sides
             runs["baseline"].append(measure("baseline", what, frames, common))
             for b in backends:

@@ -38,7 +38,7 @@ def make_checkpoints(folder: Path, seed: int = 0, full_size: bool = False) -> tu
         torch.manual_seed(seed)
         model = build_unet(UNetConfig() if full_size else UNetConfig(block_out_channels=DEMO_WIDTHS))
         with torch.no_grad():  # zero-init parts would hide paths; give every weight a value
-            for name, p in model.named_parameters():
+            for p in model.parameters():
                 if p.ndim > 1:
                     p.copy_(torch.randn_like(p) / p[0].numel() ** 0.5)
         save_unet(model, unet_dir, dtype=torch.float16)

@@ -37,7 +37,8 @@ def _sha256(path: Path) -> str:
 def source_files(folder: Path) -> list[Path]:
     names = {"config.json", *WEIGHT_NAMES}
     files = [p for p in sorted(folder.iterdir()) if p.is_file() and
-             (p.name in names or (p.name.startswith("diffusion_pytorch_model") and p.suffix in (".safetensors", ".bin")))]
+             (p.name in names
+              or (p.name.startswith("diffusion_pytorch_model") and p.suffix in (".safetensors", ".bin")))]
     return files
 
 
@@ -93,9 +94,10 @@ def read_manifest(out: Path) -> dict:
 def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), size: int = 256,
                    opset: int | None = None, force: bool = False, attention_softmax: str = "fp32") -> dict:
     """Export what is missing or stale into ``out``; returns the manifest."""
+    import onnx
+
     from export import onnx_export as ox
     from export.trt_onnx_support import problems as trt_problems
-    import onnx
 
     opset = opset or ox.OPSET
     from diffusers.utils import logging as diffusers_logging

@@ -67,7 +67,8 @@ class VaeEncoderGraph(nn.Module):
 
 
 class VaeDecoderGraph(nn.Module):
-    """scaled latents -> image in about [-1, 1]; multiplies by 1/0.18215 as the official code does (docs/algorithm.md §1.5)."""
+    """scaled latents -> image in about [-1, 1]; multiplies by 1/0.18215 as the official code does
+    (docs/algorithm.md §1.5)."""
 
     def __init__(self, vae):
         super().__init__()
@@ -209,6 +210,7 @@ def cleanup(model: onnx.ModelProto, fold: bool = True) -> onnx.ModelProto:
     folded (where ONNX Runtime is there to fold them; torch already folded the weight-side constants), shapes
     inferred."""
     import onnx_graphsurgeon as gs
+
     from export.shape_folding import fold_shapes
     graph = gs.import_onnx(model)
     graph.cleanup().toposort()

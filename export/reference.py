@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtime import geometry, guidance
 from m3ddm.facts import DEFAULT_GUIDANCE, GLOBAL_FRAMES, VAE_DOWNSAMPLE, VAE_SCALE_FACTOR, WINDOW_FRAMES
+from runtime import geometry, guidance
 from runtime.plan import official_plan
 
 # SD1.5's scheduler/scheduler_config.json, which the official inference loads.
@@ -152,6 +152,7 @@ class ReferencePipeline:
             latents = self.encode(images)
             n = window.inpainted.shape[0]
             init_latents, padded_latents, null_latent = latents[:n], latents[n:2 * n], latents[2 * n]
+        assert padded_latents is not None and null_latent is not None  # given with init_latents, or made above
         global_latents = self.encode(global_frames_or_latents) if official else global_frames_or_latents
         local, masks = self.local_inputs(window, padded_latents, null_latent)
         x0 = init_latents.permute(1, 0, 2, 3)[None]
@@ -217,7 +218,8 @@ class ReferencePipeline:
             global_in = self.encode(global_frames)
             contexts = self.global_contexts(global_in)
             all_lat = self.encode(torch.cat([inpainted, padded, -torch.ones_like(padded[:1])]))
-            cache = dict(init=all_lat[:t_count], padded=all_lat[t_count:2 * t_count], null=all_lat[-1], contexts=contexts)
+            cache = dict(init=all_lat[:t_count], padded=all_lat[t_count:2 * t_count], null=all_lat[-1],
+                         contexts=contexts)
         else:
             global_in = global_frames
 

@@ -41,7 +41,8 @@ def problems(model: onnx.ModelProto) -> list[str]:
     constant = {t.name for t in graph.initializer}
     constant |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
     float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
-    elem = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
+    elem = {v.name: v.type.tensor_type.elem_type
+            for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
     elem.update({t.name: t.data_type for t in graph.initializer})
     out = []
     for node in graph.node:

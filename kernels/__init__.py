@@ -36,7 +36,7 @@ def _reason(status) -> str:
     api, call = {"cudaError_t": ("runtime", "cudaGetErrorString"), "CUresult": ("driver", "cuGetErrorString"),
                  "nvrtcResult": ("nvrtc", "nvrtcGetErrorString")}.get(type(status).__name__, (None, None))
     try:
-        if api is not None:
+        if api is not None and call is not None:
             import importlib
             text = getattr(importlib.import_module(f"cuda.bindings.{api}"), call)(status)[1]
             return text.decode() if isinstance(text, bytes) else str(text)
@@ -64,7 +64,8 @@ def _nvrtc():
     try:
         from cuda.bindings import nvrtc
     except ImportError:
-        raise KernelError("cuda-python (cuda-bindings) is not installed: pip install 'm3ddm-runtime[kernels]'") from None
+        raise KernelError("cuda-python (cuda-bindings) is not installed: "
+                          "pip install 'm3ddm-runtime[kernels]'") from None
     return nvrtc
 
 

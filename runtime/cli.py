@@ -9,14 +9,22 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-from pathlib import Path
 import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
-from m3ddm.errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, Cancelled, M3DDMError,
-                          exit_code, first_line)
+from m3ddm.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Cancelled,
+    M3DDMError,
+    exit_code,
+    first_line,
+)
 from m3ddm.files import remove_partials
 from runtime import env
 
@@ -38,8 +46,8 @@ class Parser(argparse.ArgumentParser):
     """argparse with a one-line error (``prog: error: ...``, exit 2) instead of its usage block, and the
     command's installed name as ``prog`` when it was run as its script (``command_name``)."""
 
-    def __init__(self, *args, prog: str | None = None, **kwargs):
-        super().__init__(*args, prog=command_name(prog) if prog else None, **kwargs)
+    def __init__(self, *, prog: str | None = None, **kwargs):
+        super().__init__(prog=command_name(prog) if prog else None, **kwargs)
 
     def error(self, message):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")

@@ -75,7 +75,7 @@ def check_reachable(address: str | None, timeout: float = PROBE_TIMEOUT_S) -> No
             greeting = conn.recv(9)
     except socket.gaierror as exc:
         raise EnginesError(f"cannot reach the Ray cluster at {where}: unknown host {host} ({exc.strerror})") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise EnginesError(f"cannot reach the Ray cluster at {where}: no answer within {timeout:g} s") from None
     except OSError as exc:
         raise EnginesError(f"cannot reach the Ray cluster at {where}: {exc.strerror or exc} (is `ray start --head` "

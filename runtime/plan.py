@@ -63,7 +63,9 @@ def independent_runs(level: list[Window]) -> list[list[Window]]:
     same run generates: a run's windows read only what earlier runs stored, so each run can be sampled in
     batches. With the official strides the first level's windows guide each other in turn (runs of one) and
     every later level is one run; other strides, e.g. 10,1, cut later levels too."""
-    runs, current, fresh = [], [], set()
+    runs: list[list[Window]] = []
+    current: list[Window] = []
+    fresh: set[int] = set()
     for w in level:
         if current and any(w.frames[p] in fresh for p in w.guides):
             runs.append(current)

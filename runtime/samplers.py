@@ -17,6 +17,7 @@ coefficients, and this file is its reference.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,6 +112,7 @@ class PNDM(Sampler):
             cx, ce = _eps_step(self.alpha(t), self.alpha(prev))
             if counter != 1:
                 n_ets = min(n_ets + 1, 4)  # diffusers keeps ets[-3:] and appends this eps
+            w: tuple[float, ...]
             if counter == 0:
                 w = (1.0,)
             elif counter == 1:
@@ -174,9 +176,9 @@ class DPMSolverPP(Sampler):
 
     def _plan(self, steps):
         ts = np.linspace(0, TRAIN_STEPS - 1, steps + 1).round()[::-1][:-1].astype(np.int64)  # linspace spacing
-        alpha = lambda t: self.ac[t] ** 0.5
-        sigma = lambda t: (1 - self.ac[t]) ** 0.5
-        lam = lambda t: np.log(alpha(t)) - np.log(sigma(t))
+        alpha: Callable[[int], float] = lambda t: self.ac[t] ** 0.5
+        sigma: Callable[[int], float] = lambda t: (1 - self.ac[t]) ** 0.5
+        lam: Callable[[int], float] = lambda t: np.log(alpha(t)) - np.log(sigma(t))
         updates = []
         for i, t in enumerate(ts):
             t = int(t)
@@ -243,7 +245,8 @@ def run(sampler: Sampler, eps_fn, x0: np.ndarray, noise: np.ndarray, rng=None, t
     x = sampler.add_noise(x0.astype(np.float32), noise.astype(np.float32))
     if trajectory is not None:
         trajectory.append(x.copy())
-    saved, hist = None, []
+    saved: np.ndarray | None = None
+    hist: list[np.ndarray] = []
     for i, (t, u) in enumerate(zip(sampler.timesteps, sampler.updates)):
         e = eps_fn(x, t).astype(np.float32, copy=False)
         z = None

@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,12 +93,12 @@ class WorkDir:
 
     def __init__(self, files: Folder, job: dict, expected: Expected):
         self.files, self.folder, self.job, self.expected = files, files.path, job, expected
-        self.state = {"format": FORMAT, "prepared": None, "batches": [], "windows_done": 0}
+        self.state: dict[str, Any] = {"format": FORMAT, "prepared": None, "batches": [], "windows_done": 0}
         self.seconds = 0.0  # spent writing checkpoints
         self._lock = threading.Lock()  # the prepared latents may be saved by the thread preparing them
 
     @classmethod
-    def open(cls, folder, job: dict, restart: bool = False, *, expected: Expected) -> "WorkDir":
+    def open(cls, folder, job: dict, restart: bool = False, *, expected: Expected) -> WorkDir:
         """The work dir ``folder`` of ``job``, locked; made where it is missing. Raises WorkDirError: a folder
         that is not ours, in use by another run, of another job, or damaged."""
         for _ in range(3):
@@ -113,7 +114,7 @@ class WorkDir:
         raise WorkDirError(f"work dir {folder} keeps being removed by another run; name another folder")
 
     @classmethod
-    def _open(cls, files: Folder, job: dict, restart: bool, expected: Expected) -> "WorkDir":
+    def _open(cls, files: Folder, job: dict, restart: bool, expected: Expected) -> WorkDir:
         if not _ours(files):
             raise WorkDirError(f"work dir {files.path} is not empty and holds no job; name an empty or new folder")
         files.lock()
@@ -213,7 +214,7 @@ class WorkDir:
             wanted = schema.batch_frames(self.expected, self.state)
         except schema.Damaged as exc:
             raise self.files.damaged(f"state.json: {exc}") from None
-        stored = {}
+        stored: dict[int, np.ndarray] = {}
         for record, frames in zip(self.state["batches"], wanted):
             data = self._load(record, self.expected.batch_specs(len(frames)))
             if not np.array_equal(data["frames"], frames):

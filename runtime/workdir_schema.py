@@ -23,6 +23,13 @@ FORMAT = 1
 JOB, STATE = "job.json", "state.json"
 PREPARED_FILE = "prepared-latents.npz"
 BATCH_FILE = re.compile(r"batch-(\d{6,9})\.npz\Z")
+
+
+def _batch_number(name: str) -> int:
+    """The number in the name of a batch file (one BATCH_FILE matches: the records are checked first)."""
+    match = BATCH_FILE.match(name)
+    assert match is not None, name
+    return int(match.group(1))
 PARTIAL_FILE = re.compile(r"\.(.+)\.\d+\.partial\Z")  # m3ddm.files.partial_name
 SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 # What decides the final latents (every other Settings field only changes the compositing or the encoding).
@@ -63,7 +70,7 @@ class Expected:
     windows: tuple
 
     @classmethod
-    def of(cls, plan, frames: int, latent: int) -> "Expected":
+    def of(cls, plan, frames: int, latent: int) -> Expected:
         return cls(frames, latent, GLOBAL_FRAMES * global_tokens_per_frame(latent),
                    tuple(w.frames for level in plan for w in level))
 
@@ -133,7 +140,7 @@ def state_problem(state) -> str | None:
         problem = _record_problem(record, lambda name: BATCH_FILE.match(name) is not None)
         if problem:
             return f"state.json's batches: {problem}"
-        number = int(BATCH_FILE.match(record["file"]).group(1))
+        number = _batch_number(record["file"])
         if record["file"] != batch_file(number) or not last < number <= done:
             return f"state.json's batch {record['file']} is out of order or beyond windows_done"
         last = number
@@ -144,7 +151,8 @@ def record_names(state) -> set:
     """The data files ``state`` names (records that fit our names, whatever else is wrong with it)."""
     names = set()
     if isinstance(state, dict):
-        records = [state.get("prepared"), *(state.get("batches") if isinstance(state.get("batches"), list) else ())]
+        batches = state.get("batches")
+        records = [state.get("prepared"), *(batches if isinstance(batches, list) else ())]
         for record in records:
             name = record.get("file") if isinstance(record, dict) else None
             if isinstance(name, str) and (name == PREPARED_FILE or (BATCH_FILE.match(name) and
@@ -159,9 +167,10 @@ def batch_frames(expected: Expected, state: dict) -> list:
     windows, done = expected.windows, state["windows_done"]
     if done > len(windows):
         raise Damaged(f"windows_done is {done}; this job has {len(windows)} windows")
-    stored, last, out = set(), 0, []
+    stored: set[int] = set()
+    last, out = 0, []
     for record in state["batches"]:
-        number = int(BATCH_FILE.match(record["file"]).group(1))
+        number = _batch_number(record["file"])
         new = sorted({f for w in windows[last:number] for f in w} - stored)
         if not new:
             raise Damaged(f"{record['file']} is recorded, but its windows finish no frame")

@@ -182,6 +182,7 @@ def _view(ptr, count, dtype):
 
 def _kernel(name, address):
     import numpy as np
+
     from runtime import guidance, samplers
     from runtime.engines.device_kernels import sampler_step_reference
     half = name.endswith("f16")

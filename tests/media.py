@@ -94,7 +94,8 @@ def photo(width: int = 1280, height: int = 720, seed: int = 0) -> np.ndarray:
         if rng.random() < 0.5:
             cv2.circle(img, (x, y), int(rng.integers(8, height // 6)), colour, -1)
         else:
-            cv2.rectangle(img, (x, y), (x + int(rng.integers(10, width // 5)), y + int(rng.integers(4, 30))), colour, -1)
+            cv2.rectangle(img, (x, y), (x + int(rng.integers(10, width // 5)), y + int(rng.integers(4, 30))),
+                          colour, -1)
     return img.clip(0, 255).astype(np.uint8)
 
 

@@ -157,6 +157,7 @@ def test_offline_hub_source_names_the_repo_and_the_way_out(tmp_path):
 
 def test_vae_loads_from_folder_and_from_a_repo_layout(checkpoints, tmp_path):
     import shutil
+
     from export.model import load_vae
     vae = load_vae(checkpoints[1])
     assert vae.config.latent_channels == 4

@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import ROOT, _need, make_engines
+from conftest import ROOT, make_engines
 from export import onnx_export as ox
 from export.trt_onnx_support import problems as trt_problems
 from runtime.engines import EnginesError, contract, open_engines
@@ -101,7 +101,8 @@ def test_ort_cpu_fp32_matches_torch(engines, torch_models, component):
     for batch in (1, 3):
         xs = _inputs(component, batch, seed=batch)
         want = _torch_reference(component, *torch_models, xs)
-        got = backend.session(component).run(None, dict(zip([s.name for s in contract.component_io(component, SIZE)[0]], xs)))[0]
+        names = [s.name for s in contract.component_io(component, SIZE)[0]]
+        got = backend.session(component).run(None, dict(zip(names, xs)))[0]
         assert got.shape == want.shape
         assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), component
 
@@ -330,7 +331,8 @@ def test_graph_traced_small_is_exact_at_a_larger_size(tmp_path, torch_models):
     """The exporter traces at 8x8 latents; the graph must compute the contract's larger size exactly."""
     unet, vae = torch_models
     import onnxruntime
-    for comp, module in (("unet", ox.graph_module("unet", unet=unet)), ("vae_decoder", ox.graph_module("vae_decoder", vae=vae)),
+    for comp, module in (("unet", ox.graph_module("unet", unet=unet)),
+                         ("vae_decoder", ox.graph_module("vae_decoder", vae=vae)),
                          ("global_encoder", ox.graph_module("global_encoder", unet=unet))):
         path = ox.export_component(comp, module, 128, "fp32", tmp_path / f"{comp}.onnx", trace_size=64)
         ins = contract.component_io(comp, 128)[0]

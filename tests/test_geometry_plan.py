@@ -1,4 +1,5 @@
-"""Canvas geometry and the window plan against the worked examples of docs/algorithm.md §2.1 and §3.4, and the golden run."""
+"""Canvas geometry and the window plan against the worked examples of docs/algorithm.md §2.1 and §3.4, and the
+golden run."""
 import json
 import subprocess
 import sys

@@ -106,9 +106,9 @@ def test_cuda_graph_replay_equals_eager(planned):
 def test_one_window_run_memory_and_output(planned, request):
     engines = request.getfixturevalue("engines")
     from benchmarks.speed import GpuMemoryWatch
+    from media import scene
     from runtime import Outpainter
     from runtime.engines.tensorrt import TensorRTBackend
-    from media import scene
     frames = scene(20, 96, 64)
     with GpuMemoryWatch() as watch:
         with TensorRTBackend(planned, max_windows=1) as backend:
@@ -137,9 +137,9 @@ def test_ort_cuda_fp16_against_cpu_fp32(request):
 def test_device_sampling_equals_the_host_loop(planned):
     """The kernels' loop on the GPU against the host loop over the same engines (FP32 update, so only
     rounding-order differences)."""
+    from media import scene
     from runtime import Outpainter
     from runtime.engines.tensorrt import TensorRTBackend
-    from media import scene
     frames = scene(40, 96, 64)
     results = {}
     for on in (False, True):

@@ -202,7 +202,8 @@ def test_symlinks_inside_the_folder_stay_usable(engines, tmp_path, clip):
 def test_every_option_is_checked_before_the_engines_load(tmp_path, clip, args, words):
     """The engines folder does not exist: an option error must come first (exit 2), in about a second."""
     t0 = time.perf_counter()
-    res = subprocess.run([*CLI, clip, "-o", tmp_path / "out.mp4", "--engines", tmp_path / "none", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    res = subprocess.run([*CLI, clip, "-o", tmp_path / "out.mp4", "--engines", tmp_path / "none", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
     line = one_error_line(res)
     assert res.returncode == 2 and words in line, line
     assert time.perf_counter() - t0 < 30

@@ -87,6 +87,7 @@ def test_quality_cli_smoke(engines, tmp_path):
     import json
     import subprocess
     import sys
+
     import media
     from conftest import ROOT
     videos = tmp_path / "videos"
@@ -95,7 +96,8 @@ def test_quality_cli_smoke(engines, tmp_path):
     media.write(videos / "camera.mp4", media.scene(12, 128, 96, seed=2), fps=20, pix_fmt="yuv444p")
     out = tmp_path / "scores.json"
     res = subprocess.run([sys.executable, "-m", "benchmarks.quality", "--videos", str(videos), "--engines",
-                          str(engines), "--steps", "2", "--max-frames", "8", "--mask-ratio", "0.666", "--json", str(out)],
+                          str(engines), "--steps", "2", "--max-frames", "8", "--mask-ratio", "0.666",
+                          "--json", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     report = json.loads(out.read_text())
@@ -103,5 +105,6 @@ def test_quality_cli_smoke(engines, tmp_path):
     for s in report["videos"].values():
         assert 0 < s["ssim"] < 1 and np.isfinite(s["psnr"]) and s["frames"] == 8
     res = subprocess.run([sys.executable, "-m", "benchmarks.quality", "--videos", str(videos), "--engines",
-                          str(engines), "--metrics", "psnr,lpips"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          str(engines), "--metrics", "psnr,lpips"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "alexnet-owt-7be5be79.pth" in res.stderr

@@ -1,7 +1,7 @@
 """An oracle denoiser that knows a video's ground truth must let the whole pipeline reconstruct it.
 
-The video is a pan/zoom over a photo-like still (tests/media.py); each frame's ground-truth canvas is a 64x64 crop, and the
-source video is that crop's central 64x36 band, so the outpainted borders have a known truth. The
+The video is a pan/zoom over a photo-like still (tests/media.py); each frame's ground-truth canvas is a 64x64 crop,
+and the source video is that crop's central 64x36 band, so the outpainted borders have a known truth. The
 "VAE" is analytic (8x8 mean, then a fixed 3->4 linear map; decode inverts it) and the "UNet" returns
 the eps that points from its input to the ground-truth latents of the frames it recognises in the
 window, so any wrong window, guide, frame order, geometry or storage shows up as a wrong frame.

@@ -54,6 +54,7 @@ def test_official_run_reproduced_by_the_runtime(golden_engines, shared):
 
 def test_runtime_logic_is_exact_given_the_official_vae_latents(shared):
     import hashlib as h
+
     from export.model import load_unet, load_vae
     from export.torch_backend import TorchBackend
     from runtime import geometry
@@ -75,6 +76,7 @@ def test_runtime_logic_is_exact_given_the_official_vae_latents(shared):
     canvases = [geometry.letterbox_frame(f, box) for f in frames[:16]]
     inits = [geometry.inpaint_init(c, box) for c in canvases]
     import torch
+
     from export.reference import ReferencePipeline
     inpainted = torch.from_numpy(geometry.to_unit_range(np.stack(inits)))
     padded = torch.from_numpy(geometry.to_unit_range(np.stack(canvases)))
@@ -313,7 +315,8 @@ def test_cli_and_api_never_import_torch(engines, tmp_path):
     res = subprocess.run([*CLI, str(src), "-o", str(out), "--engines", str(engines), "--quiet", *FAST],
                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr
-    code = "import sys, runtime; runtime.Outpainter; import runtime.outpaint, runtime.video; print('torch' in sys.modules)"
+    code = ("import sys, runtime; runtime.Outpainter; import runtime.outpaint, runtime.video; "
+            "print('torch' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
     assert res.stdout.strip() == "False", res.stderr
 

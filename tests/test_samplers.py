@@ -17,7 +17,8 @@ def synthetic_eps(x, t):
 @pytest.fixture(scope="module")
 def start():
     rng = np.random.default_rng(0)
-    return rng.standard_normal((1, 4, 16, 8, 8)).astype(np.float32), rng.standard_normal((1, 4, 16, 8, 8)).astype(np.float32)
+    return (rng.standard_normal((1, 4, 16, 8, 8)).astype(np.float32),
+            rng.standard_normal((1, 4, 16, 8, 8)).astype(np.float32))
 
 
 def test_pndm_reproduces_the_official_trajectory(shared):
@@ -71,7 +72,8 @@ def test_ddim_against_diffusers(start, steps):
 @pytest.mark.parametrize("steps", [20, 8])
 def test_dpmpp_2m_against_diffusers(start, steps):
     x0, noise = start
-    sched = DPMSolverMultistepScheduler(**SD15, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="linspace")
+    sched = DPMSolverMultistepScheduler(**SD15, algorithm_type="dpmsolver++", solver_order=2,
+                                        timestep_spacing="linspace")
     want, ts = _diffusers_run(sched, steps, x0, noise)
     sampler = S.make_sampler("dpmpp", steps)
     assert sampler.timesteps == ts

@@ -25,8 +25,8 @@ def test_the_page_submits_a_clip_follows_it_and_plays_the_result(engines, tmp_pa
     media.write(clip, media.scene(20, 96, 54, seed=41), fps=24)  # two windows: ten steps for the bar to move in
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required",
-                "--window-size=1100,1300"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                "--autoplay-policy=no-user-gesture-required", "--window-size=1100,1300"):
         options.add_argument(arg)
     with server(engines, tmp_path / "data") as client:
         browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))

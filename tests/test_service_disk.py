@@ -65,7 +65,8 @@ def free(folder) -> int:
 def files(inside) -> list[str]:
     """What the data dir holds besides the records and the ballast."""
     return sorted(str(p.relative_to(inside)) for p in inside.rglob("*")
-                  if not p.name.startswith("jobs.sqlite3") and p.name != "ballast" and p.name not in ("jobs", "uploads"))
+                  if not p.name.startswith("jobs.sqlite3") and p.name != "ballast"
+                  and p.name not in ("jobs", "uploads"))
 
 
 def ready(client, timeout=10):
@@ -166,7 +167,8 @@ def test_a_worker_that_cannot_write_its_records_waits_for_space_and_goes_on(smal
     import json
     data = tmp_path / "data"
     data.mkdir()
-    res = subprocess.run([*in_small_disk(4, data), sys.executable, "-c", WORKER, str(engines), str(data), str(short_clip)],
+    res = subprocess.run([*in_small_disk(4, data), sys.executable, "-c", WORKER, str(engines), str(data),
+                          str(short_clip)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     waiting, done = (json.loads(line) for line in res.stdout.splitlines())

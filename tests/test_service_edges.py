@@ -132,7 +132,8 @@ def test_an_upload_streams_under_data_and_a_stalled_one_is_dropped(edges):
     looker.join()
     assert answer.startswith(b"HTTP/1.1 202 "), answer[:300]
     assert not [f for f in seen["open"] if f.startswith(str(edges.tmp))], seen["open"]  # not even unnamed
-    assert seen["tmp"] == before and len(seen["uploads"]) == 1 and seen["uploads"][0] > 2**19  # on its way, under --data
+    # on its way, under --data
+    assert seen["tmp"] == before and len(seen["uploads"]) == 1 and seen["uploads"][0] > 2**19
     job_id = httpx.Response(200, content=answer.partition(b"\r\n\r\n")[2]).json()["id"]
     assert finished(edges, job_id)["status"] == "failed"
     assert edges.delete(f"/v1/jobs/{job_id}").status_code == 200
@@ -153,7 +154,7 @@ def test_concurrent_deletes_of_one_job_one_wins_the_rest_find_nothing(edges, sho
         url = job["outputs"].get("9x16")
         answers, start = [], threading.Barrier(8)
 
-        def hit(method, path):
+        def hit(method, path, start=start, answers=answers):
             start.wait()
             answers.append((method, edges.request(method, path)))
         threads = [threading.Thread(target=hit, args=("DELETE", f"/v1/jobs/{job_id}")) for _ in range(6)]

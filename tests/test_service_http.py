@@ -111,7 +111,8 @@ def test_submit_poll_download_gives_the_command_lines_frames(engines, clip, cli_
 def test_token_limits_and_bad_options(engines, clip, short_clip, tmp_path, mode):
     big = tmp_path / "big.mp4"
     big.write_bytes(b"\0" * (2 * 2**20))
-    with server(engines, tmp_path / "data", *mode, "--token", "s3cret", "--max-upload-mb", "1", "--max-queue", "1") as client:
+    with server(engines, tmp_path / "data", *mode, "--token", "s3cret", "--max-upload-mb", "1",
+                "--max-queue", "1") as client:
         assert submit(client, clip).status_code == 401
         assert client.get("/v1/jobs").status_code == 401
         assert client.get("/healthz").status_code == 200 and client.get("/metrics").status_code == 200

@@ -20,7 +20,7 @@ from conftest import ROOT, one_error_line
 SCRIPTS = ("m3ddm-outpaint", "m3ddm-serve", "m3ddm-batch", "m3ddm-export", "m3ddm-doctor")
 PACKAGES = ("m3ddm", "kernels", "runtime", "export", "benchmarks")
 # What a checkout holds that no distribution should (the .gitignore's build outputs and caches).
-NOT_SOURCE_AT_TOP = {".git", ".venv", "build", "engines", ".whl", ".gl"}
+NOT_SOURCE_AT_TOP = {".git", ".venv", "build", "engines", ".whl", ".gl", ".ruff_cache", ".mypy_cache"}
 
 
 def _not_source(folder, names):

@@ -58,13 +58,13 @@ class UNetConfig:
         object.__setattr__(self, "up_block_types", tuple(self.up_block_types))
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "UNetConfig":
+    def from_dict(cls, raw: dict) -> UNetConfig:
         known = {f.name for f in fields(cls)}
         # Keys such as _class_name, _diffusers_version or sample_size-like extras do not shape the net.
         return cls(**{k: v for k, v in raw.items() if k in known})
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "UNetConfig":
+    def from_file(cls, path: str | Path) -> UNetConfig:
         path = Path(path)
         try:
             raw = json.loads(path.read_text())

@@ -140,7 +140,8 @@ def check_state_dict(expected: dict[str, tuple], state: dict[str, torch.Tensor],
     if mis_shaped:
         problems.append(f"{len(mis_shaped)} mis-shaped keys: {_listing(mis_shaped)}")
     if problems:
-        raise CheckpointError(f"checkpoint {origin} does not fit the M3DDM UNet of its config.json: " + "; ".join(problems))
+        raise CheckpointError(f"checkpoint {origin} does not fit the M3DDM UNet of its config.json: "
+                              + "; ".join(problems))
 
 
 def build_unet(config: UNetConfig, device="cpu", dtype=torch.float32):

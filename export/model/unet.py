@@ -162,9 +162,11 @@ class M3DDMUNet(nn.Module):
             x, block_skips = block(x, temb, femb, context)
             skips.extend(block_skips)
         x = self.mid_block(x, temb, femb, context)
-        for i, block in enumerate(self.up_blocks):
+        for block in self.up_blocks:
             # Upsample to the size of the skip that the next block pops, so odd latent sizes work.
-            size = skips[-len(block.resnets) - 1].shape[-2:] if block.upsamplers is not None else None
+            # (ModuleList gives its items as Module; these are UpBlocks)
+            size = (skips[-len(block.resnets) - 1].shape[-2:]  # type: ignore[arg-type]
+                    if block.upsamplers is not None else None)
             x = block(x, skips, temb, femb, context, size)
         x = F.silu(self.conv_norm_out(x))
         return self.conv_out(x)

@@ -71,11 +71,12 @@ class _OpenedResult(FileResponse):
 
 def _allowed(app: FastAPI, scope) -> list[str]:
     """Every method some route takes at this request's path."""
-    methods = set()
+    methods: set[str] = set()
     for route in app.router.routes:
         match, _ = route.matches(scope)
-        if match != Match.NONE and getattr(route, "methods", None):
-            methods |= route.methods
+        route_methods = getattr(route, "methods", None)  # the routes that have them: Route, APIRoute
+        if match != Match.NONE and route_methods:
+            methods |= route_methods
     return sorted(methods)
 
 
@@ -120,7 +121,7 @@ def create_app(queue: JobQueue, *, token: str | None = None, max_upload_mb: floa
                   description="Outpaint videos to another aspect ratio: submit, follow, download.")
     limit = int(max_upload_mb * 2**20)
     metrics = Metrics(queue, backend)
-    queue.on_finish = metrics.finished
+    queue.on_finish = metrics.finished  # type: ignore[assignment]  # JobQueue declares on_finish = None (jobs.py)
     v1, auth = _authorisation(token)
     _handlers(app)
 
@@ -129,14 +130,16 @@ def create_app(queue: JobQueue, *, token: str | None = None, max_upload_mb: floa
               responses=contract.errors(400, *auth, 408, 413, 415, 422, 429, 503, 507))
     async def submit(request: Request):
         form = await upload.receive(request, queue.uploads, limit, upload_idle_s)
+        path = form.path
+        assert path is not None  # receive() returns only with the file part stored
         try:
-            job = queue.submit(form.path, form.filename, form.fields)
+            job = queue.submit(path, form.filename, form.fields)
         except QueueFull as exc:
             raise HTTPException(429, first_line(exc)) from None
         except QueueClosed as exc:
             raise HTTPException(503, first_line(exc)) from None
         finally:
-            form.path.unlink(missing_ok=True)  # moved into the job's folder when accepted
+            path.unlink(missing_ok=True)  # moved into the job's folder when accepted
         return {"id": job["id"], "status": job["status"]}
 
     _job_routes(app, queue, v1, auth)
@@ -234,5 +237,5 @@ def _head_with_get(app: FastAPI) -> None:
     body. The document is made first, so that it lists the operations as written."""
     app.openapi()
     for route in app.router.routes:
-        if isinstance(route, APIRoute) and "GET" in route.methods:
+        if isinstance(route, APIRoute) and route.methods and "GET" in route.methods:
             route.methods.add("HEAD")

@@ -14,6 +14,9 @@ from m3ddm.errors import EXIT_ENGINES, M3DDMError
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _FULL_WORDS = ("no space left on device", "disk quota exceeded", "database or disk is full")
+# SQLite's result code SQLITE_FULL; the sqlite3 module names it only from Python 3.11 (3.10 has no
+# sqlite_errorcode either, so there the words decide).
+_SQLITE_FULL = 13
 
 
 class DiskFull(M3DDMError):
@@ -29,7 +32,7 @@ def is_full(exc: BaseException | None) -> bool:
             return True
         if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
             return True
-        if isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        if isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
             return True
         try:
             text = str(exc).lower()

@@ -20,9 +20,12 @@ def _asset(name: str) -> bytes:
 
 def add_docs(app: FastAPI) -> None:
     """GET /docs and its assets under /docs/ (not in the OpenAPI document: they are not the API)."""
+    openapi_url = app.openapi_url
+    assert openapi_url is not None, "the service publishes its OpenAPI document"
+
     @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
     def docs():
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API",
+        return get_swagger_ui_html(openapi_url=openapi_url, title=f"{app.title} - API",
                                    swagger_js_url="/docs/swagger-ui-bundle.js", swagger_css_url="/docs/swagger-ui.css",
                                    swagger_favicon_url="/docs/favicon-32x32.png",
                                    swagger_ui_parameters={"validatorUrl": None})  # no badge from swagger.io

@@ -6,6 +6,7 @@ record (and removes the files), the other finds nothing. A write the disk has no
 """
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -30,7 +31,7 @@ class JobStore:
                 progress TEXT, outputs TEXT, error TEXT, created REAL NOT NULL, started REAL, finished REAL)""")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq)")
 
-    def _db(self) -> "_Transaction":
+    def _db(self) -> _Transaction:
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -42,8 +43,10 @@ class JobStore:
 
     @staticmethod
     def _record(row) -> dict | None:
-        if row is None:
-            return None
+        return None if row is None else JobStore._job(row)
+
+    @staticmethod
+    def _job(row) -> dict:
         job = dict(row)
         for key in ("options", "progress", "outputs"):
             job[key] = json.loads(job[key]) if job[key] else None
@@ -55,7 +58,9 @@ class JobStore:
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
             db.execute("INSERT INTO jobs (id, seq, status, options, input, created) VALUES (?, ?, 'queued', ?, ?, ?)",
                        (job_id, seq, json.dumps(options), input_name, time.time()))
-        return self.get(job_id)
+        job = self.get(job_id)
+        assert job is not None, job_id  # its id is new and secret: nothing else can have deleted it yet
+        return job
 
     def get(self, job_id: str) -> dict | None:
         with self._db() as db:
@@ -64,7 +69,7 @@ class JobStore:
     def list(self, limit: int = 50, offset: int = 0) -> list[dict]:
         with self._db() as db:
             rows = db.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
-        return [self._record(r) for r in rows]
+        return [self._job(r) for r in rows]
 
     def ids(self) -> set[str]:
         with self._db() as db:
@@ -83,14 +88,16 @@ class JobStore:
                 "(SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1) RETURNING *",
                 (time.time(),)).fetchone())
 
-    def requeue_running(self) -> list[str]:
+    # (`list` below is the method above: the type is builtins.list)
+    def requeue_running(self) -> builtins.list[str]:
         """Jobs left 'running' by a process that died: back to the head of the queue (they resume)."""
         with self._db() as db:
             ids = [r[0] for r in db.execute("SELECT id FROM jobs WHERE status = 'running'").fetchall()]
             if ids:
                 first = db.execute("SELECT COALESCE(MIN(seq), 0) FROM jobs").fetchone()[0]
                 for k, job_id in enumerate(ids):
-                    db.execute("UPDATE jobs SET status = 'queued', seq = ? WHERE id = ?", (first - len(ids) + k, job_id))
+                    db.execute("UPDATE jobs SET status = 'queued', seq = ? WHERE id = ?",
+                               (first - len(ids) + k, job_id))
         return ids
 
     def set_progress(self, job_id: str, progress: dict) -> None:
@@ -115,7 +122,7 @@ class JobStore:
         with self._db() as db:
             return self._record(db.execute("DELETE FROM jobs WHERE id = ? RETURNING *", (job_id,)).fetchone())
 
-    def finished_before(self, when: float) -> list[str]:
+    def finished_before(self, when: float) -> builtins.list[str]:
         with self._db() as db:
             return [r[0] for r in db.execute("SELECT id FROM jobs WHERE finished IS NOT NULL AND finished < ?",
                                               (when,)).fetchall()]

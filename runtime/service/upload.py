@@ -12,6 +12,7 @@ import asyncio
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -20,6 +21,9 @@ from starlette.requests import ClientDisconnect, Request
 
 from m3ddm.errors import first_line
 from runtime.service.disk import DiskFull, full, is_full
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks  # a TypedDict, defined for type checkers only
 
 FIELDS_BYTES = 64 * 1024  # all text fields together; the options are a few dozen bytes
 
@@ -49,7 +53,7 @@ class _Form:
         self._text_bytes = 0
         self.has_file = False
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {"on_part_begin": self._begin, "on_header_field": self._header_field,
                 "on_header_value": self._header_value, "on_header_end": self._header_end,
                 "on_headers_finished": self._headers_finished, "on_part_data": self._data,
@@ -123,7 +127,7 @@ async def receive(request: Request, folder: Path, limit: int, idle_s: float) -> 
         parser = MultipartParser(params[b"boundary"], form.callbacks())
     except (FormParserError, ValueError) as exc:
         raise Refused(422, f"not a multipart form: {first_line(exc)}") from None
-    out = None
+    out: IO[bytes] | None = None
     try:
         received, chunks = 0, request.stream()
         while True:
@@ -168,7 +172,7 @@ def _too_large(limit: int) -> Refused:
     return Refused(413, f"the upload is over the limit of {limit / 2**20:g} MB")
 
 
-def _create(folder: Path):
+def _create(folder: Path) -> IO[bytes]:
     try:
         return tempfile.NamedTemporaryFile(prefix="upload-", dir=folder, delete=False)  # noqa: SIM115
     except OSError as exc:

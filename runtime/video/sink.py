@@ -11,13 +11,13 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from m3ddm.errors import first_line
 from m3ddm.files import track_partial
 from runtime.video.source import VideoError, _av, open_media
-
 
 # The encoder's threads, fixed: the bitstream depends on them (see _add_video_stream), so a count that followed
 # the machine would give other bytes on every machine and in every CPU set a job may run in.
@@ -62,7 +62,8 @@ class EncodeOptions:
             raise
         except Exception as exc:
             raise VideoError(f"cannot encode {path.name} with codec {self.codec!r}, pixel format {self.pix_fmt!r}"
-                             f"{f', preset {self.preset!r}' if _takes_crf(self.codec) else ''}: {first_line(exc)}") from None
+                             f"{f', preset {self.preset!r}' if _takes_crf(self.codec) else ''}: "
+                             f"{first_line(exc)}") from None
         finally:
             try:
                 container.close()
@@ -78,7 +79,8 @@ def _add_video_stream(av, container, options: EncodeOptions, fps: float, width: 
     try:
         codec = av.Codec(options.codec, "w")
     except Exception:
-        raise VideoError(f"unknown video encoder {options.codec!r} (e.g. libx264, libx265, libvpx-vp9, mpeg4)") from None
+        raise VideoError(f"unknown video encoder {options.codec!r} "
+                         "(e.g. libx264, libx265, libvpx-vp9, mpeg4)") from None
     if codec.type != "video":
         raise VideoError(f"{options.codec!r} is not a video encoder")
     formats = {f.name for f in (codec.video_formats or ())}
@@ -135,8 +137,9 @@ class VideoWriter:
         check_output_path(self.path)
         self.format = _FORMATS[self.path.suffix.lower()]
         self.tmp = self.path.with_name(f".{self.path.stem}.partial-{os.getpid()}{self.path.suffix}")
-        self.container = None
-        self.stream = None
+        # PyAV's output container and video stream, made by the first write (PyAV is imported lazily: self.av).
+        self.container: Any = None
+        self.stream: Any = None
         self.audio = (None, None, None)
         self.last_pts, self.count = -1, 0
 
@@ -237,7 +240,8 @@ def write_video(path, frames, times: np.ndarray, fps: float, options: EncodeOpti
 
 
 # Audio codecs each container takes as they are; anything else is re-encoded to AAC (Opus for webm).
-_REMUX = {"mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}, "mov": {"aac", "mp3", "ac3", "alac", "pcm_s16le"},
+_REMUX = {"mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"},
+          "mov": {"aac", "mp3", "ac3", "alac", "pcm_s16le"},
           "matroska": None, "webm": {"opus", "vorbis"}}
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Collection, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Literal, overload
 
 import numpy as np
 
@@ -136,8 +137,18 @@ def check_pixels(width: int, height: int, max_pixels: int | None, what: str) -> 
         raise VideoError(f"{what} of {width}x{height} exceed the pixel budget of {max_pixels} pixels (--max-pixels)")
 
 
-def iter_frames(path, stream: int | None = None, rgb: bool = True,
-                max_pixels: int | None = None) -> Iterator[tuple[np.ndarray, float, int]]:
+@overload
+def iter_frames(path, stream: int | None = None, rgb: Literal[True] = True,
+                max_pixels: int | None = None) -> Generator[tuple[np.ndarray, float, int], None, None]: ...
+
+
+@overload
+def iter_frames(path, stream: int | None = None, rgb: bool | Collection[int] = True,
+                max_pixels: int | None = None) -> Generator[tuple[np.ndarray | None, float, int], None, None]: ...
+
+
+def iter_frames(path, stream: int | None = None, rgb: bool | Collection[int] = True,
+                max_pixels: int | None = None) -> Generator[tuple[np.ndarray | None, float, int], None, None]:
     """(RGB uint8 [H, W, 3] as displayed, time in seconds, rotation) per decoded frame.
 
     ``rgb=False`` skips the colour conversion and yields None for the picture (a cheap counting pass); a set
@@ -225,7 +236,9 @@ def read_video(path, stream: int | None = None, max_frames: int | None = None,
                max_pixels: int | None = None) -> tuple[np.ndarray, VideoInfo]:
     """All frames (RGB uint8 [T, H, W, 3], as displayed) and the video's info, times included."""
     info = probe(path, stream)
-    frames, times, rotation = [], [], 0
+    frames: list[np.ndarray] = []
+    times: list[float] = []
+    rotation = 0
     for rgb, t, rot in iter_frames(path, stream, max_pixels=max_pixels):
         if frames and rgb.shape != frames[0].shape:
             raise VideoError(f"{shown(path)}: frame size changes mid-stream ({frames[0].shape[1]}x{frames[0].shape[0]} "
