@@ -35,11 +35,11 @@ def main(argv=None) -> int:
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from runtime.video.synthetic import synthetic_clip
     from runtime import Outpainter, cluster
     from runtime.geometry import letterbox_geometry
     from runtime.plan import official_plan
     from runtime.settings import Settings
+    from runtime.video.synthetic import synthetic_clip
 
     counts = [int(n) for n in args.workers.split(",")]
     cluster.connect("local", num_cpus=max(counts))

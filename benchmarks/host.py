@@ -35,8 +35,8 @@ def clip(width: int, height: int, frames: int) -> Path:
     if not path.exists():
         import cv2
 
-        from runtime.video.synthetic import synthetic_clip
         from runtime.video import write_video
+        from runtime.video.synthetic import synthetic_clip
         CLIPS.mkdir(parents=True, exist_ok=True)
         base = cv2.resize(synthetic_clip(1)[0], (width, height), interpolation=cv2.INTER_CUBIC)
         tmp = path.with_suffix(".tmp.mp4")

@@ -32,8 +32,8 @@ CLI = [sys.executable, "-m", "runtime.outpaint"]
 
 
 def _clip(path: Path, frames: int, width: int, height: int) -> Path:
-    from runtime.video.synthetic import synthetic_clip
     from runtime.video import write_video
+    from runtime.video.synthetic import synthetic_clip
     if width == 160 and height == 90:
         rgb = synthetic_clip(frames)
         write_video(path, rgb, np.arange(frames) / 24.0, 24.0)

@@ -32,8 +32,8 @@ def main(argv=None) -> int:
     import httpx
     import numpy as np
 
-    from runtime.video.synthetic import synthetic_clip
     from runtime.video import write_video
+    from runtime.video.synthetic import synthetic_clip
     ap = argparse.ArgumentParser(prog="python -m benchmarks.service", description=__doc__.splitlines()[0])
     ap.add_argument("--engines", default=str(ROOT / "build" / "demo" / "engines"))
     ap.add_argument("--frames", type=int, default=40)

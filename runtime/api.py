@@ -15,8 +15,8 @@ import numpy as np
 
 from m3ddm.errors import InputError
 from runtime import composite, env, streaming
-from runtime.engines.select import make_backend
 from runtime.callbacks import Spread
+from runtime.engines.select import make_backend
 from runtime.pipeline import OutpaintResult, Pipeline
 from runtime.settings import Settings
 from runtime.video import EncodeOptions

@@ -211,8 +211,9 @@ def main(argv=None) -> int:
 
 def run_on_ray(rows: list[dict], args, run_settings, encode):
     """The report lines of ``rows``, as the videos finish."""
-    from runtime import cluster
     import ray.data
+
+    from runtime import cluster
     started_here = not ray.is_initialized() and args.address in (None, "", "local")
     cluster.connect(args.address, quiet=args.quiet)
     try:
@@ -224,8 +225,10 @@ def run_on_ray(rows: list[dict], args, run_settings, encode):
         context.execution_options.preserve_order = False  # a line as each video finishes
         log.info(f"{len(rows)} videos on {workers} Ray workers ({resources['num_gpus']} GPU, "
                  f"{resources['num_cpus']} CPU each)")
+        # Ray Data's annotation names functions only; a callable class with its constructor's kwargs is documented.
         ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
-            VideoJob, compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
+            VideoJob,  # type: ignore[arg-type]
+            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
             fn_constructor_kwargs=dict(engines=str(Path(args.engines).resolve()), backend=args.backend,
                                        threads=threads, gpu_memory_gb=args.gpu_memory, settings=run_settings,
                                        encode=encode, stream=args.stream),

@@ -5,7 +5,8 @@ function a ``Progress``; nothing has to inherit from them.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -32,7 +33,16 @@ class FrameSource(Protocol):
     [H, W, 3] or None) for every frame in order, RGB for the indices in ``wanted`` (None: every frame). It
     may be called more than once (a file decoded again)."""
 
-    def __call__(self, wanted: Optional[set]) -> Iterator[tuple[int, Optional[np.ndarray]]]: ...
+    def __call__(self, wanted: set | None) -> Iterator[tuple[int, np.ndarray | None]]: ...
+
+
+class FileOutpainter(Protocol):
+    """What a job queue needs of an engine set: ``runtime.Outpainter``, or one run by a Ray worker
+    (``runtime.cluster.RemoteOutpainter``)."""
+
+    def outpaint_file(self, input: Any, output: Any, **options: Any) -> dict: ...
+
+    def interrupt(self) -> None: ...
 
 
 class Spread(Protocol):
@@ -41,7 +51,7 @@ class Spread(Protocol):
     and settings, so the video is the one-process video."""
 
     def __call__(self, tasks: list, video: Any, stored: dict, settings: Any, sampler: Any,
-                 cancel: Optional[CancelToken], reporter: Callable[[list, int], StepReport]) -> Iterable: ...
+                 cancel: CancelToken | None, reporter: Callable[[list, int], StepReport]) -> Iterable: ...
 
     def interrupt(self) -> None: ...
 

@@ -3,7 +3,8 @@ threads), anywhere in a cluster. Ray does the placing, the restarts and the tran
 
 - ``Worker``: the actor. It builds its ``Outpainter`` once and runs whole files (runtime.batch, the service
   with ``--ray``) or single batches of windows (one long video over many workers).
-- ``WindowPool``: an Outpainter's ``spread`` (runtime/callbacks.py) over N workers (``window_pool``). A level's independent batches go out through
+- ``WindowPool``: an Outpainter's ``spread`` (runtime/callbacks.py) over N workers (``window_pool``). A level's
+  independent batches go out through
   ``ray.util.ActorPool`` and come back in plan order; each batch is ``Pipeline.sample_batch`` of the same
   windows, numbers, guides and settings as in one process, so the video is the one-process video.
 - ``RemoteOutpainter``: what the service's job queue needs of an Outpainter (``outpaint_file``, ``interrupt``),
@@ -18,6 +19,7 @@ import logging
 import os
 import threading
 import uuid
+from functools import partial
 from pathlib import Path
 
 from m3ddm.errors import EnginesError, InputError, check_cancel
@@ -69,7 +71,8 @@ def _reraise(exc):
     raise EnginesError(f"a Ray worker died: {last_line(exc)}") from None
 
 
-@ray.remote(concurrency_groups={"control": 2}, max_restarts=-1, max_task_retries=RETRIES)
+# Ray's stubs know the options of remote functions only: concurrency_groups (an actor's) is refused by them.
+@ray.remote(concurrency_groups={"control": 2}, max_restarts=-1, max_task_retries=RETRIES)  # type: ignore[call-overload]
 class Worker:
     """One engine set (one GPU, or CPU threads) on some node of the cluster. Its engine calls run one at a
     time; ``progress`` and ``cancel`` answer while one runs."""
@@ -126,7 +129,7 @@ class Worker:
         if self.current == job:  # never abort another job's engine call
             self.outpainter.interrupt()
 
-    def _token(self, job: str) -> "_JobToken":
+    def _token(self, job: str) -> _JobToken:
         return _JobToken(self.cancelled, job)
 
 
@@ -136,7 +139,7 @@ class CancelledJobs:
     past ``kept``: a long-lived worker does not grow with every cancelled run."""
 
     def __init__(self, kept: int = CANCELLED_KEPT):
-        self.kept, self.jobs = kept, {}  # insertion-ordered: the oldest first
+        self.kept, self.jobs = kept, dict[str, None]()  # insertion-ordered: the oldest first
         self.lock = threading.Lock()  # cancels arrive on the control threads while a batch runs
 
     def add(self, job: str) -> None:
@@ -177,7 +180,8 @@ def start_workers(engines, workers: int | None, *, backend: str = "auto", thread
         raise InputError("--workers must be 1 or more")
     engines = str(Path(engines).resolve())
     threads = threads or max(1, int(resources["num_cpus"]))  # ONNX Runtime would take every core of the node
-    actors = [Worker.options(**resources).remote(engines, backend, threads, gpu_memory_gb) for _ in range(n)]
+    actors = [Worker.options(**resources).remote(engines, backend, threads, gpu_memory_gb)  # type: ignore[attr-defined]
+              for _ in range(n)]
     infos = [get(a.info.remote()) for a in actors]
     log.info(f"{n} Ray workers ready ({infos[0]['backend']}, {resources['num_gpus']} GPU and "
              f"{resources['num_cpus']} CPU each, on {len({i['node'] for i in infos})} node(s))")
@@ -186,7 +190,7 @@ def start_workers(engines, workers: int | None, *, backend: str = "auto", thread
 
 def window_pool(engines, workers: int, *, address: str | None = None, backend: str = "auto",
                 threads: int | None = None, gpu_memory_gb: float | None = None, gpus_per_worker: float | None = None,
-                cpus_per_worker: float | None = None) -> "WindowPool":
+                cpus_per_worker: float | None = None) -> WindowPool:
     """``workers`` Ray workers on the cluster at ``address`` (None: a local one), each with its own engine set, as
     an Outpainter's ``spread``: ``Outpainter(engines, spread=window_pool(engines, 4))``."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -204,6 +208,10 @@ def stop_workers(actors) -> None:
             pass
 
 
+def _sample_remote(actor, video, *, job, batch, first, guides, settings):
+    return actor.sample_batch.remote(job, batch, first, video, guides, settings)
+
+
 class WindowPool:
     """``Pipeline.spread`` over Ray workers: a run's independent batches sampled in parallel, returned in plan
     order. The first level (whose windows guide each other in turn) never comes here: it has one batch a run."""
@@ -211,7 +219,7 @@ class WindowPool:
     def __init__(self, actors):
         self.actors = list(actors)
         self.pool = ActorPool(self.actors)
-        self._video = (None, None)
+        self._video: tuple = (None, None)  # (the video, its object ref)
         self._jobs: list[str] = []
 
     def __call__(self, tasks, video, stored, s, sampler, cancel, reporter):
@@ -223,7 +231,7 @@ class WindowPool:
         given = 0
         for batch, first in tasks:
             guides = {w.frames[p]: stored[w.frames[p]] for w in batch for p in w.guides}
-            self.pool.submit(lambda a, v, b=batch, f=first, g=guides: a.sample_batch.remote(job, b, f, v, g, s), ref)
+            self.pool.submit(partial(_sample_remote, job=job, batch=batch, first=first, guides=guides, settings=s), ref)
         try:
             for batch, first in tasks:
                 while True:

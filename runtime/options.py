@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from m3ddm.errors import InputError
 from runtime import cli, env
@@ -59,6 +59,7 @@ class Option:
     def add_to(self, ap, **overrides) -> None:
         """The option on ``ap`` (a parser or a group); ``overrides`` (None: left out) word it for one command."""
         default = self.default() if callable(self.default) else self.default
+        spec: dict[str, Any]
         if self.switch:
             spec = dict(action="store_true", help=self.help)
         else:
@@ -129,6 +130,7 @@ FORM_FIELDS = ("ratio", "pad", "steps", "seed", "sampler", "strides", "guidance"
 
 def _field(option: Option) -> Field:
     """The option's form field; a default the command line has is the form's too, and the document says so."""
+    assert option.form is not None, option.flag
     if option.default is None:
         return option.form
     return option.form._replace(schema={**option.form.schema, "default": option.default})

@@ -48,7 +48,7 @@ class Progress:
     def __init__(self, enabled: bool):
         self.enabled, self.tty = enabled, sys.stderr.isatty()
         self.t0 = time.perf_counter()
-        self.last_batch = None
+        self.last_batch: tuple | None = None
         self.last_line = 0.0
 
     def _show(self, line: str, final: bool):
@@ -70,7 +70,8 @@ class Progress:
         if event.get("stage") != "sample":
             return
         eta = event.get("eta_s")
-        line = (f"level {event['level'] + 1} (stride {event['stride']})  windows {event['windows_done'] + event['batch']:>3}"
+        line = (f"level {event['level'] + 1} (stride {event['stride']})"
+                f"  windows {event['windows_done'] + event['batch']:>3}"
                 f"/{event['windows']}  step {event['step']:>3}/{event['steps']}"
                 f"  {event['step'] / max(event['seconds'], 1e-9):5.2f} steps/s"
                 f"  {event['frames_done'] / max(elapsed, 1e-9):5.2f} frames/s  {elapsed:6.1f} s"
@@ -158,7 +159,8 @@ def main(argv=None) -> int:
         done = finished_windows(args.work_dir)
         if done is None:
             return f"no output was written; run the same command again to resume from {args.work_dir}"
-        return f"no output was written; {args.work_dir} keeps {done} finished windows: run the same command again to resume"
+        return (f"no output was written; {args.work_dir} keeps {done} finished windows: run the same command again "
+                "to resume")
 
     return cli.run(run, interrupted=interrupted, out_of_memory="try a smaller --batch-windows", cancel=cancel,
                    on_signal=on_signal)

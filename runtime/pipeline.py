@@ -268,8 +268,9 @@ class Pipeline:
         else:
             start = np.stack([np.random.default_rng([s.seed, i]).standard_normal(shape).astype(np.float32)
                               for i in ids])
-        if s.step_noise is not None:
-            draws = [lambda k, i=i: np.asarray(s.step_noise(i, k), np.float32) for i in ids]
+        given = s.step_noise
+        if given is not None:
+            draws = [lambda k, i=i: np.asarray(given(i, k), np.float32) for i in ids]
         else:
             rngs = [np.random.default_rng([s.seed, i, 1]) for i in ids]
             draws = [lambda k, r=r: r.standard_normal(shape).astype(np.float32) for r in rngs]

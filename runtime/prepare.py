@@ -33,7 +33,7 @@ class VideoLatents:
     mask: np.ndarray  # [h, w] latent mask, 1 where content is missing
     context: np.ndarray  # [1, L, 320] the global frames' context tokens
     fps: float
-    waiter: object = field(default=None, compare=False, repr=False)  # prepares the later levels meanwhile
+    waiter: _Preparer | None = field(default=None, compare=False, repr=False)  # prepares the later levels meanwhile
 
     def __len__(self) -> int:
         return len(self.inits)
@@ -60,7 +60,8 @@ def prepare_groups(count: int, plan=None) -> list[list[int]]:
     ``level_groups`` says which group completes each level."""
     if plan is None:
         return [list(range(count))]
-    seen, groups = set(), []
+    seen: set[int] = set()
+    groups: list[list[int]] = []
     for level in plan:
         group = sorted({f for w in level for f in w.frames} - seen)
         seen.update(group)
@@ -132,9 +133,10 @@ class _Preparer:
         index = np.array([i for i, _ in chunk])
         for k in (1, 0):  # inits first
             latents = self.pipeline.encode(geometry.to_unit_range(np.stack([r[k] for r in results])))
-            if self.held[k] is None:  # the latents are held once, never copied whole
-                self.held[k] = np.empty((self.count, *latents.shape[1:]), np.float32)
-            self.held[k][index] = latents
+            held = self.held[k]
+            if held is None:  # the latents are held once, never copied whole
+                held = self.held[k] = np.empty((self.count, *latents.shape[1:]), np.float32)
+            held[index] = latents
         chunk.clear()
         self.done += len(index)
         self.left[g] -= len(index)
@@ -194,7 +196,9 @@ def prepare(pipeline, frames, count: int, box: geometry.Letterbox, fps: float, p
     except BaseException:
         run.prep.close()
         raise
-    video = VideoLatents(inits=run.prep.held[1], canvases=run.prep.held[0], mask=latent_mask(box), context=context,
+    canvases, inits = run.prep.held
+    assert canvases is not None and inits is not None  # the first run's frames are encoded by now
+    video = VideoLatents(inits=inits, canvases=canvases, mask=latent_mask(box), context=context,
                          fps=float(fps), waiter=run.prep if run.two_passes else None)
 
     def rest():

@@ -17,9 +17,11 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Sequence
 
 from m3ddm.errors import EXIT_BAD_INPUT, M3DDMError, first_line
 from runtime import cli, options
+from runtime.callbacks import FileOutpainter
 
 log = logging.getLogger("runtime.serve")  # not __name__: run as __main__
 EXPIRE_EVERY_S = 60.0
@@ -42,9 +44,9 @@ def parser() -> cli.Parser:
                 help="engine sets, each with its own worker (one per GPU; each loads the engines); default 1, "
                      "or with --ray as many as the cluster has room for")
     options.add(ap, "backend", choices=None)  # an unknown name is the engines' refusal here (exit 3), as before
-    ap.add_argument("--ray", metavar="ADDRESS", help="run the jobs on Ray workers (the cluster extra): auto, HOST:PORT, "
-                                                    "ray://HOST:PORT, or local (a Ray started here); --workers of them "
-                                                    "(default: one per GPU in the cluster)")
+    ap.add_argument("--ray", metavar="ADDRESS",
+                    help="run the jobs on Ray workers (the cluster extra): auto, HOST:PORT, ray://HOST:PORT, or local "
+                         "(a Ray started here); --workers of them (default: one per GPU in the cluster)")
     options.add(ap, "gpus_per_worker", help="with --ray: GPUs per worker (default 1 where there are GPUs)")
     options.add(ap, "cpus_per_worker", help="with --ray: CPUs per worker (default --threads, or 1)")
     options.add(ap, "threads")
@@ -65,22 +67,25 @@ def main(argv=None) -> int:
 
             from runtime.service.app import create_app
         except ImportError as exc:
-            return cli.fail(EXIT_BAD_INPUT, f"the service needs its extra: pip install 'm3ddm-runtime[serve]' ({exc.name})")
+            return cli.fail(EXIT_BAD_INPUT,
+                            f"the service needs its extra: pip install 'm3ddm-runtime[serve]' ({exc.name})")
         from runtime.service.jobs import JobQueue
         if args.ray:
             from runtime import cluster
             cluster.connect(args.ray)
-            outpainters = [cluster.RemoteOutpainter(actor) for actor in cluster.start_workers(
+            remote = [cluster.RemoteOutpainter(actor) for actor in cluster.start_workers(
                 args.engines, args.workers, backend=args.backend, threads=args.threads,
                 gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)]
-            backend = outpainters[0].info["backend"]
+            backend = remote[0].info["backend"]
+            outpainters: Sequence[FileOutpainter] = remote
         else:
             from runtime.api import Outpainter
-            outpainters = [Outpainter(args.engines, backend=args.backend, threads=args.threads)
-                           for _ in range(args.workers or 1)]
-            for outpainter in outpainters:
+            local = [Outpainter(args.engines, backend=args.backend, threads=args.threads)
+                     for _ in range(args.workers or 1)]
+            for outpainter in local:
                 outpainter.backend.load()  # /readyz means the engines are loaded
-            backend = outpainters[0].backend.name
+            backend = local[0].backend.name
+            outpainters = local
         queue = JobQueue(outpainters, args.data, max_queue=args.max_queue).start()
         stop = threading.Event()
 
@@ -102,7 +107,8 @@ def main(argv=None) -> int:
         queue.expire(args.keep_hours)
 
         log.info(f"serving {args.engines} on http://{args.host}:{args.port} (data: {args.data}, "
-                 f"backend: {backend}, workers: {len(outpainters)}{' on Ray' if args.ray else ''}{', token required' if args.token else ''})")
+                 f"backend: {backend}, workers: {len(outpainters)}{' on Ray' if args.ray else ''}"
+                 f"{', token required' if args.token else ''})")
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
 
     return cli.run(run)

@@ -11,6 +11,7 @@ import numpy as np
 from m3ddm.errors import InputError
 from m3ddm.facts import DEFAULT_GUIDANCE, WINDOW_FRAMES
 from runtime import composite, geometry
+from runtime.callbacks import StepNoise
 from runtime.video.source import check_pixels
 
 # The largest frame, read or written, in pixels: 8K UHD. A 4K/8K video passes; a file declaring 16000 x 16000
@@ -62,7 +63,7 @@ class Settings:
     strides: tuple | None = None  # coarse-to-fine strides; None: 15,5,1, or 1 under 50 frames
     batch_windows: int = 4  # independent windows per engine call, at most
     feather: float | None = None  # seam blend width in source pixels (None: 1 % of the shorter side)
-    step_noise: object = None  # callable(window, step) -> [4, 16, h, w]: the fresh noise of stochastic samplers
+    step_noise: StepNoise | None = None  # the fresh noise of stochastic samplers, per window and step
     output_height: int | None = None  # scale the outputs to this height (None: the source's own scale)
     max_pixels: int = MAX_PIXELS  # the largest frame read or written (width x height); larger is refused
 
@@ -75,7 +76,7 @@ class Settings:
             self.strides = tuple(self.strides)
 
     @classmethod
-    def build(cls, settings: "Settings | None" = None, ratio=None, **options) -> "Settings":
+    def build(cls, settings: Settings | None = None, ratio=None, **options) -> Settings:
         """``settings`` (or the defaults) with every option given applied; None leaves a field as it is.
         ``ratio`` is "W:H", "W:H,W:H" or a list of them."""
         fields = {f.name for f in dataclasses.fields(cls)}

@@ -22,8 +22,8 @@ import numpy as np
 
 from m3ddm.errors import Cancelled, check_cancel
 from runtime import composite, workdir
-from runtime.prepare import VideoLatents, latent_mask
 from runtime.plan import official_plan
+from runtime.prepare import VideoLatents, latent_mask
 from runtime.settings import Settings
 from runtime.video import EncodeOptions, VideoError, VideoWriter, fps_from_times, iter_frames, packet_times, probe
 
@@ -143,7 +143,8 @@ class _Source:
         self.input, self.stream, self.max_pixels = input, stream, max_pixels
         self.announced = packet_times(input, stream)
         self.verify = self.announced is not None and not count_by_decoding
-        self.times = self.announced if self.verify else self._decoded_times(cancel)
+        self.times: np.ndarray = (self.announced if self.announced is not None and not count_by_decoding
+                                  else self._decoded_times(cancel))
         self.count = len(self.times)
         first = iter_frames(input, stream, max_pixels=max_pixels)
         try:
@@ -224,8 +225,8 @@ class _Finisher(threading.Thread):
         super().__init__(name="m3ddm-finisher", daemon=True)
         self.compose, self.source, self.times, self.writers, self.input = compose, source_frames, times, writers, input
         self.verify = verify  # the times were announced, not decoded: a run resumed from its work dir checks here
-        self.chunks = queue.Queue(maxsize=2)
-        self.error = None
+        self.chunks: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
         self.done = 0
         self.seconds = 0.0
         self.cancelled = threading.Event()
@@ -256,7 +257,8 @@ class _Finisher(threading.Thread):
                         except StopIteration:
                             if self.verify:
                                 raise _Recount() from None
-                            raise VideoError(f"{self.input}: the source ended at frame {start + k} on re-reading") from None
+                            raise VideoError(f"{self.input}: the source ended at frame {start + k} "
+                                             "on re-reading") from None
                         if self.verify and t != self.times[start + k]:
                             raise _Recount()
                         pending.append((start + k, pool.submit(self.compose, rgb, generated)))
@@ -285,7 +287,7 @@ class _Finisher(threading.Thread):
             except queue.Full:
                 if not self.is_alive():
                     self._raise()
-                    raise RuntimeError("the frame writer stopped")
+                    raise RuntimeError("the frame writer stopped") from None
 
     def finish(self, total, cancel=None):
         self.put_end()

@@ -107,10 +107,10 @@ def test_runtime_files_and_functions_stay_small():
 def test_the_sampler_is_built_once_per_run(monkeypatch):
     """Pipeline.run builds the run's sampler and hands it on: to the plan loop and every batch of every level."""
     from runtime import samplers
-    from runtime.pipeline import Pipeline
-    from runtime.settings import Settings
     from runtime.geometry import letterbox_geometry
+    from runtime.pipeline import Pipeline
     from runtime.plan import official_plan
+    from runtime.settings import Settings
     from test_settings import Arithmetic
     frames = np.random.default_rng(0).integers(0, 255, (40, 18, 32, 3), np.uint8)
     s = Settings(steps=3, strides=(5, 1), batch_windows=1)
@@ -241,7 +241,8 @@ sys.exit(main(sys.argv[1:]))
 def test_ray_is_optional_and_its_absence_is_one_line(engines, tmp_path):
     """The runtime imports no Ray until scale-out is asked for; asked for without the extra, one line, exit 3."""
     import media
-    code = "import sys, runtime, runtime.api, runtime.outpaint, runtime.batch, runtime.serve; print('ray' in sys.modules)"
+    code = ("import sys, runtime, runtime.api, runtime.outpaint, runtime.batch, runtime.serve\n"
+            "print('ray' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.stdout.split() == ["False"], res.stderr
     clip = tmp_path / "clip.mp4"

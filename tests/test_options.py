@@ -86,7 +86,8 @@ FORMS = [  # a form, and what it must mean
     ({"ratio": "9:16,1:1", "steps": "20", "seed": "3", "sampler": "ddim", "strides": "15,5,1", "guidance": "2.5,4"},
      {"labels": ["9:16", "1:1"], "steps": 20, "seed": 3, "sampler": "ddim", "strides": (15, 5, 1),
       "guidance": (2.5, 4.0)}),
-    ({"pad": "0,10,0,10", "seed": "0", "sampler": "dpmpp"}, {"labels": ["pad"], "ratios": (), "pad": (0, 10, 0, 10), "seed": 0}),
+    ({"pad": "0,10,0,10", "seed": "0", "sampler": "dpmpp"},
+     {"labels": ["pad"], "ratios": (), "pad": (0, 10, 0, 10), "seed": 0}),
     ({"ratio": "4:5,4:5", "guidance": "0,50", "strides": "1"}, {"labels": ["4:5"], "guidance": (0.0, 50.0)}),
 ]
 

@@ -8,8 +8,8 @@ import media
 from m3ddm.errors import InputError
 from runtime import Outpainter
 from runtime.geometry import letterbox_geometry
-from runtime.prepare import level_groups, prepare_groups
 from runtime.plan import official_plan
+from runtime.prepare import level_groups, prepare_groups
 from runtime.settings import Settings
 
 

@@ -100,6 +100,7 @@ def test_every_sampler_takes_every_step_count_it_accepts(sampler):
     """The most steps a sampler accepts build a valid schedule (1000 once reached timestep 1000: a crash, or a
     division by zero in DPM-Solver++); one more is refused as an input error."""
     import warnings
+
     from runtime import samplers
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -23,9 +23,11 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from m3ddm.errors import Cancelled, InputError, first_line
+from runtime.callbacks import FileOutpainter
 from runtime.options import FORM_FIELDS, settings_from_form  # noqa: F401 (FORM_FIELDS: the API)
 from runtime.service.disk import DiskFull, free_mb, full, is_full
 from runtime.service.form import check_form
@@ -45,7 +47,8 @@ class JobQueue:
     """Accepts jobs and runs them in submission order, one worker thread per Outpainter (per engine set: one
     per GPU), each job at a time; deletes (stopping a running job within one step); drains."""
 
-    def __init__(self, outpainters, data_dir, *, max_queue: int = 100, encode=None):
+    def __init__(self, outpainters: FileOutpainter | Sequence[FileOutpainter], data_dir, *, max_queue: int = 100,
+                 encode=None):
         self.outpainters = list(outpainters) if isinstance(outpainters, (list, tuple)) else [outpainters]
         self.data = Path(data_dir)
         self.uploads = self.data / "uploads"
@@ -57,7 +60,8 @@ class JobQueue:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._accepting = True
-        self._running: dict[str, tuple[threading.Event, object]] = {}  # job id -> (cancel token, its outpainter)
+        # job id -> (cancel token, its outpainter)
+        self._running: dict[str, tuple[threading.Event, FileOutpainter]] = {}
         self._problem: str | None = None  # why the workers cannot go on just now (a full disk), or None
         self.on_finish = None  # callable(job record, seconds, frames or None) after every job (metrics)
         self._lock = threading.Lock()
@@ -67,7 +71,7 @@ class JobQueue:
         self.workers = [threading.Thread(target=self._work, args=(op,), name=f"m3ddm-jobs-{k}", daemon=True)
                         for k, op in enumerate(self.outpainters)]
 
-    def start(self) -> "JobQueue":
+    def start(self) -> JobQueue:
         for worker in self.workers:
             worker.start()
         return self
@@ -137,7 +141,7 @@ class JobQueue:
         return self.folder(job_id) / job["outputs"][label]
 
     # -- running ------------------------------------------------------------------------------
-    def _work(self, outpainter):
+    def _work(self, outpainter: FileOutpainter):
         while not self._stop.is_set():
             try:
                 with self._lock:  # claimed and marked ours at once: a DELETE sees it queued or running
@@ -158,7 +162,7 @@ class JobQueue:
                 self._problem = first_line(exc)
                 self._stop.wait(RETRY_S)
 
-    def _run(self, job: dict, cancel: threading.Event, outpainter):
+    def _run(self, job: dict, cancel: threading.Event, outpainter: FileOutpainter):
         job_id = job["id"]
         folder = self.folder(job_id)
         form = {k: v for k, v in job["options"].items() if k != "labels"}
