@@ -367,17 +367,18 @@ def test_sampling_on_the_device_equals_the_host_loop(fake_gpu, folder, sampler):
 
 
 def test_device_loop_can_be_turned_off(fake_gpu, folder, monkeypatch):
+    """M3DDM_DEVICE_LOOP=0 is read by the Outpainter, which passes it down; the backend reads no environment."""
     from runtime.engines.trt_build import build_plans
     from runtime import Outpainter
-    from runtime.engines.tensorrt import TensorRTBackend
     build_plans(folder, windows="1,2")
     monkeypatch.setenv("M3DDM_DEVICE_LOOP", "0")
     kw = dict(steps=3, strides=(15, 5, 1), batch_windows=2)
-    with TensorRTBackend(folder) as trt:
-        got = Outpainter(engine=trt).outpaint(_video(), 24, "1:1", **kw)
+    with Outpainter(folder, "tensorrt") as op:
+        assert op.backend.name == "tensorrt" and not op.backend.device_loop
+        got = op.outpaint(_video(), 24, "1:1", **kw)
     assert not fake_gpu.driver.LAUNCHES
     monkeypatch.delenv("M3DDM_DEVICE_LOOP")
-    with TensorRTBackend(folder) as trt:
-        on = Outpainter(engine=trt).outpaint(_video(), 24, "1:1", **kw)
+    with Outpainter(folder, "tensorrt") as op:
+        on = op.outpaint(_video(), 24, "1:1", **kw)
     assert fake_gpu.driver.LAUNCHES
     np.testing.assert_array_equal(got.latents, on.latents)
