@@ -22,7 +22,7 @@ import numpy as np
 
 from runtime.engines import contract, cuda
 from runtime.engines import trt_policy as policy
-from runtime.engines.base import Backend, chunks
+from runtime.engines.base import Backend
 from m3ddm.errors import EnginesError
 from runtime.engines.manifest import open_engines
 
@@ -271,17 +271,14 @@ class TensorRTBackend(Backend):
         enc = contract.GLOBAL_ENCODER
         return self._engines[enc].run(0, {enc.input: global_latents})[enc.output]
 
-    def _batched(self, component: contract.Component, x):
-        step = min(self.vae_batch, self.max_batch or self.vae_batch)
-        engine = self._engines[component]
-        return np.concatenate([engine.run(0, {component.input: x[s]})[component.output]
-                               for s in chunks(x.shape[0], step)])
+    def vae_encode_chunk(self, images):
+        return self._vae_call(contract.VAE_ENCODER, images)
 
-    def vae_encode(self, images):
-        return self._batched(contract.VAE_ENCODER, images)
+    def vae_decode_chunk(self, latents):
+        return self._vae_call(contract.VAE_DECODER, latents)
 
-    def vae_decode(self, latents):
-        return self._batched(contract.VAE_DECODER, latents)
+    def _vae_call(self, component: contract.Component, x):
+        return self._engines[component].run(0, {component.input: x})[component.output]
 
     def close(self):
         for engine in getattr(self, "_engines", {}).values():
