@@ -6,7 +6,7 @@ import sys
 
 from m3ddm.errors import EnginesError, InputError
 from m3ddm.facts import RELEASED_MODEL_SIZE, RELEASED_UNET_REPO, RELEASED_VAE_REPO
-from runtime import cli
+from runtime import cli, tensorrt_plans
 from runtime.engines import trt_build
 
 log = logging.getLogger("export")  # not __name__: run as __main__
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
                          "memory, speed and output on your GPU)")
     ap.add_argument("--plans", choices=["auto", "yes", "no"], default="auto",
                     help="TensorRT plans from the FP16 graphs: auto builds them when TensorRT and a GPU are here")
-    trt_build.add_arguments(ap)
+    tensorrt_plans.add_arguments(ap)
     args = ap.parse_args(argv)
     precisions = ("fp32", "fp16") if args.precision == "both" else (args.precision,)
     cli.setup_logging(sys.stdout)

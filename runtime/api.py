@@ -35,7 +35,7 @@ class Outpainter:
         check_resources(threads, gpu_memory_gb)
         engines_dir = engines_dir if engines_dir is not None else env.engines_dir()
         self.backend = engine if engine is not None else make_backend(engines_dir, backend, threads, max_batch,
-                                                                      gpu_memory_gb)
+                                                                      gpu_memory_gb, device_loop=env.device_loop())
         self.pipeline = Pipeline(self.backend)
         self.pipeline.spread = spread
         self.size = self.pipeline.size

@@ -252,3 +252,27 @@ def test_ray_is_optional_and_its_absence_is_one_line(engines, tmp_path):
                          timeout=120)
     assert res.returncode == 3 and "pip install 'm3ddm-runtime[cluster]'" in res.stderr.strip(), res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.mp4").exists()
+
+
+ENGINES_MAY_IMPORT = ("runtime.engines", "runtime.samplers", "runtime.guidance")  # the device loop's numpy references
+
+
+def test_engines_import_no_other_runtime_module():
+    """runtime/engines/ sits on m3ddm/ and kernels/: the commands, the environment switches and the pipeline
+    above it reach down into it, never the other way (a switch is read by the caller and passed in)."""
+    wrong = []
+    for path in sorted((ROOT / "runtime" / "engines").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                package = path.relative_to(ROOT).parent.parts  # where a relative import starts from
+                module = ".".join(package[:len(package) - node.level + 1] + ((node.module,) if node.module else ())) \
+                    if node.level else node.module
+                names = [f"{module}.{a.name}" for a in node.names] if module == "runtime" else [module]
+            else:
+                continue
+            wrong += [f"{path.relative_to(ROOT)}:{node.lineno} {name}" for name in names
+                      if name.split(".")[0] == "runtime"
+                      and not any(name == ok or name.startswith(ok + ".") for ok in ENGINES_MAY_IMPORT)]
+    assert not wrong, f"runtime/engines/ reaches up into the runtime: {wrong}"

@@ -367,17 +367,44 @@ def test_sampling_on_the_device_equals_the_host_loop(fake_gpu, folder, sampler):
 
 
 def test_device_loop_can_be_turned_off(fake_gpu, folder, monkeypatch):
+    """M3DDM_DEVICE_LOOP=0 is read by the Outpainter, which passes it down; the backend reads no environment."""
     from runtime.engines.trt_build import build_plans
     from runtime import Outpainter
-    from runtime.engines.tensorrt import TensorRTBackend
     build_plans(folder, windows="1,2")
     monkeypatch.setenv("M3DDM_DEVICE_LOOP", "0")
     kw = dict(steps=3, strides=(15, 5, 1), batch_windows=2)
-    with TensorRTBackend(folder) as trt:
-        got = Outpainter(engine=trt).outpaint(_video(), 24, "1:1", **kw)
+    with Outpainter(folder, "tensorrt") as op:
+        assert op.backend.name == "tensorrt" and not op.backend.device_loop
+        got = op.outpaint(_video(), 24, "1:1", **kw)
     assert not fake_gpu.driver.LAUNCHES
     monkeypatch.delenv("M3DDM_DEVICE_LOOP")
-    with TensorRTBackend(folder) as trt:
-        on = Outpainter(engine=trt).outpaint(_video(), 24, "1:1", **kw)
+    with Outpainter(folder, "tensorrt") as op:
+        on = op.outpaint(_video(), 24, "1:1", **kw)
     assert fake_gpu.driver.LAUNCHES
     np.testing.assert_array_equal(got.latents, on.latents)
+
+
+@pytest.mark.parametrize("vae_batch, max_batch, sizes", [
+    (None, None, [5]), (None, 2, [2, 2, 1]), (4, None, [4, 1]), (4, 2, [2, 2, 1]), (2, 3, [2, 2, 1]), (4, 0, [4, 1]),
+])
+def test_every_backend_gets_the_vae_in_chunks_of_its_limit(vae_batch, max_batch, sizes):
+    """The VAE batching is the base class's: chunks of the engine's limit within the caller's, each in the
+    engine's own type, joined in order and made float32."""
+    class Halving(Backend):
+        encode_global = unet = None
+
+        def __init__(self):
+            self.vae_batch, self.max_batch, self.calls = vae_batch, max_batch, []
+
+        def vae_encode_chunk(self, images):
+            self.calls.append(len(images))
+            return (images / 2).astype(np.float16)
+
+        vae_decode_chunk = vae_encode_chunk
+
+    images = np.random.default_rng(0).uniform(-1, 1, (5, 3, 8, 8)).astype(np.float32)
+    for run in ("vae_encode", "vae_decode"):
+        backend = Halving()
+        got = getattr(backend, run)(images)
+        assert backend.calls == sizes and got.dtype == np.float32
+        np.testing.assert_array_equal(got, (images / 2).astype(np.float16).astype(np.float32))

@@ -1,7 +1,8 @@
 """The one interface every engine backend implements; the runtime never knows which one runs.
 
 Host arrays in, host arrays out (float32 numpy); a backend converts to its own precision and device.
-Batch dimensions are split into chunks of at most ``max_batch`` items where the engine has a limit.
+The VAE's batches are split here, once for every backend, into chunks of at most ``vae_chunk`` images (the
+engine's limit within the caller's ``max_batch``): a backend implements the per-chunk calls.
 
 Inputs are the caller's: a backend never writes to them. An input array that is read-only
 (``flags.writeable`` False) may be kept on the device and not uploaded again while the same array object
@@ -25,6 +26,8 @@ class Backend(ABC):
     concurrent: bool = False  # its engines take calls from two threads at once (the VAE while the UNet runs)
     windows: tuple | None = None  # window counts W (3W UNet rows) the backend runs best, e.g. its TensorRT
     #                               profiles; the pipeline sizes its batches to them. None: any size is as good.
+    max_batch: int | None = None  # the caller's cap on the rows of one engine call (activation memory); None: none
+    vae_batch: int | None = None  # the most images one VAE engine call takes (TensorRT: its plans' profile)
 
     @property
     def model_size(self) -> int:
@@ -38,13 +41,33 @@ class Backend(ABC):
     def unet(self, sample: np.ndarray, timestep: np.ndarray, fps: np.ndarray, context: np.ndarray) -> np.ndarray:
         """sample [N, 9, F, h, w], timestep/fps [N], context [N, L, 320] -> eps [N, 4, F, h, w]."""
 
-    @abstractmethod
     def vae_encode(self, images: np.ndarray) -> np.ndarray:
-        """[n, 3, S, S] in [-1, 1] -> scaled posterior means [n, 4, S/8, S/8]."""
+        """[n, 3, S, S] in [-1, 1] -> scaled posterior means [n, 4, S/8, S/8]: ``vae_encode_chunk`` per chunk."""
+        return self._in_chunks(self.vae_encode_chunk, images)
 
-    @abstractmethod
     def vae_decode(self, latents: np.ndarray) -> np.ndarray:
-        """scaled latents [n, 4, S/8, S/8] -> images [n, 3, S, S] in about [-1, 1]."""
+        """scaled latents [n, 4, S/8, S/8] -> images [n, 3, S, S] in about [-1, 1]: ``vae_decode_chunk`` per chunk."""
+        return self._in_chunks(self.vae_decode_chunk, latents)
+
+    # Not abstract: a stand-in without a batch limit (the tests', the torch reference) may override
+    # vae_encode / vae_decode whole instead.
+    def vae_encode_chunk(self, images: np.ndarray) -> np.ndarray:
+        """``vae_encode`` of at most ``vae_chunk`` images, in the engine's own float type (made float32 after)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither vae_encode_chunk nor vae_encode")
+
+    def vae_decode_chunk(self, latents: np.ndarray) -> np.ndarray:
+        """``vae_decode`` of at most ``vae_chunk`` latents, in the engine's own float type (made float32 after)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither vae_decode_chunk nor vae_decode")
+
+    @property
+    def vae_chunk(self) -> int | None:
+        """Images per VAE engine call: the engine's limit within the caller's; None: all in one call."""
+        limits = [n for n in (self.vae_batch, self.max_batch) if n and n > 0]
+        return min(limits) if limits else None
+
+    def _in_chunks(self, call, x: np.ndarray) -> np.ndarray:
+        parts = [call(x[s]) for s in chunks(x.shape[0], self.vae_chunk)]
+        return np.concatenate(parts).astype(np.float32, copy=False)
 
     def sample_windows(self, sampler, x0, noise, rows, fps_rows, ctx_rows, s1, s2, step_noise=None,
                        callback=None) -> np.ndarray | None:

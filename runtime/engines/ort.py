@@ -194,15 +194,11 @@ class OrtBackend(Backend):
             }))
         return np.concatenate(outs).astype(np.float32, copy=False)
 
-    def _batched(self, component: contract.Component, x) -> np.ndarray:
-        outs = [self._run(component, {component.input: self._cast(x[s])}) for s in chunks(x.shape[0], self.max_batch)]
-        return np.concatenate(outs).astype(np.float32, copy=False)
+    def vae_encode_chunk(self, images):
+        return self._run(contract.VAE_ENCODER, {contract.VAE_ENCODER.input: self._cast(images)})
 
-    def vae_encode(self, images):
-        return self._batched(contract.VAE_ENCODER, images)
-
-    def vae_decode(self, latents):
-        return self._batched(contract.VAE_DECODER, latents)
+    def vae_decode_chunk(self, latents):
+        return self._run(contract.VAE_DECODER, {contract.VAE_DECODER.input: self._cast(latents)})
 
     def close(self):
         self._sessions = self._row_sessions = None  # the sessions (and their memory) go with their last reference

@@ -7,7 +7,8 @@ engine runs on the one stream. Each I/O tensor has a device buffer and a pinned 
 shape, bound by name once. Every (profile, shapes) is run eagerly once, then captured as a CUDA graph and
 replayed. A read-only input array passed again (the pipeline's CFG context, the same for all 50 steps of a
 batch) is not uploaded again. Batches whose rows match a profile are sampled entirely on the GPU
-(``sample_windows``: kernels/ for the per-step math, one download per batch; M3DDM_DEVICE_LOOP=0 turns it off).
+(``sample_windows``: kernels/ for the per-step math, one download per batch; ``device_loop=False`` turns it
+off, which the runtime's callers pass for M3DDM_DEVICE_LOOP=0).
 
 Importing this module needs neither TensorRT nor a GPU; constructing the backend checks both and says
 what is missing.
@@ -19,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import env
 from runtime.engines import contract, cuda
 from runtime.engines import trt_policy as policy
-from runtime.engines.base import Backend, chunks
+from runtime.engines.base import Backend
 from m3ddm.errors import EnginesError
 from runtime.engines.manifest import open_engines
 
@@ -164,7 +164,7 @@ class TensorRTBackend(Backend):
 
     def __init__(self, engines_dir, precision: str = "fp16", max_batch: int | None = None, device_id: int = 0,
                  cuda_graphs: bool = True, max_windows: int | None = None, gpu_memory_gb: float | None = None,
-                 device_loop: bool | None = None):
+                 device_loop: bool = True):
         trt = policy.import_tensorrt()
         self.precision = precision
         self.engines = open_engines(engines_dir, precision)
@@ -193,7 +193,7 @@ class TensorRTBackend(Backend):
             self.close()  # a half-built backend gives its GPU memory back
             raise
         self.max_batch = max_batch
-        self.device_loop = env.device_loop() if device_loop is None else device_loop
+        self.device_loop = device_loop
         self._device_sampler = None
 
     def _load(self, trt, records, cuda_graphs, max_windows, gpu_memory_gb):
@@ -271,17 +271,14 @@ class TensorRTBackend(Backend):
         enc = contract.GLOBAL_ENCODER
         return self._engines[enc].run(0, {enc.input: global_latents})[enc.output]
 
-    def _batched(self, component: contract.Component, x):
-        step = min(self.vae_batch, self.max_batch or self.vae_batch)
-        engine = self._engines[component]
-        return np.concatenate([engine.run(0, {component.input: x[s]})[component.output]
-                               for s in chunks(x.shape[0], step)])
+    def vae_encode_chunk(self, images):
+        return self._vae_call(contract.VAE_ENCODER, images)
 
-    def vae_encode(self, images):
-        return self._batched(contract.VAE_ENCODER, images)
+    def vae_decode_chunk(self, latents):
+        return self._vae_call(contract.VAE_DECODER, latents)
 
-    def vae_decode(self, latents):
-        return self._batched(contract.VAE_DECODER, latents)
+    def _vae_call(self, component: contract.Component, x):
+        return self._engines[component].run(0, {component.input: x})[component.output]
 
     def close(self):
         for engine in getattr(self, "_engines", {}).values():

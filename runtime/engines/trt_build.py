@@ -2,6 +2,8 @@
 
     python -m export.tensorrt_build --engines DIR [--windows 1,2,4] [--opt-level 3] [--force]   (make plans)
 
+(that command's flags and main are runtime/tensorrt_plans.py; ``build_plans`` here is what it runs).
+
 Each plan is built *strongly typed* from the FP16 graph: the graph's own types decide every layer's
 precision (FP16 compute, FP32 normalisation statistics and softmax through the graph's Casts). That is the
 only way TensorRT 11 builds FP16, and the same graph and flags build on TensorRT 10.4, the last release
@@ -12,16 +14,13 @@ from, the options and each profile's activation memory; the runtime refuses a pl
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import re
-import sys
 import time
 from pathlib import Path
 
 from m3ddm.errors import EnginesError, InputError
 from m3ddm.files import atomic_write
-from runtime import cli
 from runtime.engines import contract
 from runtime.engines import trt_policy as policy
 from runtime.engines.manifest import open_engines, write_manifest
@@ -147,27 +146,3 @@ def build_plans(folder, precision: str = "fp16", windows=None, vae_batch: int = 
             + ", ".join(f"{m / 2**20:.0f}" for m in built["device_memory"]) + " MiB per profile")
     return plans
 
-
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--windows", help="UNet window counts to build profiles for, e.g. 1,2,4 "
-                                      "(default from GPU memory: 1 below 20 GB, 1,2 below 40 GB, else 1,2,4)")
-    ap.add_argument("--vae-batch", type=int, default=contract.VAE_BATCH, help="largest VAE batch (images per call)")
-    ap.add_argument("--opt-level", type=int, default=DEFAULT_OPT_LEVEL, choices=range(0, 6),
-                    help="TensorRT builder optimisation level")
-    ap.add_argument("--workspace-gb", type=float, help="cap on the builder's tactic workspace")
-    ap.add_argument("--device", type=int, default=0, help="GPU index")
-    ap.add_argument("--verbose", action="store_true", help="TensorRT's own log at INFO level")
-
-
-def main(argv=None) -> int:
-    ap = cli.Parser(prog="python -m export.tensorrt_build",
-                    description="Build TensorRT plans for an engines folder (on the GPU that will run them).")
-    ap.add_argument("--engines", default="engines", help="engines folder made by python -m export")
-    ap.add_argument("--precision", choices=contract.PRECISIONS, default="fp16")
-    ap.add_argument("--force", action="store_true", help="rebuild even what is up to date")
-    add_arguments(ap)
-    args = ap.parse_args(argv)
-    cli.setup_logging(sys.stdout)
-    return cli.run(lambda: build_plans(args.engines, args.precision, args.windows, args.vae_batch, args.opt_level,
-                                       args.workspace_gb, args.device, args.force, args.verbose),
-                   interrupted="finished plans are kept and recorded")
