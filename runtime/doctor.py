@@ -17,7 +17,6 @@ from runtime import cli
 from runtime.engines import trt_policy as policy
 
 
-
 def _version(module: str) -> str | None:
     import importlib
     try:

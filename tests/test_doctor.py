@@ -42,6 +42,7 @@ def test_volta_with_a_newer_tensorrt_is_refused(monkeypatch):
 
 def test_doctor_checks_an_engines_folder_plans(monkeypatch, engines, tmp_path):
     import shutil
+
     from runtime import doctor
     from runtime.engines import contract
     folder = tmp_path / "engines"

@@ -9,11 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from runtime.engines import EnginesError, contract
-from runtime.engines.base import Backend
-from runtime.engines import trt_policy as policy
-
 from conftest import ROOT, one_error_line
+from runtime.engines import EnginesError, contract
+from runtime.engines import trt_policy as policy
+from runtime.engines.base import Backend
 
 H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "memory_bytes": 80 * 2**30}
 V100 = {"name": "Tesla V100-SXM2-16GB", "compute_capability": "7.0", "memory_bytes": 16 * 2**30}
@@ -145,8 +144,8 @@ def test_build_plans_requests_and_records(fake_trt, folder):
 
 
 def test_build_refuses_volta_with_new_tensorrt(fake_trt, folder, monkeypatch):
-    from runtime.engines.trt_build import build_plans
     from runtime.engines import cuda
+    from runtime.engines.trt_build import build_plans
     monkeypatch.setattr(cuda, "device_properties", lambda index: dict(V100))
     monkeypatch.setattr(fake_trt, "__version__", "10.5.0.18")
     with pytest.raises(EnginesError, match="tensorrt-cu12==10.4"):
@@ -155,8 +154,8 @@ def test_build_refuses_volta_with_new_tensorrt(fake_trt, folder, monkeypatch):
 
 
 def test_backend_refuses_plans_for_another_machine(fake_trt, folder):
-    from runtime.engines.trt_build import build_plans
     from runtime.engines.tensorrt import TensorRTBackend
+    from runtime.engines.trt_build import build_plans
     build_plans(folder, windows="1")
     fake_trt.__version__ = "10.4.1.0"
     try:
@@ -284,11 +283,11 @@ def _video():
 def test_backend_runs_the_pipeline_exactly_on_emulated_gpu(fake_gpu, folder):
     """The host loop over the UNet engine: rows split over the profiles that fit, VAE chunks, CUDA graphs
     replayed, context kept resident; the outputs equal the same functions computed in numpy."""
-    from runtime.engines.trt_build import build_plans
+    import fake_tensorrt
     from runtime import Outpainter
     from runtime.engines.manifest import open_engines
     from runtime.engines.tensorrt import TensorRTBackend
-    import fake_tensorrt
+    from runtime.engines.trt_build import build_plans
     build_plans(folder, windows="1,2,4")
     kw = dict(steps=3, strides=(15, 5, 1), batch_windows=4)
     want = Outpainter(engine=_StandIn(open_engines(folder, "fp16"))).outpaint(_video(), 24, "1:1", **kw)
@@ -322,8 +321,8 @@ def test_backend_runs_the_pipeline_exactly_on_emulated_gpu(fake_gpu, folder):
 
 
 def test_backend_memory_cap_and_corrupt_plans_fail_cleanly(fake_gpu, folder):
-    from runtime.engines.trt_build import build_plans
     from runtime.engines.tensorrt import TensorRTBackend
+    from runtime.engines.trt_build import build_plans
     build_plans(folder, windows="1,2")
     with pytest.raises(EnginesError, match="--gpu-memory 1e-05 GB is too little"):
         TensorRTBackend(folder, gpu_memory_gb=1e-5)
@@ -345,10 +344,10 @@ def test_sampling_on_the_device_equals_the_host_loop(fake_gpu, folder, sampler):
     """The per-step math on the device (timestep table, scatter, UNet graph, fused CFG + update with its
     history and saved sample, pointer rotation) gives the host loop's latents; batches whose rows are not
     one profile fall back to the host loop."""
-    from runtime.engines.trt_build import build_plans
     from runtime import Outpainter
     from runtime.engines.manifest import open_engines
     from runtime.engines.tensorrt import TensorRTBackend
+    from runtime.engines.trt_build import build_plans
     build_plans(folder, windows="1,2,4")
     kw = dict(steps=6, strides=(15, 5, 1), batch_windows=4, sampler=sampler)
     want = Outpainter(engine=_StandIn(open_engines(folder, "fp16"))).outpaint(_video(), 24, "1:1", **kw)
@@ -368,8 +367,8 @@ def test_sampling_on_the_device_equals_the_host_loop(fake_gpu, folder, sampler):
 
 def test_device_loop_can_be_turned_off(fake_gpu, folder, monkeypatch):
     """M3DDM_DEVICE_LOOP=0 is read by the Outpainter, which passes it down; the backend reads no environment."""
-    from runtime.engines.trt_build import build_plans
     from runtime import Outpainter
+    from runtime.engines.trt_build import build_plans
     build_plans(folder, windows="1,2")
     monkeypatch.setenv("M3DDM_DEVICE_LOOP", "0")
     kw = dict(steps=3, strides=(15, 5, 1), batch_windows=2)

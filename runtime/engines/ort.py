@@ -25,7 +25,6 @@ from runtime.engines import contract
 from runtime.engines.base import Backend, chunks
 from runtime.engines.manifest import open_engines
 
-
 ROW_PARALLEL_MAX_BYTES = 512 * 2 ** 20
 ROW_PARALLEL = (contract.UNET.name, contract.VAE_ENCODER.name, contract.VAE_DECODER.name)  # rows independent
 

@@ -56,10 +56,10 @@ def run(workdir=None) -> dict:
     """Build, run (eager, then CUDA graph replay) and compare; returns the figures; raises on failure."""
     import onnxruntime as ort
 
-    from runtime.engines.trt_build import build_plan
     from runtime.engines import cuda
     from runtime.engines import trt_policy as policy
     from runtime.engines.tensorrt import TrtEngine
+    from runtime.engines.trt_build import build_plan
 
     trt = policy.import_tensorrt()
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:

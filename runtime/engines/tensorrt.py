@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from m3ddm.errors import EnginesError
 from runtime.engines import contract, cuda
 from runtime.engines import trt_policy as policy
 from runtime.engines.base import Backend
-from m3ddm.errors import EnginesError
 from runtime.engines.manifest import open_engines
+
 
 class TrtEngine:
     """One plan: engine, context on the shared activation buffer, bound I/O buffers, CUDA graphs."""
