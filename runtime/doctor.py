@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+from typing import Any
 
 from m3ddm.errors import first_line
 from runtime import cli
@@ -56,7 +57,8 @@ def gpus() -> tuple[list[dict], str | None]:
             _, minor = cu.cuDeviceGetAttribute(cu.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev)
             _, mem = cu.cuDeviceTotalMem(dev)
             found.append({"index": i, "name": name.split(b"\0")[0].decode(), "compute_capability": f"{major}.{minor}",
-                          "memory_gb": round(mem / 2 ** 30, 1), "driver_cuda": f"{driver // 1000}.{driver % 1000 // 10}"})
+                          "memory_gb": round(mem / 2 ** 30, 1),
+                          "driver_cuda": f"{driver // 1000}.{driver % 1000 // 10}"})
         return found, None
     except Exception as exc:  # no driver library, or a broken install: the doctor reports, never crashes
         if "NotFound" in type(exc).__name__:
@@ -97,7 +99,8 @@ def check_engines(report: dict, engines_dir, trt_version, found) -> None:
 
 
 def diagnose(engines_dir=None) -> dict:
-    report = {"python": platform.python_version(), "machine": platform.machine(), "problems": [], "fixes": []}
+    report: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(), "problems": [],
+                              "fixes": []}
     found, why = gpus()
     report["gpus"] = found
     trt = _version("tensorrt")
@@ -167,15 +170,17 @@ def main(argv=None) -> int:
                              f"{g['driver_cuda']})" for g in report["gpus"]) or "none"
         print(f"GPU:          {gpu_line}")
         print(f"TensorRT:     {report['tensorrt'] or 'not installed'}")
-        print(f"ONNX Runtime: {report['onnxruntime'] or 'not installed'} ({', '.join(report['onnxruntime_providers']) or '-'})")
+        print(f"ONNX Runtime: {report['onnxruntime'] or 'not installed'} "
+              f"({', '.join(report['onnxruntime_providers']) or '-'})")
         print(f"cuda-python:  {report['cuda_python'] or 'not installed'}")
         print(f"kernels:      {report['kernels']}"
               + (f"; on the GPU vs numpy: max error {max(report['kernels_on_gpu'].values()):.1e}"
                  if report.get("kernels_on_gpu") else ""))
         if report.get("tensorrt_selftest"):
             st = report["tensorrt_selftest"]
-            print(f"TensorRT test engine: built in {st['build_seconds']} s, vs ONNX Runtime CPU {st['max_rel_error']:.1e} "
-                  f"of scale, CUDA graph {'replayed exactly' if st['replay_equals_eager'] else 'NOT equal'}")
+            print(f"TensorRT test engine: built in {st['build_seconds']} s, vs ONNX Runtime CPU "
+                  f"{st['max_rel_error']:.1e} of scale, "
+                  f"CUDA graph {'replayed exactly' if st['replay_equals_eager'] else 'NOT equal'}")
         if report.get("engines"):
             e = report["engines"]
             print(f"engines:      {e['folder']} (S={e['model_size']}, {', '.join(e['precisions'])}; "

@@ -30,8 +30,9 @@ def test_doctor_reports_no_gpu_cleanly():
 
 def test_volta_with_a_newer_tensorrt_is_refused(monkeypatch):
     from runtime import doctor
-    monkeypatch.setattr(doctor, "gpus", lambda: ([{"index": 0, "name": "Tesla V100-SXM2-16GB", "compute_capability": "7.0",
-                                                  "memory_gb": 16.0, "driver_cuda": "12.4"}], None))
+    monkeypatch.setattr(doctor, "gpus", lambda: ([{"index": 0, "name": "Tesla V100-SXM2-16GB",
+                                                   "compute_capability": "7.0", "memory_gb": 16.0,
+                                                   "driver_cuda": "12.4"}], None))
     monkeypatch.setattr(doctor, "_version", lambda m: "10.5.0" if m == "tensorrt" else None)
     report = doctor.diagnose()
     assert not report["fast_path"]
@@ -55,8 +56,9 @@ def test_doctor_checks_an_engines_folder_plans(monkeypatch, engines, tmp_path):
     assert report["engines"]["plans"] == [] and "make plans" in report["engines"]["note"]
     manifest = json.loads((folder / contract.MANIFEST).read_text())
     fp = manifest["components"]["unet.fp16"]["fingerprint"]
-    manifest["plans"] = {f"{c}.fp16": {"file": f"{c}.fp16.plan", "tensorrt": "10.4.0.26", "gpu": "Tesla V100-SXM2-16GB",
-                                        "compute_capability": "7.0", "onnx_fingerprint": fp} for c in contract.COMPONENTS}
+    manifest["plans"] = {f"{c}.fp16": {"file": f"{c}.fp16.plan", "tensorrt": "10.4.0.26",
+                                        "gpu": "Tesla V100-SXM2-16GB", "compute_capability": "7.0",
+                                        "onnx_fingerprint": fp} for c in contract.COMPONENTS}
     (folder / contract.MANIFEST).write_text(json.dumps(manifest))
     report = doctor.diagnose(folder)
     assert not report["fast_path"]

@@ -43,7 +43,8 @@ def test_plan_records_are_checked_against_this_machine():
     assert policy.plan_problem("unet.fp16", record, "abc", "10.4.0.26", V100) is None
     assert "no plan" in policy.plan_problem("unet.fp16", None, "abc", "10.4.0.26", V100)
     assert "older unet.fp16 ONNX" in policy.plan_problem("unet.fp16", record, "def", "10.4.0.26", V100)
-    assert "TensorRT 10.4.0.26, this machine has 10.4.1" in policy.plan_problem("unet.fp16", record, "abc", "10.4.1", V100)
+    newer = policy.plan_problem("unet.fp16", record, "abc", "10.4.1", V100)
+    assert "TensorRT 10.4.0.26, this machine has 10.4.1" in newer
     other = policy.plan_problem("unet.fp16", record, "abc", "10.4.0.26", H100)
     assert "compute 7.0" in other and "make plans" in other
     # Same architecture, another board: runs, with a note.
@@ -128,7 +129,8 @@ def test_build_plans_requests_and_records(fake_trt, folder):
     assert rec["device_memory"] == [30000, 60000, 120000]
     assert (folder / "unet.fp16.plan").stat().st_size == rec["bytes"]
     for key, r in plans.items():
-        assert policy.plan_problem(key, r, manifest["components"][key]["fingerprint"], fake_trt.__version__, H100) is None
+        fingerprint = manifest["components"][key]["fingerprint"]
+        assert policy.plan_problem(key, r, fingerprint, fake_trt.__version__, H100) is None
     # One timing cache per GPU and TensorRT version, handed from build to build.
     caches = list(folder.glob("timing_cache.*.bin"))
     assert [c.name for c in caches] == ["timing_cache.nvidia-h100-80gb-hbm3.sm90.trt10.4.0.26.bin"]

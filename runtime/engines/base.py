@@ -12,6 +12,7 @@ fresh data passes a new or a writeable array.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,8 +25,8 @@ class Backend(ABC):
     engines: EngineSet
     notes: tuple | list = ()  # what the user should know about this choice (e.g. why TensorRT was passed over)
     concurrent: bool = False  # its engines take calls from two threads at once (the VAE while the UNet runs)
-    windows: tuple | None = None  # window counts W (3W UNet rows) the backend runs best, e.g. its TensorRT
-    #                               profiles; the pipeline sizes its batches to them. None: any size is as good.
+    windows: Sequence[int] | None = None  # window counts W (3W UNet rows) the backend runs best, e.g. its TensorRT
+    #                                       profiles; the pipeline sizes its batches to them. None: any size is as good.
     max_batch: int | None = None  # the caller's cap on the rows of one engine call (activation memory); None: none
     vae_batch: int | None = None  # the most images one VAE engine call takes (TensorRT: its plans' profile)
 

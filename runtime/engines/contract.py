@@ -129,8 +129,10 @@ GLOBAL_ENCODER = Component("global_encoder", "unet", "g", _global_encoder_io,
                            lambda windows, vae_batch, g: [(g, g, g)])
 # One static profile per window count W (N = 3W rows, the CFG branches of W windows): runtime/engines/trt_policy.py
 UNET = Component("unet", "unet", "N", _unet_io, lambda windows, vae_batch, g: [(3 * w, 3 * w, 3 * w) for w in windows])
-VAE_ENCODER = Component("vae_encoder", "vae", "n", _vae_encoder_io, lambda windows, vae_batch, g: [(1, vae_batch, vae_batch)])
-VAE_DECODER = Component("vae_decoder", "vae", "n", _vae_decoder_io, lambda windows, vae_batch, g: [(1, vae_batch, vae_batch)])
+VAE_ENCODER = Component("vae_encoder", "vae", "n", _vae_encoder_io,
+                        lambda windows, vae_batch, g: [(1, vae_batch, vae_batch)])
+VAE_DECODER = Component("vae_decoder", "vae", "n", _vae_decoder_io,
+                        lambda windows, vae_batch, g: [(1, vae_batch, vae_batch)])
 ENGINES = (GLOBAL_ENCODER, UNET, VAE_ENCODER, VAE_DECODER)
 COMPONENTS = tuple(c.name for c in ENGINES)
 _BY_NAME = {c.name: c for c in ENGINES}

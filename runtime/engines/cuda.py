@@ -78,13 +78,14 @@ class PinnedBuffer:
     def __init__(self, nbytes: int):
         self.nbytes = max(int(nbytes), 1)
         self.ptr = int(call("cudaMallocHost", self.nbytes))
-        self.bytes = np.ctypeslib.as_array((ctypes.c_uint8 * self.nbytes).from_address(self.ptr))
+        self.bytes: np.ndarray | None = np.ctypeslib.as_array((ctypes.c_uint8 * self.nbytes).from_address(self.ptr))
 
     def view(self, shape, dtype) -> np.ndarray:
         dtype = np.dtype(dtype)
         count = int(np.prod(shape))
         if count * dtype.itemsize > self.nbytes:
             raise ValueError(f"{list(shape)} {dtype} does not fit a {self.nbytes}-byte pinned buffer")
+        assert self.bytes is not None  # only live buffers are viewed (free() drops the view with the memory)
         return self.bytes[:count * dtype.itemsize].view(dtype).reshape(shape)
 
     def free(self) -> None:

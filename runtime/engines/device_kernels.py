@@ -7,6 +7,7 @@ against their numpy references, the runtime's own host code (``guidance.combine`
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,7 @@ class Module:
     def __init__(self, name: str, arch: str = "compute_70"):
         cuda.call("cudaFree", 0)  # make the runtime's primary context current for the driver API
         self.module = cuda.driver_call("cuModuleLoadData", kernels.compile_ptx(name, arch))
-        self.functions = {}
+        self.functions: dict[str, Any] = {}  # CUfunction handles (cuda-python ships no types)
 
     def function(self, entry: str):
         if entry not in self.functions:
@@ -31,7 +32,7 @@ class Module:
     def launch(self, entry: str, args, stream: cuda.Stream, threads: int = 256, blocks: int = 1024) -> None:
         """``args``: DeviceBuffer or a plain int (a pointer; 0 for one the kernel will not read),
         np.int64/np.int32/np.float32 scalars, in the kernel's order."""
-        holders = []
+        holders: list[ctypes._SimpleCData] = []
         for a in args:
             if isinstance(a, cuda.DeviceBuffer):
                 holders.append(ctypes.c_void_p(a.ptr))
@@ -70,7 +71,9 @@ def check(arch: str = "compute_70", windows: int = 2, latent: int = 32) -> dict:
     shape = (4, 16, latent, latent)
     per_window = int(np.prod(shape))
     u = samplers.Update(x=1.1, saved=0.3, eps=(-0.2, 0.15, -0.05, 0.01), noise=0.07)
-    stream, keep, errors = cuda.Stream(), [], {}
+    stream = cuda.Stream()
+    keep: list[cuda.DeviceBuffer | cuda.PinnedBuffer] = []
+    errors: dict[str, float] = {}
     try:
         step, scatter = Module("sampler_step", arch), Module("unet_input", arch)
         for dtype, np_t in (("f32", np.float32), ("f16", np.float16)):

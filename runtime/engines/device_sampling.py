@@ -72,6 +72,7 @@ class DeviceSampler:
                                     stream, THREADS, BLOCKS)
                 engine.launch(key)
                 if u.noise:
+                    assert z_host is not None and d_z is not None  # made above: some update draws noise
                     stream.synchronize()  # the pinned noise buffer is free again
                     z_host.view(x.shape, np.float32)[...] = step_noise(i, x.shape)
                     stream.upload(d_z, z_host, nbytes)

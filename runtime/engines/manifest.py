@@ -34,7 +34,8 @@ class EngineSet:
         """The graph's size on disk, its external weights included (as the checked manifest records them)."""
         entry = self.manifest["components"][f"{component}.{precision}"]
         data = entry.get("external_data") or {}
-        return int(entry.get("bytes") or self.onnx_path(component, precision).stat().st_size) + int(data.get("bytes", 0))
+        return (int(entry.get("bytes") or self.onnx_path(component, precision).stat().st_size)
+                + int(data.get("bytes", 0)))
 
     def path(self, name) -> Path:
         """The file ``name`` (as the manifest gives it) inside the folder; EnginesError if it would lead out."""
@@ -131,13 +132,14 @@ def _check_component(folder: Path, comp: str, prec: str, size: int, entry: dict)
     for side in ("inputs", "outputs"):
         got = entry.get(side)
         if got != want[side]:
-            _fail(folder, f"{comp}.{prec} {side} {_brief(got)} differ from what this runtime expects {_brief(want[side])} "
-                          f"(exported for another model or version)")
+            _fail(folder, f"{comp}.{prec} {side} {_brief(got)} differ from what this runtime expects "
+                          f"{_brief(want[side])} (exported for another model or version)")
     onnx = inside(folder, entry.get("file", ""))
     if not onnx.is_file():
         _fail(folder, f"{onnx.name} is missing")
     if entry.get("bytes") is not None and onnx.stat().st_size != entry["bytes"]:
-        _fail(folder, f"{onnx.name} has {onnx.stat().st_size} bytes, the manifest says {entry['bytes']} (changed or truncated)")
+        _fail(folder, f"{onnx.name} has {onnx.stat().st_size} bytes, the manifest says {entry['bytes']} "
+                      f"(changed or truncated)")
     data = entry.get("external_data")
     if data:
         p = inside(folder, data["file"])
@@ -148,4 +150,5 @@ def _check_component(folder: Path, comp: str, prec: str, size: int, entry: dict)
 def _brief(specs) -> str:
     if not isinstance(specs, list):
         return repr(specs)
-    return "[" + ", ".join(f"{s.get('name')}{s.get('shape')}:{s.get('dtype')}" for s in specs if isinstance(s, dict)) + "]"
+    return "[" + ", ".join(f"{s.get('name')}{s.get('shape')}:{s.get('dtype')}"
+                           for s in specs if isinstance(s, dict)) + "]"

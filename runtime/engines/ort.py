@@ -89,9 +89,9 @@ class OrtBackend(Backend):
         else:
             self.providers = ["CPUExecutionProvider"]
         self.threads = threads
-        self._sessions: dict[str, object] = {}
-        self._row_sessions: dict[str, object] = {}  # single-threaded twins of the small row-parallel graphs
-        self._row_pool = None
+        self._sessions: dict[str, object] | None = {}  # None once closed
+        self._row_sessions: dict[str, object] | None = {}  # single-threaded twins of the small row-parallel graphs
+        self._row_pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()  # the prepare thread's VAE and the UNet may build sessions at once
         self._run_options = ort.RunOptions()
 
@@ -122,7 +122,7 @@ class OrtBackend(Backend):
 
     def _row_session(self, component: contract.Component):
         with self._lock:
-            if self._sessions is None:
+            if self._sessions is None or self._row_sessions is None:  # close() drops both at once
                 raise EnginesError("this ONNX Runtime backend was closed")
             if component.name not in self._row_sessions:
                 self._row_sessions[component.name] = self._make_session(
@@ -163,6 +163,7 @@ class OrtBackend(Backend):
             if len(slices) == 1:
                 return self.session(component).run([component.output], feeds, options)[0]
             sess = self._row_session(component)
+            assert self._row_pool is not None  # _row_session() made it
             parts = [self._row_pool.submit(sess.run, [component.output],
                                            {k: np.ascontiguousarray(v[s]) for k, v in feeds.items()}, options)
                      for s in slices]

@@ -43,7 +43,8 @@ def tiny_graph(path: Path) -> Path:
         helper.make_node("Cast", ["attn32"], ["attn"], to=TensorProto.FLOAT16),
         helper.make_node("MatMul", ["attn", "q"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "doctor", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["n", 4, h, h])],
+    graph = helper.make_graph(nodes, "doctor",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["n", 4, h, h])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["n", h * h, c])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from runtime.engines import contract, cuda
 from runtime.engines import trt_policy as policy
 from runtime.engines.base import Backend
 from runtime.engines.manifest import open_engines
+
+if TYPE_CHECKING:  # imported when first sampled on the GPU (sample_windows)
+    from runtime.engines.device_sampling import DeviceSampler
 
 
 class TrtEngine:
@@ -48,10 +52,11 @@ class TrtEngine:
         self.inputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in self.names if n not in self.inputs]
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in self.names}
-        self.context = None
-        self.device, self.host = {}, {}
+        self.context: Any = None  # TensorRT's execution context (TensorRT ships no types), made by activate()
+        self.device: dict[str, cuda.DeviceBuffer] = {}
+        self.host: dict[str, cuda.PinnedBuffer] = {}
         self.graphs: dict[tuple, cuda.Graph] = {}
-        self._profile = None
+        self._profile: int | None = None
         self._resident: dict[str, np.ndarray] = {}
 
     def profile_bytes(self, index: int) -> int:
@@ -70,7 +75,7 @@ class TrtEngine:
             self.context.set_device_memory(memory.ptr, memory.nbytes)
         else:  # TensorRT 10.0
             self.context.device_memory = memory.ptr
-        largest = {}
+        largest: dict[str, int] = {}
         for p in profiles:
             self._select(p)
             for name in self.inputs:
@@ -152,7 +157,8 @@ class TrtEngine:
         for g in self.graphs.values():
             g.destroy()
         self.graphs.clear()
-        for buf in (*self.device.values(), *self.host.values()):
+        buffers: list[cuda.DeviceBuffer | cuda.PinnedBuffer] = [*self.device.values(), *self.host.values()]
+        for buf in buffers:
             buf.free()
         self.device.clear()
         self.host.clear()
@@ -185,9 +191,10 @@ class TensorRTBackend(Backend):
                                       self.gpu, self.engines.folder)
             if why:
                 raise EnginesError(why)
+            assert record is not None  # plan_problem() passes only a plan record
             self.notes += policy.plan_notes(record, self.gpu)
             records[comp] = record
-        self.stream = cuda.Stream()
+        self.stream: cuda.Stream | None = cuda.Stream()  # None once closed
         try:
             self._load(trt, records, cuda_graphs, max_windows, gpu_memory_gb)
         except BaseException:
@@ -195,9 +202,10 @@ class TensorRTBackend(Backend):
             raise
         self.max_batch = max_batch
         self.device_loop = device_loop
-        self._device_sampler = None
+        self._device_sampler: DeviceSampler | None = None
 
     def _load(self, trt, records, cuda_graphs, max_windows, gpu_memory_gb):
+        assert self.stream is not None  # __init__ made it just before
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         free_before, total = cuda.mem_info()
@@ -220,7 +228,7 @@ class TensorRTBackend(Backend):
                                f"{self.weights_bytes / 2**30:.2f} GiB and one window's activations "
                                f"{need / 2**30:.2f} GiB more")
         self.windows, act_bytes = policy.choose_unet_profiles(profile_bytes, other, free, budget)
-        self.activations = cuda.DeviceBuffer(act_bytes)
+        self.activations: cuda.DeviceBuffer | None = cuda.DeviceBuffer(act_bytes)  # None once closed
         self._unet_profile = {3 * w: rows.index(3 * w) for w in self.windows}
         for comp, engine in self._engines.items():
             engine.activate(self.activations, list(self._unet_profile.values()) if comp is contract.UNET else [0])
@@ -236,6 +244,7 @@ class TensorRTBackend(Backend):
         if not self.device_loop or n not in self._unet_profile:
             return None
         if self._device_sampler is None:
+            assert self.stream is not None  # a closed backend is not used again
             from runtime.engines.device_sampling import DeviceSampler
             try:
                 arch = "compute_" + self.gpu["compute_capability"].replace(".", "")
@@ -284,9 +293,11 @@ class TensorRTBackend(Backend):
     def close(self):
         for engine in getattr(self, "_engines", {}).values():
             engine.close()
-        if getattr(self, "activations", None) is not None:
-            self.activations.free()
+        activations = getattr(self, "activations", None)  # absent when _load failed before making it
+        if activations is not None:
+            activations.free()
             self.activations = None
-        if getattr(self, "stream", None) is not None:
-            self.stream.destroy()
+        stream = getattr(self, "stream", None)
+        if stream is not None:
+            stream.destroy()
             self.stream = None

@@ -60,7 +60,8 @@ def build_plan(trt, onnx_path: Path, plan_path: Path, profiles: list[dict], *, o
     parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)
     if not parser.parse_from_file(str(onnx_path)):  # reads external weights next to the graph
         errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
-        raise BuildError(f"TensorRT's ONNX parser refused {onnx_path.name}: {'; '.join(errors[:3]) or 'no reason given'}")
+        raise BuildError(f"TensorRT's ONNX parser refused {onnx_path.name}: "
+                         f"{'; '.join(errors[:3]) or 'no reason given'}")
     config = builder.create_builder_config()
     config.builder_optimization_level = int(opt_level)
     if workspace_bytes:
@@ -114,9 +115,10 @@ def build_plans(folder, precision: str = "fp16", windows=None, vae_batch: int = 
     windows = policy.parse_windows(windows) if windows else policy.default_windows(gpu["memory_bytes"])
     if not 1 <= vae_batch <= 64:
         raise InputError("the VAE batch must be between 1 and 64")
-    common = {"opt_level": int(opt_level), "workspace_gb": workspace_gb, "strongly_typed": True}
-    own = {contract.UNET: {"windows": list(windows)}, contract.VAE_ENCODER: {"vae_batch": vae_batch},
-           contract.VAE_DECODER: {"vae_batch": vae_batch}, contract.GLOBAL_ENCODER: {}}
+    common: dict[str, object] = {"opt_level": int(opt_level), "workspace_gb": workspace_gb, "strongly_typed": True}
+    own: dict[contract.Component, dict[str, object]] = {
+        contract.UNET: {"windows": list(windows)}, contract.VAE_ENCODER: {"vae_batch": vae_batch},
+        contract.VAE_DECODER: {"vae_batch": vae_batch}, contract.GLOBAL_ENCODER: {}}
     cache = timing_cache_path(folder, gpu, version)
     manifest = dict(engines.manifest)  # as open_engines read and checked it
     plans = manifest.setdefault("plans", {})

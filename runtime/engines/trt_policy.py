@@ -31,8 +31,8 @@ def import_tensorrt():
     try:
         import tensorrt
     except ImportError:
-        raise EnginesError(f"TensorRT is not installed here ({INSTALL_HINT}); the ONNX Runtime backends work without it "
-                           f"(--backend ort)") from None
+        raise EnginesError(f"TensorRT is not installed here ({INSTALL_HINT}); the ONNX Runtime backends work "
+                           f"without it (--backend ort)") from None
     except Exception as exc:  # the PyPI stub, or a wheel without its libnvinfer
         raise EnginesError(f"TensorRT cannot be imported ({type(exc).__name__}: {first_line(exc)}); "
                            f"{INSTALL_HINT}") from None
@@ -60,14 +60,15 @@ def support_problem(tensorrt_version: str, compute_capability: str, gpu_name: st
     if cc < VOLTA:
         return f"{gpu_name} ({sm}) is older than Volta; TensorRT 10 needs compute capability 7.0 or newer"
     if cc == VOLTA and tv[:2] > LAST_TENSORRT_FOR_VOLTA:
-        return (f"{gpu_name} ({sm}, Volta) is not supported by TensorRT {tensorrt_version} (Volta was removed in 10.5): "
-                f"install tensorrt-cu12==10.4.* with CUDA 12, or use --backend ort (onnxruntime-gpu<=1.26)")
+        return (f"{gpu_name} ({sm}, Volta) is not supported by TensorRT {tensorrt_version} "
+                f"(Volta was removed in 10.5): install tensorrt-cu12==10.4.* with CUDA 12, or use --backend ort "
+                f"(onnxruntime-gpu<=1.26)")
     if tv[0] >= 11 and cc < FIRST_TURING:
         return f"TensorRT {tensorrt_version} needs Turing or newer; {gpu_name} is {sm}: use TensorRT 10.4"
     return None
 
 
-def plan_problem(key: str, record: dict, onnx_fingerprint: str | None, tensorrt_version: str, gpu: dict,
+def plan_problem(key: str, record: dict | None, onnx_fingerprint: str | None, tensorrt_version: str, gpu: dict,
                  folder=None) -> str | None:
     """Why the plan described by ``record`` (its manifest entry) cannot run here; None when it can.
 
@@ -85,8 +86,8 @@ def plan_problem(key: str, record: dict, onnx_fingerprint: str | None, tensorrt_
         return (f"{record['file']} was built with TensorRT {record.get('tensorrt')}, this machine has "
                 f"{tensorrt_version}; {rebuild}")
     if record.get("compute_capability") != gpu["compute_capability"]:
-        return (f"{record['file']} was built for {record.get('gpu')} (compute {record.get('compute_capability')}), this "
-                f"is {gpu['name']} (compute {gpu['compute_capability']}); {rebuild}")
+        return (f"{record['file']} was built for {record.get('gpu')} (compute {record.get('compute_capability')}), "
+                f"this is {gpu['name']} (compute {gpu['compute_capability']}); {rebuild}")
     if folder is not None:
         path = inside(folder, record["file"])
         if not path.is_file() or path.stat().st_size != record.get("bytes"):
@@ -133,7 +134,7 @@ def profile_memory(engine, index: int) -> int:
     return int(getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size)
 
 
-def profile_shapes(batch: tuple, spec_shape: list, dim_name: str) -> tuple[list, list, list]:
+def profile_shapes(batch: tuple, spec_shape: list, dim_name: str) -> tuple[list, ...]:
     """min/opt/max shapes of one input: ``batch`` (min, opt, max) put where ``spec_shape`` names ``dim_name``."""
     out = []
     for value in batch:
@@ -170,6 +171,6 @@ def choose_unet_profiles(profile_bytes: dict, other_bytes: int, free_bytes: int,
     if not usable or 1 not in usable:
         need = max(profile_bytes.get(1, min(profile_bytes.values())), other_bytes)
         raise EnginesError(f"not enough GPU memory for one window: its activations need {need / 2**30:.2f} GiB, "
-                           f"{max(room, 0) / 2**30:.2f} GiB are free beyond the weights (close other programs on this GPU, "
-                           f"or build with a smaller --vae-batch)")
+                           f"{max(room, 0) / 2**30:.2f} GiB are free beyond the weights (close other programs on "
+                           f"this GPU, or build with a smaller --vae-batch)")
     return usable, max(max(profile_bytes[w] for w in usable), other_bytes)
