@@ -1,6 +1,7 @@
 """What the encoder's threading costs: x264 (crf 18, preset medium) as PyAV leaves it (slice threads, one per CPU
 the process may run on: the bytes follow the machine) against fixed thread counts (frame threads, x264's
-deterministic mode: the same bytes anywhere), per output size and number of cores.
+deterministic mode: the same bytes anywhere), and with x264's macroblock tree on (before) or off (now: with it on,
+the bytes follow uninitialised memory, runtime/video/sink.py), per output size and number of cores.
 
     python -m benchmarks.encode [--sizes 1920x3412,1280x1280] [--frames 40] [--cores 1,all] [--json OUT]
                                                                                          (make bench-encode)
@@ -23,12 +24,15 @@ from fractions import Fraction
 
 import numpy as np
 
-CONFIGS = {  # name: (thread_type, thread_count); None: PyAV's own choice
-    "auto (before)": (None, None),
-    "1 thread": ("FRAME", 1),
-    "frame x2": ("FRAME", 2),
-    "frame x4 (default)": ("FRAME", 4),
-    "frame x8": ("FRAME", 8),
+from runtime.video.sink import X264_PARAMS
+
+CONFIGS = {  # name: (thread_type, thread_count, x264-params); None: PyAV's own choice
+    "auto (first)": (None, None, ""),
+    "frame x4 + mbtree (second)": ("FRAME", 4, ""),
+    "1 thread": ("FRAME", 1, X264_PARAMS),
+    "frame x2": ("FRAME", 2, X264_PARAMS),
+    "frame x4 (default)": ("FRAME", 4, X264_PARAMS),
+    "frame x8": ("FRAME", 8, X264_PARAMS),
 }
 TB = Fraction(1, 90000)
 
@@ -49,7 +53,7 @@ def frames(width: int, height: int, count: int) -> list:
             .reformat(format="yuv420p", threads=1) for t in range(count)]
 
 
-def encode(yuv: list, crf: int, thread_type, thread_count) -> tuple[float, bytes]:
+def encode(yuv: list, crf: int, thread_type, thread_count, params: str = "") -> tuple[float, bytes]:
     import av
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as container:
@@ -59,7 +63,7 @@ def encode(yuv: list, crf: int, thread_type, thread_count) -> tuple[float, bytes
         if thread_type:
             stream.codec_context.thread_type = thread_type
             stream.codec_context.thread_count = thread_count
-        stream.options = {"crf": str(crf), "preset": "medium"}
+        stream.options = {"crf": str(crf), "preset": "medium", **({"x264-params": params} if params else {})}
         t0 = time.perf_counter()
         for i, frame in enumerate(yuv):
             frame.pts, frame.time_base = i * 3000, TB
@@ -88,8 +92,8 @@ def child(width: int, height: int, count: int, cores: str) -> dict:
     yuv = frames(width, height, count)
     lossless = decoded(encode(yuv, 0, "FRAME", 1)[1])
     rows = {}
-    for name, (thread_type, thread_count) in CONFIGS.items():
-        seconds, data = encode(yuv, 18, thread_type, thread_count)
+    for name, (thread_type, thread_count, params) in CONFIGS.items():
+        seconds, data = encode(yuv, 18, thread_type, thread_count, params)
         rows[name] = {"ms_per_frame": round(1000 * seconds / count, 1),
                       "kib_per_frame": round(len(data) / count / 1024, 1),
                       "psnr_db": round(psnr(decoded(data), lossless), 3), "sha256": hashlib.sha256(data).hexdigest()}

@@ -211,11 +211,11 @@ def main(argv=None) -> int:
 
 def run_on_ray(rows: list[dict], args, run_settings, encode):
     """The report lines of ``rows``, as the videos finish."""
-    import ray.data
-
+    # runtime.cluster before Ray itself: importing it readies Ray's token auth, which Ray reads when imported.
     from runtime import cluster
-    started_here = not ray.is_initialized() and args.address in (None, "", "local")
+    started_here = not cluster.ray.is_initialized() and args.address in (None, "", "local")
     cluster.connect(args.address, quiet=args.quiet)
+    import ray.data
     try:
         resources = cluster.worker_resources(args.gpus_per_worker, args.cpus_per_worker, args.threads)
         workers = min(args.workers or cluster.default_workers(resources), len(rows))

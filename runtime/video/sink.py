@@ -71,6 +71,10 @@ class EncodeOptions:
                 pass
 
 
+X264 = ("libx264", "libx264rgb")
+X264_PARAMS = "mbtree=0"  # see _add_video_stream
+
+
 def _takes_crf(codec: str) -> bool:
     return codec in ("libx264", "libx264rgb", "libx265")
 
@@ -102,7 +106,15 @@ def _add_video_stream(av, container, options: EncodeOptions, fps: float, width: 
     opts = {}
     if options.crf is not None and _takes_crf(options.codec):
         opts = {"crf": str(options.crf), "preset": options.preset}
-    if gaps and options.codec in ("libx264", "libx264rgb"):
+    if options.codec in X264:
+        # Same job, same bytes (2): x264's macroblock tree reads uninitialised stack memory (valgrind memcheck:
+        # propagate_cost at the bottom-right partial lowres macroblock, fed from refine_subpel's stack; the
+        # asm build only), so with it on, the bytes follow whatever the process's other threads left in memory:
+        # the same CLI job run 4 times gave 4 files, even on one encoder thread, and never with it off. Its
+        # cost, measured by make bench-encode (benchmarks/RESULTS.md): larger files at the same crf, for a
+        # PSNR no lower.
+        opts["x264-params"] = X264_PARAMS
+    if gaps and options.codec in X264:
         # Without B-frames no frame is stored ahead of an earlier one, so no timestamp is shifted back by
         # the (here: hours-long) reorder delay: every frame decodes at its own time, starting at zero.
         opts["bf"] = "0"
