@@ -110,9 +110,9 @@ def _add_video_stream(av, container, options: EncodeOptions, fps: float, width: 
         # Same job, same bytes (2): x264's macroblock tree reads uninitialised stack memory (valgrind memcheck:
         # propagate_cost at the bottom-right partial lowres macroblock, fed from refine_subpel's stack; the
         # asm build only), so with it on, the bytes follow whatever the process's other threads left in memory:
-        # the same CLI job run 4 times gave 4 files, even on one encoder thread, and never with it off. Its
-        # cost, measured by make bench-encode (benchmarks/RESULTS.md): larger files at the same crf, for a
-        # PSNR no lower.
+        # the same CLI job run 4 times gave 4 files, even on one encoder thread, and one file with it off. Its
+        # cost at crf 18 (make bench-encode, benchmarks/RESULTS.md): +29 % bytes and -1.0 dB PSNR at 1920x3412,
+        # +45 % and +0.4 dB at 1280x1280, the same time per frame on 2 cores.
         opts["x264-params"] = X264_PARAMS
     if gaps and options.codec in X264:
         # Without B-frames no frame is stored ahead of an earlier one, so no timestamp is shifted back by
