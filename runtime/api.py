@@ -15,7 +15,7 @@ import numpy as np
 
 from m3ddm.errors import InputError
 from runtime import composite, env, streaming
-from runtime.callbacks import Spread
+from runtime.callbacks import CancelToken, Progress, Spread
 from runtime.engines.select import make_backend
 from runtime.pipeline import OutpaintResult, Pipeline
 from runtime.settings import Settings
@@ -56,8 +56,8 @@ class Outpainter:
 
     # -- arrays -------------------------------------------------------------------------------
     def outpaint(self, frames: np.ndarray, fps: float, ratio=None, steps: int | None = None, sampler: str | None = None,
-                 seed: int | None = None, noise=None, *, settings: Settings | None = None, progress=None,
-                 cancel=None, **options) -> OutpaintResult:
+                 seed: int | None = None, noise=None, *, settings: Settings | None = None,
+                 progress: Progress | None = None, cancel: CancelToken | None = None, **options) -> OutpaintResult:
         """RGB uint8 [T, H, W, 3] at ``fps`` -> the outpainted video (``.frames``) and final latents.
 
         The run is ``settings`` (a ``Settings``; its defaults when None: ratio 9:16, 50 PNDM steps, seed 6) with
@@ -96,7 +96,8 @@ class Outpainter:
 
     # -- files --------------------------------------------------------------------------------
     def outpaint_file(self, input, output, ratio=None, *, settings: Settings | None = None, stream: int | None = None,
-                      encode: EncodeOptions | None = None, overwrite: bool = True, progress=None, cancel=None,
+                      encode: EncodeOptions | None = None, overwrite: bool = True,
+                      progress: Progress | None = None, cancel: CancelToken | None = None,
                       work_dir=None, restart: bool = False, keep_work_dir: bool = False, **options) -> dict:
         """Outpaint a video file; with several targets, ``output`` gets a ``_WxH`` suffix per target.
 

@@ -90,14 +90,14 @@ class Pipeline:
         Made as the frame is decoded, so a long 4K video never holds its full-size frames."""
         return resize_frame_antialias(rgb, self.size, self.size) * 2 - 1
 
-    def prepare(self, frames: FrameSource, count: int, box: geometry.Letterbox, fps: float, progress=None,
-                cancel=None, plan=None, background: bool = False, on_prepared=None) -> VideoLatents:
+    def prepare(self, frames: FrameSource, count: int, box: geometry.Letterbox, fps: float,
+                progress: Progress | None = None, cancel: CancelToken | None = None, plan=None,
+                background: bool = False, on_prepared=None) -> VideoLatents:
         """The ``count`` RGB frames -> what sampling reads.
 
-        ``frames``: an iterable of the frames in order (read once), or a callable ``frames(wanted)`` giving
-        (index, RGB or None) for every frame, RGB for the indices in ``wanted`` (a set; None: all), which may be
-        called more than once (a file decoded again). Each frame's canvas and TELEA init are made on a pool of
-        threads and VAE-encoded VAE_BATCH at a time: memory grows with the latents, not with the canvases.
+        ``frames``: an iterable of the frames in order (read once), or a ``FrameSource`` (runtime/callbacks.py).
+        Each frame's canvas and TELEA init are made on a pool of threads and VAE-encoded VAE_BATCH at a time:
+        memory grows with the latents, not with the canvases.
 
         With ``plan`` the frames are taken level by level (``prepare_groups``): the first level's first run
         (and the global frames) first, then the rest of the first level (from canvases the first pass kept),
@@ -105,8 +105,7 @@ class Pipeline:
         latents never depend on timing. With ``background`` (and a callable ``frames``) the call returns once
         the first run's frames are ready and prepares the rest on a thread while sampling starts
         (``VideoLatents.wait``); ``on_prepared(video)`` is called once every frame is. Only for backends whose
-        engines take calls from two threads at once (``Backend.concurrent``).
-        """
+        engines take calls from two threads at once (``Backend.concurrent``)."""
         return prepare(self, frames, count, box, fps, progress, cancel, plan, background, on_prepared)
 
     def run(self, frames: FrameSource, sink: FrameSink, s: Settings, *, count: int, box: geometry.Letterbox,
@@ -141,7 +140,8 @@ class Pipeline:
         return latents, plan, stats
 
     def generate(self, video: VideoLatents, s: Settings, sampler: samplers.Sampler, sink: FrameSink,
-                 progress=None, cancel=None, resume=None, checkpoint=None) -> tuple[np.ndarray, dict]:
+                 progress: Progress | None = None, cancel: CancelToken | None = None, resume=None,
+                 checkpoint: Checkpoint | None = None) -> tuple[np.ndarray, dict]:
         """Sample and decode: (final latents, stats). The generated frames go to ``sink(start, frames)`` in
         order, in chunks of VAE_BATCH starting at multiples of it, as soon as they are final, while sampling goes
         on (the file path composites and encodes them on another thread meanwhile). After sampling, the frames
@@ -179,8 +179,9 @@ class Pipeline:
         stats["decode_s"] = decode_s[0] + time.perf_counter() - t2
         return latents, stats
 
-    def sample(self, video: VideoLatents, s: Settings, progress=None, on_batch=None, cancel=None, resume=None,
-               checkpoint=None, sampler: samplers.Sampler | None = None) -> tuple[np.ndarray, list, int]:
+    def sample(self, video: VideoLatents, s: Settings, progress: Progress | None = None, on_batch=None,
+               cancel: CancelToken | None = None, resume=None, checkpoint: Checkpoint | None = None,
+               sampler: samplers.Sampler | None = None) -> tuple[np.ndarray, list, int]:
         """Run the plan; returns final latents per frame [T, 4, h, w], the plan and the windows sampled.
 
         ``on_batch(stored)`` is called after every batch with {frame: final latent} so far (a frame's
