@@ -4,9 +4,9 @@ threads), anywhere in a cluster. Ray does the placing, the restarts and the tran
 - ``Worker``: the actor. It builds its ``Outpainter`` once and runs whole files (runtime.batch, the service
   with ``--ray``) or single batches of windows (one long video over many workers).
 - ``WindowPool``: an Outpainter's ``spread`` (runtime/callbacks.py) over N workers (``window_pool``). A level's
-  independent batches go out through
-  ``ray.util.ActorPool`` and come back in plan order; each batch is ``Pipeline.sample_batch`` of the same
-  windows, numbers, guides and settings as in one process, so the video is the one-process video.
+  independent batches go out through ``ray.util.ActorPool`` and come back in plan order; each batch is
+  ``Pipeline.sample_batch`` of the same windows, numbers, guides and settings as in one process, so the video
+  is the one-process video.
 - ``RemoteOutpainter``: what the service's job queue needs of an Outpainter (``outpaint_file``, ``interrupt``),
   run by a worker: progress polled, cancel forwarded.
 
@@ -139,7 +139,8 @@ class CancelledJobs:
     past ``kept``: a long-lived worker does not grow with every cancelled run."""
 
     def __init__(self, kept: int = CANCELLED_KEPT):
-        self.kept, self.jobs = kept, dict[str, None]()  # insertion-ordered: the oldest first
+        self.kept = kept
+        self.jobs: dict[str, None] = {}  # insertion-ordered: the oldest first
         self.lock = threading.Lock()  # cancels arrive on the control threads while a batch runs
 
     def add(self, job: str) -> None:
@@ -213,7 +214,7 @@ def _sample_remote(actor, video, *, job, batch, first, guides, settings):
 
 
 class WindowPool:
-    """``Pipeline.spread`` over Ray workers: a run's independent batches sampled in parallel, returned in plan
+    """An Outpainter's ``spread`` over Ray workers: a run's independent batches sampled in parallel, returned in plan
     order. The first level (whose windows guide each other in turn) never comes here: it has one batch a run."""
 
     def __init__(self, actors):
