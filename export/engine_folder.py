@@ -8,6 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import torch
 from export.model.loading import WEIGHT_NAMES, load_unet, load_vae, resolve_folder
 from m3ddm.errors import InputError
 from m3ddm.facts import GLOBAL_FRAMES, RELEASED_VAE_SUBFOLDER, VAE_SCALE_FACTOR, WINDOW_FRAMES
+from m3ddm.files import atomic_write
 from runtime.engines import contract
 from runtime.engines.manifest import write_manifest
 
@@ -83,6 +87,15 @@ def fingerprint(component: str, precision: str, sources: dict, options: dict, co
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _sources(folders: dict, given: dict, old: dict) -> dict:
+    sources = {}
+    for key, folder in folders.items():
+        prev = old.get("sources", {}).get(key, {})
+        prev_files = prev.get("files") if prev.get("folder") == str(folder) else None
+        sources[key] = {"source": str(given[key]), "folder": str(folder), "files": hash_source(folder, prev_files)}
+    return sources
+
+
 def read_manifest(out: Path) -> dict:
     try:
         m = json.loads((out / contract.MANIFEST).read_text())
@@ -94,10 +107,7 @@ def read_manifest(out: Path) -> dict:
 def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), size: int = 256,
                    opset: int | None = None, force: bool = False, attention_softmax: str = "fp32") -> dict:
     """Export what is missing or stale into ``out``; returns the manifest."""
-    import onnx
-
     from export import onnx_export as ox
-    from export.trt_onnx_support import problems as trt_problems
 
     opset = opset or ox.OPSET
     from diffusers.utils import logging as diffusers_logging
@@ -108,22 +118,14 @@ def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), si
     old = read_manifest(out)
     folders = {"unet": resolve_folder(unet_source, "unet", "UNet"),
                "vae": resolve_folder(vae_source, RELEASED_VAE_SUBFOLDER, "VAE")}
-    sources = {}
-    for key, folder in folders.items():
-        prev = old.get("sources", {}).get(key, {})
-        prev_files = prev.get("files") if prev.get("folder") == str(folder) else None
-        sources[key] = {"source": str(unet_source if key == "unet" else vae_source), "folder": str(folder),
-                        "files": hash_source(folder, prev_files)}
+    sources = _sources(folders, {"unet": unet_source, "vae": vae_source}, old)
     if attention_softmax not in ("fp32", "fp16"):
         raise InputError(f"attention softmax must be fp32 or fp16, not {attention_softmax!r}")
-    options = {"size": size, "opset": opset, "frames": WINDOW_FRAMES, "global_frames": GLOBAL_FRAMES}
+    options = _base_options(size, opset)
     code = code_hash()
 
     def opts(comp, prec):
-        # Only the FP16 UNet has FP16 attention to choose; the default leaves older fingerprints as they were.
-        if comp == contract.UNET.name and prec == "fp16" and attention_softmax != "fp32":
-            return {**options, "attention_softmax": attention_softmax}
-        return options
+        return _options(attention_softmax, options, comp, prec)
 
     wanted = {f"{c}.{p}": fingerprint(c, p, sources, opts(c, p), code) for p in precisions for c in contract.COMPONENTS}
 
@@ -157,57 +159,207 @@ def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), si
         log.info(f"{out}: up to date ({', '.join(sorted(components))})")
         return manifest
 
+    second = _second_process_keys(todo, sources)
+    part = _SecondProcess(second, folders, out, size, opset, wanted, attention_softmax) if second else None
+    threads = torch.get_num_threads()
+    try:
+        if part:
+            torch.set_num_threads(part.threads)
+        here = [k for k in todo if k not in second]
+        models = _models_for(here, folders, old.get("model", {}), manifest["model"])
+
+        def done(key, record):
+            components[key] = record
+            components.update(part.records() if part else {})
+            write_manifest(out, manifest)  # after each graph: an interrupted export keeps what finished
+
+        _export_graphs(here, models, out, size, opset, wanted, attention_softmax, done)
+    finally:
+        torch.set_num_threads(threads)
+        if part:
+            failed = sys.exc_info()[0] is not None
+            records, error = part.finish(wait=not failed)
+            components.update(records)
+            # The serial order (what was kept, then as exported), whichever process finished first.
+            order = [k for k in components if k not in todo] + todo
+            manifest["components"] = {k: components[k] for k in order if k in components}
+            write_manifest(out, manifest)
+            if error is not None and not failed:
+                raise error
+    return manifest
+
+
+def _base_options(size: int, opset: int) -> dict:
+    return {"size": size, "opset": opset, "frames": WINDOW_FRAMES, "global_frames": GLOBAL_FRAMES}
+
+
+def _options(attention_softmax: str, options: dict, comp: str, prec: str) -> dict:
+    # Only the FP16 UNet has FP16 attention to choose; the default leaves older fingerprints as they were.
+    if comp == contract.UNET.name and prec == "fp16" and attention_softmax != "fp32":
+        return {**options, "attention_softmax": attention_softmax}
+    return options
+
+
+def _models_for(keys, folders: dict, old_model: dict, model: dict) -> dict:
+    """The models the graphs ``keys`` come from (and any whose config ``old_model`` lacks), their configs
+    recorded in ``model``."""
+    feeds = {contract.component(k.split(".")[0]).checkpoint for k in keys}
+    models = _load_models(folders, {c for c in ("unet", "vae") if c in feeds or f"{c}_config" not in old_model})
+    if "unet" in models:
+        model["unet_config"] = models["unet"].config.to_dict()
+    if "vae" in models:
+        model["vae_config"] = {k: (list(v) if isinstance(v, tuple) else v)
+                               for k, v in dict(models["vae"].config).items() if not k.startswith("_")}
+    for k in ("unet_config", "vae_config"):
+        model.setdefault(k, old_model.get(k))
+    return models
+
+
+def _load_models(folders: dict, checkpoints) -> dict:
+    from export import onnx_export as ox
     models = {}
-    feeds = {contract.component(k.split(".")[0]).checkpoint for k in todo}
-    if "unet" in feeds or "unet_config" not in old.get("model", {}):
+    if "unet" in checkpoints:
         models["unet"] = load_unet(folders["unet"])
-    if "vae" in feeds or "vae_config" not in old.get("model", {}):
+    if "vae" in checkpoints:
         models["vae"] = load_vae(folders["vae"])
         ox.explicit_vae_attention(models["vae"])
-    if "unet" in models:
-        manifest["model"]["unet_config"] = models["unet"].config.to_dict()
-    if "vae" in models:
-        manifest["model"]["vae_config"] = {k: (list(v) if isinstance(v, tuple) else v)
-                                           for k, v in dict(models["vae"].config).items() if not k.startswith("_")}
-    for k in ("unet_config", "vae_config"):
-        manifest["model"].setdefault(k, old.get("model", {}).get(k))
+    return models
 
+
+def _export_graphs(keys, models: dict, out: Path, size: int, opset: int, wanted: dict, attention_softmax: str,
+                   done) -> None:
+    """Export the graphs ``keys`` from ``models``, calling ``done(key, manifest record)`` after each."""
     # FP32 first, then convert the modules in place to FP16: never two copies of the full UNet in RAM.
-    for precision in ("fp32", "fp16"):
+    for precision in contract.PRECISIONS:
         for comp in contract.ENGINES:
             key = comp.key(precision)
-            if key not in todo:
-                continue
-            t0 = time.perf_counter()
-            model = models[comp.checkpoint]
-            if comp is contract.GLOBAL_ENCODER and precision == "fp16":
-                module = ox.graph_module(comp, ox.prepare(model, "fp32"), io_dtype=torch.float16)
-                # The global encoder's graph reads fp16 latents: cast at its input inside the graph.
-                module = _CastInput(module, torch.float32).eval()
-            else:
-                module = ox.graph_module(comp, ox.prepare(model, precision))
-            path = out / comp.onnx_file(precision)
-            log.info(f"exporting {key} ...")
-            ox.export_component(comp.name, module, size, precision, path, softmax_fp32=attention_softmax == "fp32")
-            proto = onnx.load(str(path), load_external_data=False)
-            refused = trt_problems(proto)
-            if refused:
-                raise RuntimeError(f"{path.name} has nodes TensorRT's ONNX parser refuses: {refused[:3]}")
-            inputs, outputs = ox.io_specs(path)
-            data = path.with_name(path.name + ".data")
-            components[key] = {
-                "file": path.name, "bytes": path.stat().st_size, "precision": precision, "opset": opset,
-                "external_data": {"file": data.name, "bytes": data.stat().st_size} if data.is_file() else None,
-                "inputs": inputs, "outputs": outputs, "ops": sorted({n.op_type for n in proto.graph.node}),
-                "fingerprint": wanted[key], "options": opts(comp.name, precision),
-                "export_seconds": round(time.perf_counter() - t0, 1),
-            }
-            del proto
-            write_manifest(out, manifest)  # after each graph: an interrupted export keeps what finished
-            log.info(f"  {path.name}: {components[key]['bytes'] / 2**20:.1f} MiB"
-                + (f" + {data.stat().st_size / 2**30:.2f} GiB weights" if data.is_file() else "")
-                + f", {components[key]['export_seconds']} s")
-    return manifest
+            if key in keys:
+                done(key, _export_graph(comp, precision, models[comp.checkpoint], out, size, opset, wanted[key],
+                                        attention_softmax))
+
+
+def _export_graph(comp, precision: str, model, out: Path, size: int, opset: int, fingerprint_: str,
+                  attention_softmax: str) -> dict:
+    import onnx
+
+    from export import onnx_export as ox
+    from export.trt_onnx_support import problems as trt_problems
+    t0 = time.perf_counter()
+    key = comp.key(precision)
+    if comp is contract.GLOBAL_ENCODER and precision == "fp16":
+        module = ox.graph_module(comp, ox.prepare(model, "fp32"), io_dtype=torch.float16)
+        # The global encoder's graph reads fp16 latents: cast at its input inside the graph.
+        module = _CastInput(module, torch.float32).eval()
+    else:
+        module = ox.graph_module(comp, ox.prepare(model, precision))
+    path = out / comp.onnx_file(precision)
+    log.info(f"exporting {key} ...")
+    ox.export_component(comp.name, module, size, precision, path, softmax_fp32=attention_softmax == "fp32")
+    proto = onnx.load(str(path), load_external_data=False)
+    refused = trt_problems(proto)
+    if refused:
+        raise RuntimeError(f"{path.name} has nodes TensorRT's ONNX parser refuses: {refused[:3]}")
+    inputs, outputs = ox.io_specs(path)
+    data = path.with_name(path.name + ".data")
+    options = _base_options(size, opset)
+    record = {
+        "file": path.name, "bytes": path.stat().st_size, "precision": precision, "opset": opset,
+        "external_data": {"file": data.name, "bytes": data.stat().st_size} if data.is_file() else None,
+        "inputs": inputs, "outputs": outputs, "ops": sorted({n.op_type for n in proto.graph.node}),
+        "fingerprint": fingerprint_, "options": _options(attention_softmax, options, comp.name, precision),
+        "export_seconds": round(time.perf_counter() - t0, 1),
+    }
+    log.info(f"  {path.name}: {record['bytes'] / 2**20:.1f} MiB"
+             + (f" + {data.stat().st_size / 2**30:.2f} GiB weights" if data.is_file() else "")
+             + f", {record['export_seconds']} s")
+    return record
+
+
+# A second process loads its own copy of the models: only checkpoints this small are exported in two at once
+# (the released UNet's 5.2 GB FP32 copy twice, beside the tracer's graphs, would not fit a 24 GB machine).
+PARALLEL_MAX_SOURCE_BYTES = 2 ** 30
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _second_process_keys(todo: list, sources: dict) -> list:
+    """The FP16 graphs to export in a second process while this one exports the FP32 ones, or none."""
+    fp16 = [k for k in todo if k.endswith(".fp16")]
+    unet_bytes = sum(f["bytes"] for f in sources["unet"]["files"].values())
+    if not fp16 or len(fp16) == len(todo) or _cpus() < 2 or unet_bytes > PARALLEL_MAX_SOURCE_BYTES:
+        return []
+    return fp16
+
+
+class _SecondProcess:
+    """Exports ``keys`` in a process of its own. It never writes the manifest: it records each finished graph in
+    a file of its own, which this process merges into the manifest (the one writer), even when interrupted."""
+
+    def __init__(self, keys, folders, out: Path, size, opset, wanted, attention_softmax):
+        import multiprocessing
+        self.keys, self.wanted, self.threads = list(keys), wanted, max(1, _cpus() // 2)
+        self.path = out / f".export-{os.getpid()}.records.json"
+        ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools mid-use
+        self.conn, child = ctx.Pipe(duplex=False)
+        args = (self.keys, folders, out, size, opset, {k: wanted[k] for k in self.keys}, attention_softmax,
+                self.threads, bool(logging.getLogger("export").handlers), self.path, child)
+        self.process = ctx.Process(target=_export_in_second_process, args=args, daemon=True)
+        self.process.start()
+        child.close()
+
+    def records(self) -> dict:
+        """The graphs it has finished, as manifest records (only those it was asked for, as wanted)."""
+        try:
+            found = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {k: r for k, r in found.items() if k in self.keys and r.get("fingerprint") == self.wanted[k]}
+
+    def finish(self, wait: bool) -> tuple[dict, BaseException | None]:
+        """(what it finished, its error): after it ends, or after stopping it unless ``wait``."""
+        if not wait and self.process.is_alive():
+            self.process.terminate()  # it unwinds, removing the graph it was writing
+        self.process.join()
+        records = self.records()
+        self.path.unlink(missing_ok=True)
+        try:
+            error = self.conn.recv() if self.conn.poll() else None
+        except EOFError:  # it ended without a word: it finished, or was killed
+            error = None
+        if error is None and self.process.exitcode:
+            error = RuntimeError(f"the export of {', '.join(self.keys)} stopped with exit code {self.process.exitcode}")
+        return records, error
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _export_in_second_process(keys, folders, out, size, opset, wanted, attention_softmax, threads, logs, path, conn):
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # unwind: a graph half written is removed, not left
+    if logs:
+        from runtime import cli
+        cli.setup_logging(sys.stdout)
+    torch.set_num_threads(threads)
+    from diffusers.utils import logging as diffusers_logging
+    diffusers_logging.set_verbosity_error()
+    records: dict = {}
+
+    def done(key, record):
+        records[key] = record
+        atomic_write(path, json.dumps(records))
+
+    try:
+        models = _load_models(folders, {contract.component(k.split(".")[0]).checkpoint for k in keys})
+        _export_graphs(keys, models, out, size, opset, wanted, attention_softmax, done)
+    except BaseException as exc:
+        try:
+            conn.send(exc)
+        except Exception:  # an exception that does not pickle: its line
+            conn.send(RuntimeError(f"{type(exc).__name__}: {exc}"))
+        sys.exit(1)
 
 
 class _CastInput(torch.nn.Module):
