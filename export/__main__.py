@@ -28,6 +28,9 @@ def main(argv=None) -> int:
                          "memory, speed and output on your GPU)")
     ap.add_argument("--plans", choices=["auto", "yes", "no"], default="auto",
                     help="TensorRT plans from the FP16 graphs: auto builds them when TensorRT and a GPU are here")
+    ap.add_argument("--torch", action="store_true",
+                    help="also torch.export programs of the components, for --backend torch (GPUs without TensorRT); "
+                         "one UNet program per window count of --windows (default 1,2,4)")
     tensorrt_plans.add_arguments(ap)
     args = ap.parse_args(argv)
     precisions = ("fp32", "fp16") if args.precision == "both" else (args.precision,)
@@ -38,6 +41,11 @@ def main(argv=None) -> int:
         try:
             export_engines(args.unet, args.vae, args.out, precisions, args.size, force=args.force,
                            attention_softmax=args.attention_softmax)
+            if args.torch:
+                from export.torch_export import DEFAULT_WINDOWS, export_programs
+                from runtime.engines.trt_policy import parse_windows
+                export_programs(args.unet, args.vae, args.out, precisions,
+                                parse_windows(args.windows) if args.windows else DEFAULT_WINDOWS, force=args.force)
         except OSError as exc:  # an unwritable or full output folder is the user's to fix
             raise InputError(f"cannot write the engines folder {args.out}: {exc}") from None
         build_plans_if_wanted(args, precisions)

@@ -19,23 +19,15 @@ import torch
 from export.model.loading import WEIGHT_NAMES, load_unet, load_vae, resolve_folder
 from m3ddm.errors import InputError
 from m3ddm.facts import GLOBAL_FRAMES, RELEASED_VAE_SUBFOLDER, VAE_SCALE_FACTOR, WINDOW_FRAMES
-from m3ddm.files import atomic_write
+from m3ddm.files import atomic_write, file_digest
 from runtime.engines import contract
-from runtime.engines.manifest import write_manifest
+from runtime.engines.manifest import PROGRAMS, write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 # The code whose change alters the graphs: a change here re-exports.
 CODE_FILES = sorted([*(ROOT / "export" / "model").glob("*.py"), ROOT / "export" / "onnx_export.py",
                      ROOT / "runtime" / "engines" / "contract.py", ROOT / "m3ddm" / "facts.py"])
 log = logging.getLogger(__name__)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def source_files(folder: Path) -> list[Path]:
@@ -56,7 +48,7 @@ def hash_source(folder: Path, previous: dict | None) -> dict:
         if old and old.get("bytes") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns:
             out[p.name] = old
         else:
-            out[p.name] = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(p)}
+            out[p.name] = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_digest(p)}
     return out
 
 
@@ -152,6 +144,9 @@ def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), si
         # Plan records stay: each names the ONNX fingerprint it was built from, so a re-exported graph
         # makes its plan stale (rebuilt by `make plans`, refused by the runtime until then).
         "plans": old.get("plans", {}),
+        # PyTorch programs too (export/torch_export.py): each names the fingerprint of the graph it was exported
+        # beside; `--torch` replaces stale ones, the runtime refuses them.
+        PROGRAMS: old.get(PROGRAMS, {}),
     }
     if not todo:
         manifest["model"].update({k: v for k, v in old.get("model", {}).items() if k.endswith("_config")})
@@ -215,14 +210,16 @@ def _models_for(keys, folders: dict, old_model: dict, model: dict) -> dict:
     return models
 
 
-def _load_models(folders: dict, checkpoints) -> dict:
+def _load_models(folders: dict, checkpoints, explicit: bool = True) -> dict:
+    """The checkpoints named, loaded; ``explicit``: the VAE's attention spelled out for ONNX."""
     from export import onnx_export as ox
     models = {}
     if "unet" in checkpoints:
         models["unet"] = load_unet(folders["unet"])
     if "vae" in checkpoints:
         models["vae"] = load_vae(folders["vae"])
-        ox.explicit_vae_attention(models["vae"])
+        if explicit:
+            ox.explicit_vae_attention(models["vae"])
     return models
 
 

@@ -5,6 +5,7 @@ that must exit without unwinding (a second Ctrl-C) can still remove them all (``
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from contextlib import contextmanager
@@ -12,6 +13,17 @@ from pathlib import Path
 
 PARTIAL: set[Path] = set()
 _lock = threading.Lock()
+
+
+def file_digest(source, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file, by path or of an open binary file from where it stands."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            return file_digest(f, chunk)
+    h = hashlib.sha256()
+    while block := source.read(chunk):
+        h.update(block)
+    return h.hexdigest()
 
 
 def track_partial(path, active: bool = True) -> None:

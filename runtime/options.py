@@ -108,8 +108,8 @@ TABLE = (
     Option("--max-pixels", f"refuse frames, read or written, larger than this many pixels (default {MAX_PIXELS}: 8K)",
            int, default=MAX_PIXELS, setting="max_pixels"),
     Option("--threads", "CPU threads for ONNX Runtime", int),
-    Option("--gpu-memory", "TensorRT: the most GPU memory this run may take (weights included); the window batch "
-           "is chosen to fit", float, metavar="GB"),
+    Option("--gpu-memory", "TensorRT and torch: the most GPU memory this run may take (weights included); "
+           "TensorRT chooses the window batch to fit", float, metavar="GB"),
     Option("--codec", default="libx264"),
     Option("--crf", kind=int, default=18),
     Option("--pix-fmt", default="yuv420p"),

@@ -140,6 +140,7 @@ def main(argv=None) -> int:
                                                keep_work_dir=args.keep_work_dir)
         finally:
             progress.close()
+        summary["backend"] = outpainter.backend.name
         summary["seconds"] = round(time.perf_counter() - t0, 3)
         summary["output_fps"] = round(summary["frames"] / max(summary["seconds"], 1e-9), 3)
         if args.json:

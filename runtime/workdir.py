@@ -30,20 +30,10 @@ from typing import Any
 import numpy as np
 
 from m3ddm.errors import InputError
+from m3ddm.files import file_digest  # noqa: F401 - part of this module's interface (the input's digest)
 from runtime import workdir_schema as schema
 from runtime.workdir_files import LOCK, Folder, Gone, WorkDirError, check_apart  # noqa: F401 - the API
 from runtime.workdir_schema import FORMAT, JOB, LATENT_FIELDS, STATE, Expected  # noqa: F401 - the API
-
-
-def file_digest(source, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file, by path or of an open binary file from where it stands."""
-    if isinstance(source, (str, os.PathLike)):
-        with open(source, "rb") as f:
-            return file_digest(f, chunk)
-    h = hashlib.sha256()
-    while block := source.read(chunk):
-        h.update(block)
-    return h.hexdigest()
 
 
 def settings_identity(s) -> dict:

@@ -125,9 +125,17 @@ def rng():
 
 
 def make_engines(out, *extra, unet, vae, size=64):
-    """`make engines` on the given checkpoints into ``out``."""
+    """`make engines` on the given checkpoints into ``out``; outside the project's venv (a GPU machine's own python,
+    where make's setup step cannot install anything) the `python -m export` it runs, with the same arguments."""
     import subprocess
     cmd = ["make", "-s", "engines", f"UNET={unet}", f"VAE={vae}", f"ENGINES={out}", f"SIZE={size}", *extra]
+    if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+        flags = {"PRECISION": "--precision", "PLANS": "--plans", "WINDOWS": "--windows"}
+        cmd = [sys.executable, "-m", "export", "--unet", str(unet), "--vae", str(vae), "--out", str(out), "--size",
+               str(size), "--precision", "both", "--plans", "auto"]
+        for item in extra:
+            key, _, value = item.partition("=")
+            cmd += value.split() if key == "EXPORT_ARGS" else [flags[key], value]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
@@ -177,3 +185,21 @@ def ray_cluster():
             head.wait(60)
         except subprocess.TimeoutExpired:
             head.kill()
+
+
+def export_torch_programs(folder, checkpoints, *args):
+    """`python -m export --torch` into ``folder`` (an engines folder of ``checkpoints``, S = 64): its programs."""
+    import subprocess
+    cmd = [sys.executable, "-m", "export", "--unet", str(checkpoints[0]), "--vae", str(checkpoints[1]), "--out",
+           str(folder), "--size", "64", "--plans", "no", "--torch", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def torch_engines(tmp_path_factory, engines, checkpoints):
+    """A copy of ``engines`` with the FP32 PyTorch programs (`python -m export --torch`), window counts 1 and 2."""
+    folder = tmp_path_factory.mktemp("torch_engines") / "engines"
+    shutil.copytree(engines, folder)
+    res = export_torch_programs(folder, checkpoints, "--precision", "fp32", "--windows", "1,2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    return folder

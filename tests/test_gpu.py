@@ -149,3 +149,76 @@ def test_device_sampling_equals_the_host_loop(planned):
             assert backend.device_loop == on and not [n for n in backend.notes if "host" in n]
     err = np.abs(results[True] - results[False]).max() / np.abs(results[False]).max()
     assert err <= 1e-3, err
+
+
+# -- the PyTorch backend (`--backend torch`): needs only PyTorch with CUDA ------------------------------------
+def _torch_cuda():
+    torch = pytest.importorskip("torch", reason="needs PyTorch")
+    if not torch.cuda.is_available():
+        pytest.skip(f"needs a CUDA GPU that PyTorch {torch.__version__} sees")
+    return torch
+
+
+@pytest.fixture(scope="module")
+def torch_fp16(request, tmp_path_factory):
+    """The test engines with FP32 and FP16 PyTorch programs (windows 1 and 2)."""
+    _torch_cuda()
+    from conftest import export_torch_programs
+    engines, checkpoints = request.getfixturevalue("torch_engines"), request.getfixturevalue("checkpoints")
+    folder = tmp_path_factory.mktemp("torch_fp16") / "engines"
+    shutil.copytree(engines, folder)
+    res = export_torch_programs(folder, checkpoints, "--precision", "both", "--windows", "1,2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    return folder
+
+
+def test_torch_fp16_on_the_gpu_is_fp32_within_the_fp16_tolerance(torch_fp16):
+    """The FP16 programs on the GPU against the FP32 programs on the CPU: every component within 2e-2 of the
+    output's scale (the TensorRT tests' FP16 tolerance), and a whole run's latents too."""
+    _torch_cuda()
+    from runtime.api import Outpainter
+    from runtime.engines.pytorch import TorchBackend
+    from runtime.video.synthetic import synthetic_clip
+    gpu, cpu = TorchBackend(torch_fp16), TorchBackend(torch_fp16, device="cpu")
+    assert gpu.precision == "fp16" and gpu.on_gpu
+    args = _inputs(gpu.engines, 6)
+    assert _rel(gpu.unet(*args), cpu.unet(*args)) <= 2e-2
+    rng = np.random.default_rng(1)
+    images = rng.uniform(-1, 1, (3, 3, 64, 64)).astype(np.float32)
+    assert _rel(gpu.vae_encode(images), cpu.vae_encode(images)) <= 2e-2
+    latents = rng.standard_normal((3, 4, 8, 8)).astype(np.float32)
+    assert _rel(gpu.vae_decode(latents), cpu.vae_decode(latents)) <= 2e-2
+    frames = synthetic_clip(20, 96, 54)  # not tests/media.py: GPU images may lack PyAV
+    a = Outpainter(engine=gpu).outpaint(frames, 24, steps=3, seed=2).latents
+    b = Outpainter(engine=cpu).outpaint(frames, 24, steps=3, seed=2).latents
+    assert _rel(a, b) <= 2e-2
+
+
+def test_torch_cuda_graph_replay_equals_eager(torch_fp16):
+    torch = _torch_cuda()
+    from runtime.engines.pytorch import TorchBackend
+    graphed, eager = TorchBackend(torch_fp16), TorchBackend(torch_fp16, cuda_graphs=False)
+    assert graphed.cuda_graphs and not eager.cuda_graphs
+    for rows in (3, 6, 9):  # 9 rows: a 6-row and a 3-row graph in turn
+        args = _inputs(graphed.engines, rows, seed=rows)
+        want = eager.unet(*args)
+        assert np.array_equal(graphed.unet(*args), want)
+        assert np.array_equal(graphed.unet(*args), want)  # replayed
+    assert set(graphed._graphs) == {3, 6}
+    del torch
+
+
+def test_torch_gpu_memory_cap_is_honoured(torch_fp16):
+    """--gpu-memory caps PyTorch's allocator: a cap below what one window needs fails with an out-of-memory
+    error, not by taking more; a cap above the GPU's memory is refused in one line."""
+    torch = _torch_cuda()
+    from m3ddm.errors import EnginesError
+    from runtime.engines.pytorch import TorchBackend
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    with pytest.raises(EnginesError, match="more than this GPU has"):
+        TorchBackend(torch_fp16, gpu_memory_gb=total + 1)
+    backend = TorchBackend(torch_fp16, gpu_memory_gb=0.001, cuda_graphs=False)
+    with pytest.raises((EnginesError, torch.cuda.OutOfMemoryError)):  # the weights, or the first activations
+        backend.load()
+        backend.unet(*_inputs(backend.engines, 3))
+    torch.cuda.set_per_process_memory_fraction(1.0)

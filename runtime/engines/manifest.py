@@ -17,6 +17,8 @@ from m3ddm.errors import EnginesError
 from m3ddm.files import atomic_write
 from runtime.engines import contract
 
+PROGRAMS = "programs"  # the manifest's section of PyTorch programs (runtime/engines/torch_programs.py)
+
 
 @dataclass(frozen=True)
 class EngineSet:
@@ -107,6 +109,8 @@ def open_engines(folder, precision: str | None = None) -> EngineSet:
         named = [e["file"] for e in components.values()] + [e["external_data"]["file"] for e in components.values()
                                                              if e.get("external_data")]
         named += [e["file"] for e in plans.values() if isinstance(e, dict) and "file" in e]
+        for e in (manifest.get(PROGRAMS) or {}).values():
+            named += [e["weights"]["file"], *(g["file"] for g in e["graphs"])]
     except (KeyError, TypeError, ValueError, AttributeError):
         _fail(folder, "manifest lacks model.size or components, or an entry has no file")
     check_links(folder)

@@ -1,0 +1,211 @@
+"""The PyTorch backend (`--backend torch`) on the CPU: its programs in the engines folder, held to ONNX Runtime
+FP32; its sampling loop in torch ops, held to runtime.samplers; the folder rules (stale, tampered, confined)."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import media
+from conftest import ROOT, export_torch_programs
+from m3ddm.errors import EnginesError
+from runtime import guidance, samplers
+
+torch = pytest.importorskip("torch", reason="the export extra (torch) is not installed")
+
+
+def _rel(a, b) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("name", ["pndm", "ddpm", "ddim", "dpmpp"])
+def test_torch_sampling_loop_is_the_numpy_loop(name, rng):
+    """The device loop's arithmetic (CFG combine, linear updates, history, saved samples, fresh noise) against
+    runtime.samplers.run over the same eps function."""
+    from runtime.engines import torch_sampling
+    sampler = samplers.make_sampler(name, 6)
+    w, shape = 2, (4, 3, 2, 2)
+    x0, noise = rng.standard_normal((w, *shape)).astype(np.float32), rng.standard_normal((w, *shape)).astype(np.float32)
+    rows = rng.standard_normal((3 * w, 5, *shape[1:])).astype(np.float32)
+    weights = rng.standard_normal((9, 4)).astype(np.float32) * 0.3
+    draws = {k: rng.standard_normal((w, *shape)).astype(np.float32) for k in range(6)}
+
+    def eps_of(sample, t):  # a deterministic function of every input channel and the timestep
+        return np.einsum("nc...,cd->nd...", sample, weights) * np.float32(t / 1000)
+
+    def host_eps(x, t):
+        sample = np.concatenate([guidance.per_branch(x), rows], axis=1)
+        return guidance.combine(eps_of(sample, t), 1.5, 2.0)
+
+    def device_unet(sample, timestep, fps, context):
+        return torch.from_numpy(eps_of(sample.numpy(), float(timestep[0])))
+
+    want = samplers.run(sampler, host_eps, x0, noise, step_noise=lambda k, s: draws[k])
+    steps = []
+    got = torch_sampling.run(sampler, device_unet, x0, noise, rows, np.ones(3 * w, np.float32),
+                             np.zeros((3 * w, 1, 1), np.float32), 1.5, 2.0, torch.float32, "cpu",
+                             step_noise=lambda k, s: draws[k], callback=lambda i, t: steps.append(t))
+    assert steps == list(sampler.timesteps)
+    assert _rel(got, want) <= 1e-6
+
+
+@pytest.fixture(scope="module")
+def programs_cpu(torch_engines):
+    from runtime.engines.pytorch import TorchBackend
+    backend = TorchBackend(torch_engines, device="cpu")
+    yield backend
+    backend.close()
+
+
+@pytest.mark.parametrize("sampler", ["pndm", "ddpm"])
+def test_torch_programs_give_the_ort_fp32_latents(torch_engines, programs_cpu, sampler):
+    """A 60-frame coarse-to-fine run (three levels, guide frames, batches of 1 and 2 windows) on the PyTorch
+    programs and on ONNX Runtime FP32: the final latents within 1e-4 of their scale with the VAE encoder's
+    latents the same, within 2e-4 without.
+
+    Why two bounds: the test checkpoint's VAE encodes the all-black null image ill-conditioned (a GroupNorm over a
+    constant image: docs in test_runtime.py), so its latent differs by 1.2e-5 between PyTorch's and ONNX
+    Runtime's FP32 kernels, eager PyTorch as well as the program, and every unconditional branch carries that
+    (measured: 3.0e-5 with the encoder's latents shared, 1.09e-4 without, PNDM)."""
+    from runtime.api import Outpainter
+    from runtime.engines.ort import OrtBackend
+    from runtime.engines.pytorch import TorchBackend
+    ort = OrtBackend(torch_engines)
+
+    class SharedEncoder(TorchBackend):
+        def vae_encode(self, images):
+            return ort.vae_encode(images)
+
+    shared = SharedEncoder(torch_engines, device="cpu")
+    shared._programs, shared._weights = programs_cpu._programs, programs_cpu._weights  # loaded once
+    frames = media.scene(60, 96, 54)
+    runs = {name: Outpainter(engine=backend).outpaint(frames, 24, ratio="9:16", steps=3, seed=5, sampler=sampler,
+                                                      batch_windows=2).latents
+            for name, backend in (("ort", ort), ("torch", programs_cpu), ("shared", shared))}
+    assert runs["torch"].shape == (60, 4, 8, 8)
+    assert _rel(runs["shared"], runs["ort"]) <= 1e-4
+    assert _rel(runs["torch"], runs["ort"]) <= 2e-4
+
+
+def test_cli_runs_the_torch_backend_and_auto_says_why_not_here(torch_engines, scene_clip, tmp_path):
+    """`--backend torch` end to end; `auto` on a CPU keeps ONNX Runtime and says why the programs were passed
+    over (PyTorch picks them only on a CUDA GPU)."""
+    from runtime.engines.select import make_backend
+    clip = scene_clip(17)
+    out = tmp_path / "out.mp4"
+    res = subprocess.run([sys.executable, "-m", "runtime.outpaint", str(clip), "-o", str(out), "--engines",
+                          str(torch_engines), "--backend", "torch", "--steps", "2", "--json", "--quiet"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["backend"] == "torch" and len(media.decode(out)[0]) == 17
+    chosen = make_backend(torch_engines, "auto")
+    assert chosen.name == "ort"
+    assert any("PyTorch programs not used" in note and "no NVIDIA GPU" in note for note in chosen.notes), chosen.notes
+    code = ("import sys; from runtime.engines.select import make_backend; b = make_backend(sys.argv[1], 'auto');"
+            "print(b.name, 'torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code, str(torch_engines)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert res.stdout.split() == ["ort", "False"], res.stderr[-2000:]  # auto never imported torch here
+
+
+@pytest.fixture
+def folder(torch_engines, tmp_path):
+    copy = tmp_path / "engines"
+    shutil.copytree(torch_engines, copy)
+    return copy
+
+
+def _manifest(folder):
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def _load(folder):
+    from runtime.engines.pytorch import TorchBackend
+    backend = TorchBackend(folder, device="cpu")
+    backend.load()
+    return backend
+
+
+def test_a_tampered_program_or_weights_file_is_refused(folder):
+    record = _manifest(folder)["programs"]["unet.fp32"]
+    for name in (record["graphs"][0]["file"], record["weights"]["file"]):
+        path = folder / name
+        original = path.read_bytes()
+        data = bytearray(original)
+        data[len(data) // 2] ^= 0xFF  # the same size: only the hash tells
+        path.write_bytes(bytes(data))
+        with pytest.raises(EnginesError, match="SHA-256 differs"):
+            _load(folder)
+        path.write_bytes(original[:-1])
+        with pytest.raises(EnginesError, match="changed or truncated"):
+            _load(folder)
+        path.write_bytes(original)
+    _load(folder).close()
+
+
+def test_programs_are_stale_once_the_graphs_are_exported_again(folder, checkpoints, scene_clip, tmp_path):
+    """A re-export of the graphs (another option) leaves the programs naming an old fingerprint: refused, with
+    the command that fixes it; `--torch` then replaces them (and drops the stale files)."""
+    res = export_torch_programs(folder, checkpoints, "--precision", "fp32", "--windows", "1,2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    before = _manifest(folder)["programs"]["unet.fp32"]
+    manifest = _manifest(folder)
+    manifest["components"]["unet.fp32"]["fingerprint"] = "0" * 16  # what a new export of the graph records
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EnginesError, match=r"stale.*--torch"):
+        _load(folder)
+    res = subprocess.run([sys.executable, "-m", "runtime.outpaint", str(scene_clip(17)), "-o", str(tmp_path / "y.mp4"),
+                          "--engines", str(folder), "--backend", "torch"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode != 0 and "stale" in res.stderr and "Traceback" not in res.stderr
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "programs": {}}))
+    with pytest.raises(EnginesError, match="no PyTorch program for global_encoder.fp32"):
+        _load(folder)
+    assert before["weights"]["file"] in {p.name for p in folder.iterdir()}
+
+
+def test_a_program_record_leading_outside_the_folder_is_refused(folder, tmp_path):
+    from runtime.engines.manifest import open_engines
+    outside = tmp_path / "elsewhere.pt2"
+    outside.write_bytes(b"x")
+    for name in ("../elsewhere.pt2", str(outside)):
+        manifest = _manifest(folder)
+        manifest["programs"]["unet.fp32"]["graphs"][0]["file"] = name
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(EnginesError, match="outside the folder"):
+            open_engines(folder)
+
+
+def test_the_programs_need_no_export_code(torch_engines, tmp_path):
+    """The backend loads the programs with PyTorch alone: neither export/ nor diffusers is imported."""
+    code = ("import sys; from runtime.engines.pytorch import TorchBackend; b = TorchBackend(sys.argv[1], device='cpu');"
+            "b.load(); import numpy as np; print(b.vae_decode(np.zeros((1, 4, 8, 8), np.float32)).shape);"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('export', 'diffusers')))")
+    res = subprocess.run([sys.executable, "-c", code, str(torch_engines)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split("\n")[:2] == ["(1, 3, 64, 64)", "[]"]
+
+
+def test_interrupt_stops_the_sampling_loop_in_flight_only(programs_cpu, rng):
+    """interrupt() from another thread (a job being cancelled) stops the device loop at its next step; a loop begun
+    after it runs to the end."""
+    from runtime.engines.pytorch import Interrupted
+    sampler = samplers.make_sampler("ddim", 4)
+    x0, noise = rng.standard_normal((2, 1, 4, 16, 8, 8)).astype(np.float32)
+    rows = rng.standard_normal((3, 5, 16, 8, 8)).astype(np.float32)
+    args = (sampler, x0, noise, rows, np.full(3, 8.0, np.float32), np.zeros((3, 64, 320), np.float32), 2.0, 4.0)
+    steps = []
+
+    def step(i, t):
+        steps.append(i)
+        if i == 1:
+            programs_cpu.interrupt()
+
+    with pytest.raises(Interrupted):
+        programs_cpu.sample_windows(*args, callback=step)
+    assert steps == [0, 1]
+    out = programs_cpu.sample_windows(*args)
+    assert out.shape == (1, 4, 16, 8, 8) and np.isfinite(out).all()
