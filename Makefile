@@ -18,7 +18,7 @@ WINDOWS ?=
 # More `python -m export` options, e.g. EXPORT_ARGS="--attention-softmax fp16 --opt-level 4".
 EXPORT_ARGS ?=
 
-.PHONY: setup lint test test-all test-gpu demo engines plans doctor serve bench bench-long bench-service bench-cluster bench-host bench-encode bench-model official-env bench-official clean
+.PHONY: setup lint test test-all test-gpu demo engines plans doctor serve bench bench-long bench-service bench-cluster bench-host bench-encode bench-model gpu-check official-env bench-official clean
 
 setup: $(STAMP)
 
@@ -67,6 +67,12 @@ demo: setup
 serve: setup
 	test -f build/demo/engines/manifest.json || $(PY) -m export.demo --out build/demo
 	$(PY) -m runtime.serve --engines build/demo/engines --data build/serve
+
+# Every GPU figure in one run, on a GPU machine with PyTorch and nothing installable: no setup step, the machine's
+# own python unless this checkout has its venv (README: "On a GPU machine"). DRY=1: the same on the CPU, tiny.
+GPU_CHECK_OUT ?= benchmarks/results_gpu_check$(if $(DRY),_dry_run).json
+gpu-check:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m benchmarks.gpu_check --out $(GPU_CHECK_OUT) $(if $(DRY),--dry-run)
 
 # Speed and memory against the official-equivalent baseline (tiny fixtures, CPU; GPU backends when present).
 bench: setup

@@ -154,6 +154,10 @@ def diagnose(engines_dir=None) -> dict:
     if engines_dir is not None:
         check_engines(report, engines_dir, trt, found)
     report["fast_path"] = not report["problems"]
+    # The PyTorch backend needs neither TensorRT nor the kernels: its own verdict, beside the fast path's.
+    from runtime.engines.select import torch_on_gpu_problem
+    report["torch"] = _dist_version("torch")
+    report["torch_backend"] = ("not installed" if report["torch"] is None else torch_on_gpu_problem()) or "usable"
     return report
 
 
@@ -173,6 +177,8 @@ def main(argv=None) -> int:
         print(f"ONNX Runtime: {report['onnxruntime'] or 'not installed'} "
               f"({', '.join(report['onnxruntime_providers']) or '-'})")
         print(f"cuda-python:  {report['cuda_python'] or 'not installed'}")
+        print(f"PyTorch:      {report['torch'] or 'not installed'} (--backend torch on a GPU: "
+              f"{report['torch_backend']})")
         print(f"kernels:      {report['kernels']}"
               + (f"; on the GPU vs numpy: max error {max(report['kernels_on_gpu'].values()):.1e}"
                  if report.get("kernels_on_gpu") else ""))

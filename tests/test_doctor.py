@@ -26,6 +26,9 @@ def test_doctor_reports_no_gpu_cleanly():
     assert report["fast_path"] is False and report["gpus"] == []
     assert report["kernels"] == "compiled (NVRTC)"  # the kernels compile without a GPU
     assert any("TensorRT" in p for p in report["problems"]) or report["tensorrt"]
+    # The PyTorch backend's own verdict: here torch is installed (the export extra) and there is no GPU.
+    assert report["torch"] and report["torch_backend"].startswith("no NVIDIA GPU here")
+    assert "PyTorch:      " in res.stdout and "--backend torch on a GPU: no NVIDIA GPU here" in res.stdout
 
 
 def test_volta_with_a_newer_tensorrt_is_refused(monkeypatch):

@@ -1,0 +1,293 @@
+"""Every GPU figure we owe, in one run, for a GPU machine where nothing can be installed (PyTorch is enough):
+
+    python -m benchmarks.gpu_check --out gpu_check.json [--dry-run] [--work DIR]      (make gpu-check)
+
+One JSON and a short table: the machine; the doctor's verdict and `pytest -m gpu`'s counts; then, on random
+weights of the released shapes made here (nothing that large travels), exported to PyTorch programs: one UNet
+call at 1 and 4 windows (ms, TFLOP/s against the card's FP16 dense peak); a 64-frame coarse-to-fine video at
+S = 256 end to end, ours (`--backend torch`) against the official-cost baseline (export/reference.py: four
+branches, the context every step, one window at a time), alternately in this process; the GPU memory of one
+window under a 16 GB cap and the most windows that fit 16, 24, 40 and 80 GB.
+
+``--dry-run``: the same sequence on the CPU at the fixtures' size (S = 64, 2 steps, 20 frames), FP32, so the
+script is known to work before a GPU is at hand (the tests run it); memory figures are null there. A step that
+fails is recorded with its error and the rest still run: the JSON is always written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CAPS_GB = (16, 24, 40, 80)
+GPU_TESTS = ("tests/test_gpu.py", "tests/test_kernels.py")
+RESERVE_GB = 0.75  # CUDA context, cuBLAS/cuDNN workspaces: what the allocator does not see
+
+
+@dataclass(frozen=True)
+class Plan:
+    dry_run: bool
+    size: int
+    full_size: bool
+    precision: str
+    windows: tuple[int, ...]
+    frames: int
+    steps: int
+    calls: int
+    repeats: int
+
+    @classmethod
+    def make(cls, dry_run: bool) -> Plan:
+        if dry_run:
+            return cls(True, 64, False, "fp32", (1, 2), 20, 2, 2, 1)
+        return cls(False, 256, True, "fp16", (1, 2, 4), 64, 50, 10, 2)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, type=Path, help="the JSON to write")
+    ap.add_argument("--dry-run", action="store_true", help="the same sequence on the CPU at tiny size")
+    ap.add_argument("--work", type=Path, help="where the weights and engines go (default: a temporary folder); "
+                                              "a second run over the same folder reuses what the first made")
+    ap.add_argument("--skip-pytest", action="store_true", help="leave out `pytest -m gpu`")
+    args = ap.parse_args(argv)
+    plan = Plan.make(args.dry_run)
+    report: dict = {"date": time.strftime("%Y-%m-%d"), "plan": asdict(plan), "steps": {}}
+    with tempfile.TemporaryDirectory(prefix="m3ddm-gpu-check-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        run_all(plan, work, report, args.skip_pytest, args.out)
+    print(table(report))
+    return 0 if not any("error" in v for v in report["steps"].values()) else 1
+
+
+def run_all(plan: Plan, work: Path, report: dict, skip_pytest: bool, out: Path) -> None:
+    steps = report["steps"]
+    sequence = [("machine", lambda: machine()), ("doctor", doctor)]
+    if not skip_pytest:
+        sequence.append(("pytest_gpu", pytest_gpu))
+    sequence += [("weights", lambda: weights(plan, work)), ("export", lambda: export(plan, work)),
+                 ("unet_call", lambda: unet_call(plan, work, steps)), ("video", lambda: video(plan, work)),
+                 ("memory", lambda: memory(plan, work))]
+    for name, step in sequence:
+        t0 = time.perf_counter()
+        try:
+            steps[name] = step()
+        except Exception as exc:  # recorded; the other figures are still worth having
+            steps[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000],
+                           "where": traceback.format_exc().splitlines()[-3:]}
+        steps[name]["step_s"] = round(time.perf_counter() - t0, 1)
+        print(f"gpu_check: {name} done in {steps[name]['step_s']} s", file=sys.stderr, flush=True)
+        out.write_text(json.dumps(report, indent=1))  # after each step: a run cut short keeps what it measured
+
+
+def machine() -> dict:
+    import torch
+    out: dict = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
+                 "gpu": None}
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        out["gpu"] = {"name": p.name, "memory_gb": round(p.total_memory / 2**30, 1),
+                      "compute_capability": f"{p.major}.{p.minor}", "multiprocessors": p.multi_processor_count}
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=30)
+            out["driver"] = smi.stdout.strip().splitlines()[0] if smi.returncode == 0 else None
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            out["driver"] = None
+    return out
+
+
+def doctor() -> dict:
+    res = subprocess.run([sys.executable, "-m", "runtime.doctor", "--json"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    try:
+        verdict = json.loads(res.stdout)
+    except ValueError:
+        verdict = {"stdout": res.stdout[-1000:], "stderr": res.stderr[-1000:]}
+    return {"exit": res.returncode, "report": verdict}
+
+
+def pytest_gpu() -> dict:
+    # The files that hold the gpu tests: the others import PyAV, which GPU images may lack.
+    res = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *GPU_TESTS],
+                         cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    tail = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
+    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", tail)}
+    failed = [line for line in res.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))][:20]
+    return {"exit": res.returncode, "counts": counts, "summary": tail, "failed": failed}
+
+
+def weights(plan: Plan, work: Path) -> dict:
+    from export.demo import make_checkpoints
+    unet, vae = make_checkpoints(work / "checkpoints", 0, plan.full_size)
+    size = sum(f.stat().st_size for f in unet.iterdir())
+    return {"unet": str(unet), "vae": str(vae), "unet_bytes": size}
+
+
+def export(plan: Plan, work: Path) -> dict:
+    ck = work / "checkpoints"
+    cmd = [sys.executable, "-m", "export", "--unet", str(ck / "unet"), "--vae", str(ck / "vae"), "--out",
+           str(work / "engines"), "--size", str(plan.size), "--precision", plan.precision, "--plans", "no",
+           "--torch", "--windows", ",".join(map(str, plan.windows))]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if res.returncode:
+        raise RuntimeError(f"python -m export failed: {res.stderr.strip().splitlines()[-1:]}")
+    manifest = json.loads((work / "engines" / "manifest.json").read_text())
+    return {"programs": {k: v.get("export_seconds") for k, v in manifest.get("programs", {}).items()}}
+
+
+def _backend(work: Path, **kwargs):
+    from runtime.engines.pytorch import TorchBackend
+    backend = TorchBackend(work / "engines", **kwargs)
+    backend.load()
+    return backend
+
+
+def _sync() -> None:
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def unet_call(plan: Plan, work: Path, steps: dict) -> dict:
+    import torch
+
+    from benchmarks.flops import fp16_peak_tflops, unet_flops
+    from export.model import UNetConfig
+    backend = _backend(work)
+    config = UNetConfig.from_dict(json.loads((work / "checkpoints" / "unet" / "config.json").read_text()))
+    lat, tokens = backend.engines.latent_size, backend.engines.context_tokens
+    name = (steps.get("machine", {}).get("gpu") or {}).get("name", "")
+    peak = fp16_peak_tflops(name) if backend.on_gpu else None
+    out: dict = {"backend": f"torch {backend.precision} on {backend.device}", "fp16_peak_tflops": peak}
+    g = torch.Generator().manual_seed(0)
+    for windows in (1, max(plan.windows)):
+        n = 3 * windows
+        args = [torch.randn(n, 9, 16, lat, lat, generator=g), torch.full((n,), 961.0), torch.full((n,), 30.0),
+                torch.randn(n, tokens, 320, generator=g)]
+        args = [a.to(backend.device, backend.dtype if a.dim() > 1 else torch.float32) for a in args]
+        times = []
+        with torch.inference_mode():
+            for _ in range(plan.calls + 2):  # the first two: loading, capture
+                _sync()
+                t0 = time.perf_counter()
+                backend._unet(*args)
+                _sync()
+                times.append(time.perf_counter() - t0)
+        seconds = float(np.median(times[2:]))
+        flops = unet_flops(config, plan.size, rows=n)["unet_call"]
+        out[f"w{windows}"] = {"rows": n, "ms": round(seconds * 1e3, 2), "tflops": round(flops / seconds / 1e12, 2),
+                              "of_peak": round(flops / seconds / 1e12 / peak, 3) if peak else None}
+    backend.close()
+    return out
+
+
+def video(plan: Plan, work: Path) -> dict:
+    """Ours and the official-cost baseline on one clip, alternately, in this process (the same GPU state)."""
+    import torch
+
+    from export.model import load_unet, load_vae
+    from export.reference import ReferencePipeline
+    from runtime.api import Outpainter
+    from runtime.video.synthetic import synthetic_clip
+    frames = synthetic_clip(plan.frames, 160, 90)
+    backend = _backend(work)
+    ours = Outpainter(engine=backend)
+    device, dtype = backend.device, backend.dtype
+    ck = work / "checkpoints"
+    baseline = ReferencePipeline(load_unet(ck / "unet", dtype=dtype, device=device),
+                                 load_vae(ck / "vae").to(device, dtype), cost="official", steps=plan.steps)
+    times: dict = {"ours": [], "baseline": []}
+    stats = {}
+    for _ in range(plan.repeats):
+        _sync()
+        t0 = time.perf_counter()
+        result = ours.outpaint(frames, 30.0, ratio="9:16", steps=plan.steps)
+        _sync()
+        times["ours"].append(time.perf_counter() - t0)
+        stats = {k: v for k, v in result.stats.items() if isinstance(v, (int, float))}
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            baseline.video(frames, 30.0, ("9:16",), plan.size)
+        _sync()
+        times["baseline"].append(time.perf_counter() - t0)
+    backend.close()
+    ours_s, base_s = float(np.median(times["ours"])), float(np.median(times["baseline"]))
+    return {"frames": plan.frames, "size": plan.size, "steps": plan.steps, "ours_s": round(ours_s, 2),
+            "baseline_s": round(base_s, 2), "speedup": round(base_s / ours_s, 2), "runs": times, "ours_stats": stats}
+
+
+def memory(plan: Plan, work: Path) -> dict:
+    """Peak GPU memory of one UNet call per window count, fitted as weights + W x activations; one window's
+    sampling under a 16 GB cap (--gpu-memory 16, --batch-windows 1)."""
+    import torch
+    if not torch.cuda.is_available():
+        return {"why": "no CUDA GPU (dry run): nothing to measure", "one_window_16gb_peak_gb": None,
+                "per_window_gb": None, "weights_gb": None, "max_windows": {str(c): None for c in CAPS_GB}}
+    peaks = {}
+    backend = _backend(work, gpu_memory_gb=16, cuda_graphs=False)
+    from runtime.api import Outpainter
+    from runtime.video.synthetic import synthetic_clip
+    torch.cuda.reset_peak_memory_stats()
+    Outpainter(engine=backend).outpaint(synthetic_clip(16, 160, 90), 30.0, ratio="9:16", steps=2, batch_windows=1)
+    one_window = torch.cuda.max_memory_reserved() / 2**30
+    lat, tokens = backend.engines.latent_size, backend.engines.context_tokens
+    for windows in plan.windows:
+        n = 3 * windows
+        args = [torch.randn(n, 9, 16, lat, lat, device=backend.device, dtype=backend.dtype),
+                torch.full((n,), 961.0, device=backend.device), torch.full((n,), 30.0, device=backend.device),
+                torch.randn(n, tokens, 320, device=backend.device, dtype=backend.dtype)]
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode():
+            backend._unet(*args)
+        torch.cuda.synchronize()
+        peaks[windows] = torch.cuda.max_memory_allocated() / 2**30
+        del args
+    backend.close()
+    ws = sorted(peaks)
+    slope = (peaks[ws[-1]] - peaks[ws[0]]) / (ws[-1] - ws[0])
+    base = peaks[ws[0]] - slope * ws[0]
+    fits = {str(c): max(0, int((c - RESERVE_GB - base) // slope)) for c in CAPS_GB}
+    return {"one_window_16gb_peak_gb": round(one_window, 2),
+            "peaks_gb": {str(k): round(v, 2) for k, v in peaks.items()}, "weights_gb": round(base, 2),
+            "per_window_gb": round(slope, 3), "max_windows": fits, "reserve_gb": RESERVE_GB}
+
+
+def table(report: dict) -> str:
+    s = report["steps"]
+    gpu = (s.get("machine") or {}).get("gpu") or {}
+    rows = [("machine", f"{gpu.get('name', 'no GPU')}, torch {s.get('machine', {}).get('torch')}"),
+            ("doctor exit", s.get("doctor", {}).get("exit")),
+            ("pytest -m gpu", s.get("pytest_gpu", {}).get("summary"))]
+    call = s.get("unet_call", {})
+    for key in sorted(k for k in call if k.startswith("w")):
+        rows.append((f"UNet call {call[key]['rows']} rows", f"{call[key]['ms']} ms, {call[key]['tflops']} TFLOP/s, "
+                                                            f"{call[key]['of_peak']} of peak"))
+    v = s.get("video", {})
+    if "speedup" in v:
+        rows.append((f"video {v['frames']} frames S={v['size']}", f"ours {v['ours_s']} s, baseline {v['baseline_s']} s,"
+                                                                  f" {v['speedup']}x"))
+    m = s.get("memory", {})
+    rows.append(("one window, 16 GB cap", m.get("one_window_16gb_peak_gb")))
+    rows.append(("windows that fit 16/24/40/80 GB", m.get("max_windows")))
+    rows += [(f"error in {k}", v["error"][:160]) for k, v in s.items() if "error" in v]
+    width = max(len(str(k)) for k, _ in rows)
+    return "\n".join(f"{str(k).ljust(width)}  {v}" for k, v in rows)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
