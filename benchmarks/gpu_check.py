@@ -175,6 +175,16 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def _unet_inputs(backend, rows: int) -> list:
+    """Random UNet inputs of ``rows`` rows on the backend's device, in its dtype (timestep and fps in FP32)."""
+    import torch
+    g = torch.Generator().manual_seed(rows)
+    lat, tokens = backend.engines.latent_size, backend.engines.context_tokens
+    args = [torch.randn(rows, 9, 16, lat, lat, generator=g), torch.full((rows,), 961.0), torch.full((rows,), 30.0),
+            torch.randn(rows, tokens, 320, generator=g)]
+    return [a.to(backend.device, backend.dtype if a.dim() > 1 else torch.float32) for a in args]
+
+
 def unet_call(plan: Plan, work: Path, steps: dict) -> dict:
     import torch
 
@@ -182,16 +192,12 @@ def unet_call(plan: Plan, work: Path, steps: dict) -> dict:
     from export.model import UNetConfig
     backend = _backend(work)
     config = UNetConfig.from_dict(json.loads((work / "checkpoints" / "unet" / "config.json").read_text()))
-    lat, tokens = backend.engines.latent_size, backend.engines.context_tokens
     name = (steps.get("machine", {}).get("gpu") or {}).get("name", "")
     peak = fp16_peak_tflops(name) if backend.on_gpu else None
     out: dict = {"backend": f"torch {backend.precision} on {backend.device}", "fp16_peak_tflops": peak}
-    g = torch.Generator().manual_seed(0)
     for windows in (1, max(plan.windows)):
         n = 3 * windows
-        args = [torch.randn(n, 9, 16, lat, lat, generator=g), torch.full((n,), 961.0), torch.full((n,), 30.0),
-                torch.randn(n, tokens, 320, generator=g)]
-        args = [a.to(backend.device, backend.dtype if a.dim() > 1 else torch.float32) for a in args]
+        args = _unet_inputs(backend, n)
         times = []
         with torch.inference_mode():
             for _ in range(plan.calls + 2):  # the first two: loading, capture
@@ -256,12 +262,8 @@ def memory(plan: Plan, work: Path) -> dict:
     torch.cuda.reset_peak_memory_stats()
     Outpainter(engine=backend).outpaint(synthetic_clip(16, 160, 90), 30.0, ratio="9:16", steps=2, batch_windows=1)
     one_window = torch.cuda.max_memory_reserved() / 2**30
-    lat, tokens = backend.engines.latent_size, backend.engines.context_tokens
     for windows in plan.windows:
-        n = 3 * windows
-        args = [torch.randn(n, 9, 16, lat, lat, device=backend.device, dtype=backend.dtype),
-                torch.full((n,), 961.0, device=backend.device), torch.full((n,), 30.0, device=backend.device),
-                torch.randn(n, tokens, 320, device=backend.device, dtype=backend.dtype)]
+        args = _unet_inputs(backend, 3 * windows)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         with torch.inference_mode():

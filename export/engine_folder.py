@@ -79,6 +79,12 @@ def fingerprint(component: str, precision: str, sources: dict, options: dict, co
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def checkpoint_folders(unet_source, vae_source) -> dict:
+    """{"unet": folder, "vae": folder}: the local folders of the two checkpoints (hub downloads resolved)."""
+    return {"unet": resolve_folder(unet_source, "unet", "UNet"),
+            "vae": resolve_folder(vae_source, RELEASED_VAE_SUBFOLDER, "VAE")}
+
+
 def _sources(folders: dict, given: dict, old: dict) -> dict:
     sources = {}
     for key, folder in folders.items():
@@ -108,8 +114,7 @@ def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), si
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     old = read_manifest(out)
-    folders = {"unet": resolve_folder(unet_source, "unet", "UNet"),
-               "vae": resolve_folder(vae_source, RELEASED_VAE_SUBFOLDER, "VAE")}
+    folders = checkpoint_folders(unet_source, vae_source)
     sources = _sources(folders, {"unet": unet_source, "vae": vae_source}, old)
     if attention_softmax not in ("fp32", "fp16"):
         raise InputError(f"attention softmax must be fp32 or fp16, not {attention_softmax!r}")
@@ -235,6 +240,17 @@ def _export_graphs(keys, models: dict, out: Path, size: int, opset: int, wanted:
                                         attention_softmax))
 
 
+def component_module(comp: contract.Component, precision: str, model) -> torch.nn.Module:
+    """The module of ``comp`` at ``precision`` over ``model`` (converted in place), as the graphs and the PyTorch
+    programs export it."""
+    from export import onnx_export as ox
+    if comp is contract.GLOBAL_ENCODER and precision == "fp16":
+        module = ox.graph_module(comp, ox.prepare(model, "fp32"), io_dtype=torch.float16)
+        # The global encoder's graph reads fp16 latents: cast at its input inside the graph.
+        return _CastInput(module, torch.float32).eval()
+    return ox.graph_module(comp, ox.prepare(model, precision))
+
+
 def _export_graph(comp, precision: str, model, out: Path, size: int, opset: int, fingerprint_: str,
                   attention_softmax: str) -> dict:
     import onnx
@@ -243,12 +259,7 @@ def _export_graph(comp, precision: str, model, out: Path, size: int, opset: int,
     from export.trt_onnx_support import problems as trt_problems
     t0 = time.perf_counter()
     key = comp.key(precision)
-    if comp is contract.GLOBAL_ENCODER and precision == "fp16":
-        module = ox.graph_module(comp, ox.prepare(model, "fp32"), io_dtype=torch.float16)
-        # The global encoder's graph reads fp16 latents: cast at its input inside the graph.
-        module = _CastInput(module, torch.float32).eval()
-    else:
-        module = ox.graph_module(comp, ox.prepare(model, precision))
+    module = component_module(comp, precision, model)
     path = out / comp.onnx_file(precision)
     log.info(f"exporting {key} ...")
     ox.export_component(comp.name, module, size, precision, path, softmax_fp32=attention_softmax == "fp32")

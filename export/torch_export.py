@@ -64,10 +64,7 @@ def wanted(manifest: dict, precisions, windows) -> dict:
 def export_programs(unet_source, vae_source, out, precisions=("fp32", "fp16"), windows=DEFAULT_WINDOWS,
                     force: bool = False) -> dict:
     """Export the programs missing or stale in ``out`` (an engines folder the ONNX export just made)."""
-    from export import onnx_export as ox
-    from export.engine_folder import _CastInput, _load_models
-    from export.model.loading import resolve_folder
-    from m3ddm.facts import RELEASED_VAE_SUBFOLDER
+    from export.engine_folder import _load_models, checkpoint_folders, component_module
     out = Path(out)
     manifest = read_manifest(out)
     want = wanted(manifest, precisions, windows)
@@ -83,9 +80,8 @@ def export_programs(unet_source, vae_source, out, precisions=("fp32", "fp16"), w
     if not todo:
         write_manifest(out, manifest)
         return manifest
-    folders = {"unet": resolve_folder(unet_source, "unet", "UNet"),
-               "vae": resolve_folder(vae_source, RELEASED_VAE_SUBFOLDER, "VAE")}
-    models = _load_models(folders, {contract.component(k.split(".")[0]).checkpoint for k in todo}, explicit=False)
+    checkpoints = {contract.component(k.split(".")[0]).checkpoint for k in todo}
+    models = _load_models(checkpoint_folders(unet_source, vae_source), checkpoints, explicit=False)
     size = manifest["model"]["size"]
     for precision in contract.PRECISIONS:  # FP32 first, then the modules in place to FP16, as the graphs
         for comp in contract.ENGINES:
@@ -93,13 +89,7 @@ def export_programs(unet_source, vae_source, out, precisions=("fp32", "fp16"), w
             if key not in todo:
                 continue
             t0 = time.perf_counter()
-            model = models[comp.checkpoint]
-            module: nn.Module
-            if comp is contract.GLOBAL_ENCODER and precision == "fp16":
-                module = _CastInput(ox.graph_module(comp, ox.prepare(model, "fp32"), io_dtype=torch.float16),
-                                    torch.float32).eval()
-            else:
-                module = ox.graph_module(comp, ox.prepare(model, precision))
+            module = component_module(comp, precision, models[comp.checkpoint])
             log.info(f"exporting the PyTorch programs of {key} ...")
             programs[key] = _export_component(comp, precision, module, size, windows, out)
             programs[key].update(fingerprint=want[key][0], options=want[key][1], torch=torch.__version__,

@@ -235,6 +235,26 @@ def apply(u: Update, x: np.ndarray, saved, eps_terms, z=None) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
+def iterate(sampler: Sampler, x, eps_fn, draw, update=apply, after=None):
+    """The sampler's steps from the noisy ``x``, over any array type: the bookkeeping every loop shares (the saved
+    sample, the eps history). ``eps_fn(x, t)`` the guided eps, ``draw(i, shape)`` the fresh noise of a stochastic
+    step, ``update`` the linear update (``apply``, or its torch twin), ``after(i, t, x)`` once a step is done."""
+    saved = None
+    hist: list = []
+    for i, (t, u) in enumerate(zip(sampler.timesteps, sampler.updates)):
+        e = eps_fn(x, t)
+        z = draw(i, x.shape) if u.noise else None
+        new = update(u, x, saved, [e] + hist, z)
+        if u.save:
+            saved = x
+        if u.keep_eps:
+            hist = ([e] + hist)[:sampler.history]
+        x = new
+        if after is not None:
+            after(i, t, x)
+    return x
+
+
 def run(sampler: Sampler, eps_fn, x0: np.ndarray, noise: np.ndarray, rng=None, trajectory=None,
         step_noise=None, callback=None) -> np.ndarray:
     """Sample from x0 (clean latents) and start ``noise``; ``eps_fn(x, t) -> guided eps``.
@@ -245,22 +265,16 @@ def run(sampler: Sampler, eps_fn, x0: np.ndarray, noise: np.ndarray, rng=None, t
     x = sampler.add_noise(x0.astype(np.float32), noise.astype(np.float32))
     if trajectory is not None:
         trajectory.append(x.copy())
-    saved: np.ndarray | None = None
-    hist: list[np.ndarray] = []
-    for i, (t, u) in enumerate(zip(sampler.timesteps, sampler.updates)):
-        e = eps_fn(x, t).astype(np.float32, copy=False)
-        z = None
-        if u.noise:
-            z = step_noise(i, x.shape) if step_noise else (rng or np.random.default_rng()).standard_normal(
-                x.shape).astype(np.float32)
-        new = apply(u, x, saved, [e] + hist, z)
-        if u.save:
-            saved = x
-        if u.keep_eps:
-            hist = ([e] + hist)[:sampler.history]
-        x = new
+
+    def draw(i, shape):
+        if step_noise:
+            return step_noise(i, shape)
+        return (rng or np.random.default_rng()).standard_normal(shape).astype(np.float32)
+
+    def after(i, t, x):
         if trajectory is not None:
             trajectory.append(x.copy())
         if callback is not None:
             callback(i, t)
-    return x
+
+    return iterate(sampler, x, lambda x, t: eps_fn(x, t).astype(np.float32, copy=False), draw, apply, after)

@@ -54,11 +54,13 @@ class TorchBackend(Backend):
         self.max_batch, self.device_loop, self.cuda_graphs = max_batch, device_loop, cuda_graphs and self.on_gpu
         if threads and not self.on_gpu:
             torch.set_num_threads(int(threads))
-        unet_rows = [low for low, high in tp.batch_ranges(self.records[contract.UNET]) if low == high]
-        if 3 not in unet_rows:
+        # UNet rows -> the index of its program in the record (static programs only)
+        self._unet_index = {low: i for i, (low, high) in enumerate(tp.batch_ranges(self.records[contract.UNET]))
+                            if low == high}
+        if 3 not in self._unet_index:
             raise EnginesError(f"engines folder {self.engines.folder}: the PyTorch UNet programs lack the one-window "
                                f"program (3 rows); {tp.REEXPORT}")
-        self.windows = sorted(r // 3 for r in unet_rows)
+        self.windows = sorted(r // 3 for r in self._unet_index)
         self.vae_batch = min(tp.batch_ranges(self.records[contract.VAE_ENCODER])[0][1],
                              tp.batch_ranges(self.records[contract.VAE_DECODER])[0][1])
         if self.on_gpu:
@@ -166,11 +168,10 @@ class TorchBackend(Backend):
 
     def _unet(self, sample, timestep, fps, context) -> torch.Tensor:
         """The UNet over device tensors of any 3k rows, as a sum of its programs' row counts."""
-        index = {rows[0]: i for i, rows in enumerate(tp.batch_ranges(self.records[contract.UNET]))}
         parts, start = [], 0
-        for size in decompose_rows(sample.shape[0], list(index)):
+        for size in decompose_rows(sample.shape[0], list(self._unet_index)):
             s = slice(start, start + size)
-            call = self._program(contract.UNET, index[size])
+            call = self._program(contract.UNET, self._unet_index[size])
             parts.append(self._unet_rows(call, size, sample[s], timestep[s], fps[s], context[s]))
             start += size
         return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -1,16 +1,17 @@
 """A batch of windows sampled with torch ops on the backend's device: the host sees the latents once, at the end.
 
-The arithmetic of ``runtime.samplers.run`` with ``runtime.guidance.combine`` (their numpy code is the reference,
-and tests hold this to it): the noisy latents go into channels 0..3 of the 3W-row UNet input once per step in the
-model's dtype (the context latents and masks stay there from the start), the guided eps and every linear update
-in FP32. Only the fresh noise of a stochastic sampler crosses from the host, a step at a time.
+The loop of ``runtime.samplers.run`` (``samplers.iterate``, the same code) with the arithmetic of its ``apply``
+and of ``runtime.guidance.combine`` in torch (their numpy code is the reference, and tests hold this to it): the
+noisy latents go into channels 0..3 of the 3W-row UNet input once per step in the model's dtype (the context
+latents and masks stay there from the start), the guided eps and every linear update in FP32. Only the fresh noise
+of a stochastic sampler crosses from the host, a step at a time.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from runtime import guidance
+from runtime import guidance, samplers
 
 
 def to_device(x: np.ndarray, device, dtype) -> torch.Tensor:
@@ -43,23 +44,19 @@ def run(sampler, unet, x0, noise, rows, fps_rows, ctx_rows, s1: float, s2: float
     fps = to_device(fps_rows, device, torch.float32)
     context = to_device(ctx_rows, device, dtype)
     timestep = torch.empty(n, dtype=torch.float32, device=device)
-    saved: torch.Tensor | None = None
-    hist: list[torch.Tensor] = []
-    for i, (t, u) in enumerate(zip(sampler.timesteps, sampler.updates)):
+
+    def eps(x, t):
         if stopped is not None:
             stopped()
         sample[:, :4] = torch.cat([x] * guidance.NUM_BRANCHES)
         timestep.fill_(float(t))
-        e = guidance.combine(unet(sample, timestep, fps, context).float(), s1, s2)
-        z = None
-        if u.noise:
-            z = torch.from_numpy(np.asarray(step_noise(i, tuple(x.shape)), np.float32)).to(device)
-        new = apply(u, x, saved, [e] + hist, z)
-        if u.save:
-            saved = x
-        if u.keep_eps:
-            hist = ([e] + hist)[:sampler.history]
-        x = new
+        return guidance.combine(unet(sample, timestep, fps, context).float(), s1, s2)
+
+    def draw(i, shape):
+        return torch.from_numpy(np.asarray(step_noise(i, tuple(shape)), np.float32)).to(device)
+
+    def after(i, t, x):
         if callback is not None:
             callback(i, t)
-    return x.cpu().numpy()
+
+    return samplers.iterate(sampler, x, eps, draw, apply, after).cpu().numpy()
