@@ -18,7 +18,7 @@ WINDOWS ?=
 # More `python -m export` options, e.g. EXPORT_ARGS="--attention-softmax fp16 --opt-level 4".
 EXPORT_ARGS ?=
 
-.PHONY: setup lint test test-all test-gpu demo engines plans doctor serve bench bench-long bench-service bench-cluster bench-host bench-encode bench-model gpu-check official-env bench-official clean
+.PHONY: setup lint test test-all test-cluster test-gpu demo engines plans doctor serve bench bench-long bench-service bench-cluster bench-faults bench-host bench-encode bench-model gpu-check official-env bench-official clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,11 @@ lint: setup
 # Also the slow tests (full-size model on the meta device and with random weights).
 test-all: setup
 	$(PY) -m pytest -q -m 'not gpu'
+
+# Several Ray nodes on this machine and their faults (a node lost mid-batch, a worker killed mid-level and
+# mid-job, the head gone): minutes, so marked slow and run here, not by `make test`.
+test-cluster: setup
+	$(PY) -m pytest -q -m slow tests/test_cluster_nodes.py
 
 # The GPU tests (TensorRT, ORT CUDA, kernels); they skip, saying why, where a part is missing.
 test-gpu: setup
@@ -92,6 +97,11 @@ bench-service: setup
 bench-cluster: setup
 	test -f build/demo/engines/manifest.json || $(PY) -m export.demo --out build/demo
 	$(PY) -m benchmarks.cluster --json benchmarks/results_cluster.json
+
+# What a lost Ray node costs runtime.batch: undisturbed against a node removed mid-batch (several nodes here).
+bench-faults: setup
+	test -f build/demo/engines/manifest.json || $(PY) -m export.demo --out build/demo
+	$(PY) -m benchmarks.cluster_faults --json benchmarks/results_cluster_faults.json
 
 # The host side alone (instant engine): per-stage ms per frame, wall per frame, time to the first step, peak RSS.
 bench-host: setup

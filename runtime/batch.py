@@ -4,7 +4,9 @@ outpaint many videos over a Ray cluster (the ``cluster`` extra).
 A Ray Data pipeline over the list of videos (whole files: a job needs the whole clip) with a fixed pool of
 actors, each building its ``Outpainter`` once (one per GPU; CPU workers where there is none). Each video
 becomes DIR/<stem>.mp4 (the outpaint command's _WxH suffixes for several ratios) and one JSON line in the
-report: {"input", "status": "succeeded"|"failed"|"skipped", "outputs", "frames", "seconds", "error"}.
+report: {"input", "status": "succeeded"|"failed"|"skipped", "outputs", "frames", "seconds", "error", "attempts"}
+(attempts: how often a worker started the video; above 1 where Ray ran it again after losing a worker, or a
+stopped batch was run again).
 
 Idempotent: a video whose outputs all exist (outputs are renamed into place whole, so an existing one is
 complete) is skipped; a video stopped mid-way resumes from its work dir under DIR/.work/, so running the
@@ -31,6 +33,8 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".m4v", ".avi", ".gif")
 WORK = ".work"  # DIR/.work/<stem>/: a video's checkpoints while it runs
 # One batch at a time per DIR; beside .work, not in it, where a video named lock.mp4 has its work dir.
 LOCK = ".work.lock"
+# DIR/.work.attempts/<stem>: how often a video was started (beside .work: a work dir holds its job's files only).
+ATTEMPTS = ".work.attempts"
 
 
 def parser() -> cli.Parser:
@@ -130,7 +134,7 @@ class VideoJob:
     def __call__(self, row: dict) -> dict:
         t0 = time.perf_counter()
         record = {"input": row["input"], "status": "failed", "outputs": {}, "frames": None, "seconds": None,
-                  "error": None}
+                  "error": None, "attempts": count_attempt(Path(row["attempts"]))}
         try:
             summary = self.outpainter.outpaint_file(row["input"], row["output"], settings=self.settings,
                                                     encode=self.encode, stream=self.stream, work_dir=row["work_dir"])
@@ -141,7 +145,25 @@ class VideoJob:
         except Exception as exc:
             record["error"] = f"unexpected {type(exc).__name__}: {first_line(exc)}"
         record["seconds"] = round(time.perf_counter() - t0, 3)
+        if record["status"] == "succeeded":
+            Path(row["attempts"]).unlink(missing_ok=True)
         return {"line": json.dumps(record)}
+
+
+def count_attempt(path: Path) -> int:
+    """This start of a video counted in ``path``, on the batch's storage (where its work dir is): 1 the first
+    time; more when Ray ran it again (its worker's node or process lost) or a stopped batch was run again.
+    Each start resumes from the work dir, so a count above 1 costs the windows in flight, not the video."""
+    try:
+        before = int(path.read_text() or 0)
+    except (OSError, ValueError):
+        before = 0
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(before + 1))
+    except OSError:
+        pass
+    return before + 1
 
 
 def main(argv=None) -> int:
@@ -169,6 +191,7 @@ def main(argv=None) -> int:
         return cli.fail(EXIT_ENGINES, first_line(exc))
     t0 = time.perf_counter()
     counts = {"succeeded": 0, "failed": 0, "skipped": 0}
+    retried: list[str] = []
 
     def body():
         (out_dir / WORK).mkdir(parents=True, exist_ok=True)
@@ -181,6 +204,8 @@ def main(argv=None) -> int:
         with open(report_path, "w") as report:
             def write(record):
                 counts[record["status"]] += 1
+                if record.get("attempts", 1) > 1:
+                    retried.append(Path(record["input"]).name)
                 report.write(json.dumps(record) + "\n")
                 report.flush()
                 os.fsync(report.fileno())
@@ -197,12 +222,17 @@ def main(argv=None) -> int:
                     continue
                 remove_stale_partials(paths)
                 rows.append({"input": str(path), "output": str(out_dir / f"{path.stem}.mp4"),
-                             "work_dir": str(out_dir / WORK / path.stem)})
+                             "work_dir": str(out_dir / WORK / path.stem),
+                             "attempts": str(out_dir / ATTEMPTS / path.stem)})
             if rows:
                 for line in run_on_ray(rows, args, run_settings, encode):
                     write(json.loads(line))
+                for path in outputs:  # every video's run has ended: what a lost worker half-wrote goes
+                    remove_stale_partials(outputs[path])
         log.info(f"{counts['succeeded']} succeeded, {counts['failed']} failed, {counts['skipped']} skipped in "
-                 f"{time.perf_counter() - t0:.1f} s; report: {report_path}")
+                 f"{time.perf_counter() - t0:.1f} s; report: {report_path}"
+                 + (f"; started again (a worker lost, or an earlier run stopped): {', '.join(retried)}"
+                    if retried else ""))
         return 1 if counts["failed"] else 0
 
     return cli.run(body, interrupted=lambda: f"{counts['succeeded']} videos finished; run the same command again "
@@ -213,8 +243,15 @@ def run_on_ray(rows: list[dict], args, run_settings, encode):
     """The report lines of ``rows``, as the videos finish."""
     # runtime.cluster before Ray itself: importing it readies Ray's token auth, which Ray reads when imported.
     from runtime import cluster
+    from runtime.streaming import output_paths
     started_here = not cluster.ray.is_initialized() and args.address in (None, "", "local")
-    cluster.connect(args.address, quiet=args.quiet)
+    def remove_partials():
+        for row in rows:
+            remove_stale_partials(output_paths(Path(row["output"]), run_settings.labels))
+    cluster.on_head_lost(remove_partials)
+    cluster.connect(args.address, quiet=args.quiet,
+                    when_lost="run the same command on a running cluster: finished videos are kept and stopped "
+                              "ones resume from their work dirs")
     import ray.data
     try:
         resources = cluster.worker_resources(args.gpus_per_worker, args.cpus_per_worker, args.threads)

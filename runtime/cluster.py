@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 
 from m3ddm.errors import EnginesError, InputError, check_cancel
-from runtime.cluster_connect import connect, last_line  # noqa: F401 (cluster.connect); first: Ray token auth
+from runtime.cluster_connect import connect, last_line, on_head_lost  # noqa: F401 (cluster.*); first: Ray token auth
 
 try:
     import ray
@@ -87,6 +87,7 @@ class Worker:
         self.outpainter.backend.load()
         self.cancelled = CancelledJobs()
         self.last: dict = {}
+        self.incarnation = uuid.uuid4().hex  # a new one each time Ray restarts this actor (its process or node lost)
         self.current: str | None = None  # the job whose call runs now
 
     def info(self) -> dict:
@@ -120,8 +121,10 @@ class Worker:
             self.last.pop(job, None)
 
     @ray.method(concurrency_group="control")
-    def progress(self, job: str) -> dict | None:
-        return self.last.get(job)
+    def progress(self, job: str) -> tuple[str, dict | None]:
+        """(this actor's incarnation, the job's latest progress event): a driver that sees the incarnation
+        change knows the call it waits on was started again by Ray."""
+        return self.incarnation, self.last.get(job)
 
     @ray.method(concurrency_group="control")
     def cancel(self, job: str) -> None:
@@ -275,23 +278,29 @@ class RemoteOutpainter:
         self.actor = actor
         self.info = get(actor.info.remote())
         self._running: str | None = None
+        self.restarts = 0  # runs of a job that Ray started again on this worker, restarted (the service's metric)
 
     def outpaint_file(self, input, output, *, settings=None, progress=None, cancel=None, **options) -> dict:
         job = uuid.uuid4().hex
         self._running = job
         options = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
         ref = self.actor.outpaint_file.remote(job, str(input), str(output), settings, **options)
-        last = None
+        last, seen = None, None
         try:
             while True:
                 ready, _ = ray.wait([ref], timeout=POLL_S)
                 if cancel is not None and cancel.is_set():
                     self.actor.cancel.remote(job)
-                if progress is not None:
-                    event = get(self.actor.progress.remote(job))
-                    if event and event is not last:
-                        progress(event)
-                        last = event
+                try:
+                    incarnation, event = ray.get(self.actor.progress.remote(job))
+                except ray.exceptions.RayActorError:  # lost, or restarting: Ray runs the call again (RETRIES)
+                    incarnation, event = seen, None
+                if seen is not None and incarnation != seen:
+                    self.restarts += 1  # the job resumes from its work dir on the restarted worker
+                seen = incarnation
+                if progress is not None and event and event is not last:
+                    progress(event)
+                    last = event
                 if ready:
                     return get(ref)
         finally:

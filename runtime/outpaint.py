@@ -122,7 +122,9 @@ def main(argv=None) -> int:
         from runtime.api import Outpainter
         if args.workers is not None:  # before the engines load: the address checked, Ray quiet under --quiet
             from runtime import cluster
-            cluster.connect(args.address, quiet=args.quiet)
+            cluster.connect(args.address, quiet=args.quiet,
+                            when_lost="run the same command on a running cluster" + (
+                                " (it resumes from --work-dir)" if args.work_dir else ""))
         try:
             outpainter = Outpainter(args.engines, backend=args.backend, threads=args.threads,
                                     gpu_memory_gb=args.gpu_memory)

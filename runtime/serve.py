@@ -72,7 +72,8 @@ def main(argv=None) -> int:
         from runtime.service.jobs import JobQueue
         if args.ray:
             from runtime import cluster
-            cluster.connect(args.ray)
+            cluster.connect(args.ray, when_lost="start the service again with a running cluster: its jobs "
+                                                "resume from their work dirs")
             remote = [cluster.RemoteOutpainter(actor) for actor in cluster.start_workers(
                 args.engines, args.workers, backend=args.backend, threads=args.threads,
                 gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)]

@@ -3,6 +3,7 @@
 comparisons with what the official code computes use ../shared (``shared``, ``tiny_unet``, ``golden_engines``),
 and skip, saying why, where it is absent."""
 import hashlib
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -170,11 +171,13 @@ ray.shutdown()
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A real local Ray cluster, 2 CPUs, started by ``ray.init`` in a process of its own (the test process never
-    joins it); yields its address for ``--address`` / ``--ray``."""
+    joins it), with Ray's token auth; yields its address for ``--address`` / ``--ray``."""
     import subprocess
     pytest.importorskip("ray", reason="the cluster extra is not installed (pip install '.[cluster]')")
+    # Token auth, as every new local Ray cluster has it (with the token in ~/.ray/auth_token, made if missing):
+    # the commands join it with that token; tests/test_cluster_nodes.py has clusters without.
     head = subprocess.Popen([sys.executable, "-c", RAY_HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, "RAY_AUTH_MODE": "token"})
     address = head.stdout.readline().strip()
     assert address, "the local Ray cluster did not start"
     try:

@@ -3,6 +3,7 @@
 when run again) and one video over several workers (`runtime.outpaint --workers`), each against the
 one-process command's frames."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -209,3 +210,30 @@ def test_a_cluster_that_does_not_answer_is_one_line_in_seconds(engines, clips, t
     assert "127.0.0.1:1" in one_error_line(res) and res.returncode == 3
     assert time.monotonic() - t0 < 20
     assert not (tmp_path / "out.mp4").exists() and not list((tmp_path / "out").glob("*.mp4"))
+
+
+def token_env(tmp_path, **env):
+    """The environment of a driver on another machine: its own home (no ~/.ray/auth_token unless written),
+    Ray's auth variables only as given."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return {**clean, "HOME": str(home), **env}
+
+
+@pytest.mark.parametrize("case", ["no token here", "another token", "auth off here"])
+def test_a_token_auth_mismatch_is_one_line_saying_which_side_wants_a_token(engines, clips, ray_cluster, tmp_path,
+                                                                           case):
+    """The cluster uses Ray's token auth (``ray_cluster``); a driver without its token used to join, then see
+    every actor die unexplained (``SystemException``)."""
+    env = token_env(tmp_path, **{"no token here": {}, "another token": {"RAY_AUTH_TOKEN": "0" * 32},
+                                 "auth off here": {"RAY_AUTH_MODE": "disabled"}}[case])
+    t0 = time.monotonic()
+    res = subprocess.run(batch_cmd([clips / "clip0.mp4"], tmp_path / "out", engines, ray_cluster), cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, env=env)
+    line = one_error_line(res)
+    assert res.returncode == 3 and time.monotonic() - t0 < 30
+    assert f"the Ray cluster at {ray_cluster} wants a token" in line or "refuses this machine's token" in line
+    assert {"no token here": "this machine has none", "another token": "(from RAY_AUTH_TOKEN)",
+            "auth off here": "RAY_AUTH_MODE=disabled here"}[case] in line
+    assert not list((tmp_path / "out").glob("*.mp4"))

@@ -1,6 +1,8 @@
 """The service's Prometheus metrics: jobs by status, queue depth, job seconds, frames per second, failures by
-reason, the backend, GPU memory in use."""
+reason, retries on restarted Ray workers, the backend, GPU memory in use."""
 from __future__ import annotations
+
+import threading
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -19,6 +21,9 @@ class Metrics:
                                  buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, float("inf")))
         self.fps = Gauge("m3ddm_frames_per_second", "Output frames per second of the last job", registry=r)
         self.failures = Counter("m3ddm_job_failures", "Failed jobs by reason", ["reason"], registry=r)
+        self.retries = Counter("m3ddm_job_retries", "Job runs started again on a restarted Ray worker (its process "
+                               "or node lost); each resumes from its work dir", registry=r)
+        self._retries_seen, self._retries_lock = 0, threading.Lock()  # two scrapes at once count each retry once
         self.backend = Gauge("m3ddm_backend_info", "The engine backend", ["backend"], registry=r)
         self.backend.labels(backend=backend).set(1)
         self.gpu_used = Gauge("m3ddm_gpu_memory_used_bytes", "GPU memory in use (where there is a GPU)",
@@ -37,6 +42,10 @@ class Metrics:
         for status in STATUSES:
             self.jobs.labels(status=status).set(counts.get(status, 0))
         self.queue_depth.set(counts.get("queued", 0))
+        with self._retries_lock:
+            retries = sum(getattr(o, "restarts", 0) for o in self.queue.outpainters)  # RemoteOutpainter's count
+            self.retries.inc(retries - self._retries_seen)
+            self._retries_seen = retries
         used = _gpu_memory_used()
         if used is not None:
             self.gpu_used.set(used)
