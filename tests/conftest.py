@@ -171,10 +171,15 @@ ray.shutdown()
 def ray_cluster():
     """A real local Ray cluster, 2 CPUs, started by ``ray.init`` in a process of its own (the test process never
     joins it); yields its address for ``--address`` / ``--ray``."""
+    yield from ray_head()
+
+
+def ray_head(env=None):
+    """``ray_cluster``'s generator, its processes (the workers too) in the environment ``env`` (default: this one)."""
     import subprocess
     pytest.importorskip("ray", reason="the cluster extra is not installed (pip install '.[cluster]')")
     head = subprocess.Popen([sys.executable, "-c", RAY_HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.DEVNULL, text=True, env=env)
     address = head.stdout.readline().strip()
     assert address, "the local Ray cluster did not start"
     try:
