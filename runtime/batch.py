@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
-from m3ddm.errors import EXIT_BAD_INPUT, EXIT_ENGINES, EnginesError, InputError, M3DDMError, first_line
-from runtime import cli, options
+from m3ddm.errors import EXIT_BAD_INPUT, EnginesError, InputError, M3DDMError, first_line
+from runtime import cli, env, options, storage
 
 log = logging.getLogger("runtime.batch")  # not __name__: run as __main__
 
@@ -35,13 +37,20 @@ WORK = ".work"  # DIR/.work/<stem>/: a video's checkpoints while it runs
 LOCK = ".work.lock"
 # DIR/.work.attempts/<stem>: how often a video was started (beside .work: a work dir holds its job's files only).
 ATTEMPTS = ".work.attempts"
+INPUTS = ".inputs"  # DIR/.inputs/: objects downloaded for the videos running, each removed when its job ends
 
 
 def parser() -> cli.Parser:
     ap = cli.Parser(prog="python -m runtime.batch",
                     description="Outpaint many videos over a Ray cluster (or a local Ray), one report line each.")
-    ap.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders of videos, or globs")
-    ap.add_argument("--out-dir", required=True, help="where the outputs, the report and the work dirs go")
+    ap.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="video files, folders of videos, or globs; objects' URLs (s3://bucket/key), or prefixes "
+                         "(s3://bucket/prefix/) for the videos directly under them")
+    ap.add_argument("--out-dir", required=True, help="where the outputs, the report and the work dirs go; a URL "
+                                                     "(s3://bucket/prefix/) for outputs uploaded there")
+    ap.add_argument("--work-dir", help="with a URL as --out-dir: the local (or shared) folder of the work dirs, the "
+                                       "outputs before their upload and the report (default: under the user cache "
+                                       "folder, $XDG_CACHE_HOME/m3ddm/batch/)")
     ap.add_argument("--report", help="the JSON-lines report of this run (default: OUT_DIR/report.jsonl)")
     options.add_run_options(ap)
     options.add_cluster_options(ap.add_argument_group("Ray"),
@@ -51,10 +60,15 @@ def parser() -> cli.Parser:
     return ap
 
 
-def find_videos(patterns) -> list[Path]:
-    """Files as given, folders' videos (sorted, not recursive), globs; each file once, in the order found."""
-    found: list[Path] = []
-    for pattern in patterns:
+def find_videos(patterns) -> list:
+    """Files as given, folders' videos (sorted, not recursive), globs; objects' URLs as given, prefixes' videos
+    (the same rules as folders'); each file once, in the order found. Paths, and storage.ObjectUrl for objects."""
+    found: list = []
+    for pattern in map(storage.localize, patterns):
+        if storage.is_url(pattern):  # an object is not looked at here: a missing one fails its video alone
+            url = storage.ObjectUrl.parse(pattern)
+            found += storage.list_objects(url, VIDEO_SUFFIXES) if url.is_prefix else [url]
+            continue
         path = Path(pattern)
         if path.is_dir():
             found += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
@@ -66,8 +80,8 @@ def find_videos(patterns) -> list[Path]:
             if not matches:
                 raise InputError(f"{pattern}: no such file, folder or match")
             found += matches
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    stems: dict[str, Path] = {}
+    unique = list(dict.fromkeys(p if isinstance(p, storage.ObjectUrl) else p.resolve() for p in found))
+    stems: dict = {}
     for p in unique:
         if p.stem in stems:
             raise InputError(f"{stems[p.stem]} and {p} would both be written as {p.stem}.mp4: rename one")
@@ -94,9 +108,11 @@ def check_layout(outputs: dict, report: Path) -> None:
         raise InputError(f"--report {shown(report)} is {what} of this batch: name another file")
 
 
-def _file_key(path: Path):
+def _file_key(path):
     """What tells two names of one file apart from two files: the inode where the file exists (a hard link or
-    a symlink is the same file), else the resolved path."""
+    a symlink is the same file), else the resolved path; an object's URL for an object."""
+    if isinstance(path, storage.ObjectUrl):
+        return str(path)
     try:
         st = path.stat()
         return st.st_dev, st.st_ino
@@ -121,57 +137,33 @@ def remove_stale_partials(paths: dict) -> None:
             p.unlink(missing_ok=True)
 
 
-class VideoJob:
-    """A Ray Data actor: one engine set, built once, outpainting one video per call. A failure is the video's
-    (its report line), never the actor's."""
-
-    def __init__(self, engines, backend, threads, gpu_memory_gb, settings, encode, stream):
-        from runtime.api import Outpainter
-        self.outpainter = Outpainter(engines, backend=backend, threads=threads, gpu_memory_gb=gpu_memory_gb)
-        self.outpainter.backend.load()
-        self.settings, self.encode, self.stream = settings, encode, stream
-
-    def __call__(self, row: dict) -> dict:
-        t0 = time.perf_counter()
-        record = {"input": row["input"], "status": "failed", "outputs": {}, "frames": None, "seconds": None,
-                  "error": None, "attempts": count_attempt(Path(row["attempts"]))}
-        try:
-            summary = self.outpainter.outpaint_file(row["input"], row["output"], settings=self.settings,
-                                                    encode=self.encode, stream=self.stream, work_dir=row["work_dir"])
-            record.update(status="succeeded", outputs=summary["outputs"], frames=summary["frames"],
-                          resumed_windows=summary.get("resumed_windows", 0))
-        except (M3DDMError, ValueError, OSError) as exc:  # the outpaint command's one line
-            record["error"] = first_line(exc)
-        except Exception as exc:
-            record["error"] = f"unexpected {type(exc).__name__}: {first_line(exc)}"
-        record["seconds"] = round(time.perf_counter() - t0, 3)
-        if record["status"] == "succeeded":
-            Path(row["attempts"]).unlink(missing_ok=True)
-        return {"line": json.dumps(record)}
+def out_folders(args) -> tuple[Path, storage.ObjectUrl | None]:
+    """(the local folder of the outputs, work dirs, lock and report; the prefix the outputs are uploaded to, for
+    a URL as --out-dir, whose bucket is checked now). A URL's local folder is --work-dir, or one per URL in the
+    user cache folder, so that a second run finds the first one's work dirs."""
+    out = storage.localize(args.out_dir)
+    if not storage.is_url(out):
+        if args.work_dir is not None:
+            raise InputError("--work-dir goes with a URL as --out-dir (a local one keeps its work dirs in it)")
+        return Path(out), None
+    url = storage.ObjectUrl.parse(out if out.endswith("/") else out + "/")  # a prefix, as a folder
+    storage.check_bucket(url, "write to")
+    if args.work_dir is not None:
+        return Path(storage.localize(args.work_dir)), url
+    return env.cache_dir() / "batch" / hashlib.sha256(str(url).encode()).hexdigest()[:16], url
 
 
-def count_attempt(path: Path) -> int:
-    """This start of a video counted in ``path``, on the batch's storage (where its work dir is): 1 the first
-    time; more when Ray ran it again (its worker's node or process lost) or a stopped batch was run again.
-    Each start resumes from the work dir, so a count above 1 costs the windows in flight, not the video."""
-    try:
-        before = int(path.read_text() or 0)
-    except (OSError, ValueError):
-        before = 0
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(str(before + 1))
-    except OSError:
-        pass
-    return before + 1
+def finished(paths: dict, uploads: dict) -> bool:
+    """The video's outputs exist, complete: as objects where they are uploaded ({local path: URL}), else as files."""
+    return all(storage.exists(u) for u in uploads.values()) if uploads else complete(paths)
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     cli.setup_logging(quiet=args.quiet)
-    out_dir = Path(args.out_dir)
     try:
         inputs = find_videos(args.inputs)
+        out_dir, out_url = out_folders(args)
         if out_dir.exists() and not out_dir.is_dir():
             raise InputError(f"--out-dir {out_dir} is a file, not a folder")
         try:
@@ -181,14 +173,17 @@ def main(argv=None) -> int:
         run_settings, encode = options.checked(args, [out_dir / f"{p.stem}.mp4" for p in inputs])
         from runtime.streaming import output_paths
         outputs = {p: output_paths(out_dir / f"{p.stem}.mp4", run_settings.labels) for p in inputs}
+        uploads = {p: {str(f): out_url.child(f.name) for f in paths.values()} if out_url else {}
+                   for p, paths in outputs.items()}
         report_path = Path(args.report) if args.report else out_dir / "report.jsonl"
-        check_layout(outputs, report_path)
+        check_layout({p: {f: uploads[p].get(str(f), f) for f in paths.values()} for p, paths in outputs.items()},
+                     report_path)
         if not Path(args.engines, "manifest.json").is_file():
             raise EnginesError(f"no engines at {args.engines} (make engines, or --engines DIR)")
     except (InputError, ValueError) as exc:
         return cli.fail(EXIT_BAD_INPUT, first_line(exc))
-    except EnginesError as exc:
-        return cli.fail(EXIT_ENGINES, first_line(exc))
+    except (EnginesError, storage.TransferError) as exc:
+        return cli.fail(exc.exit_code, first_line(exc))
     t0 = time.perf_counter()
     counts = {"succeeded": 0, "failed": 0, "skipped": 0}
     retried: list[str] = []
@@ -200,6 +195,7 @@ def main(argv=None) -> int:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise InputError(f"another batch is writing to {out_dir}") from None
+        shutil.rmtree(out_dir / INPUTS, ignore_errors=True)  # a killed run's downloads
         report_path.parent.mkdir(parents=True, exist_ok=True)
         with open(report_path, "w") as report:
             def write(record):
@@ -216,14 +212,15 @@ def main(argv=None) -> int:
 
             rows = []
             for path, paths in outputs.items():
-                if complete(paths):
-                    write({"input": str(path), "status": "skipped", "outputs": {k: str(v) for k, v in paths.items()},
-                           "frames": None, "seconds": 0.0, "error": None})
+                if finished(paths, uploads[path]):
+                    write({"input": str(path), "status": "skipped", "frames": None, "seconds": 0.0, "error": None,
+                           "outputs": {k: str(uploads[path].get(str(v), v)) for k, v in paths.items()}})
                     continue
                 remove_stale_partials(paths)
                 rows.append({"input": str(path), "output": str(out_dir / f"{path.stem}.mp4"),
-                             "work_dir": str(out_dir / WORK / path.stem),
-                             "attempts": str(out_dir / ATTEMPTS / path.stem)})
+                             "work_dir": str(out_dir / WORK / path.stem), "scratch": str(out_dir / INPUTS),
+                             "attempts": str(out_dir / ATTEMPTS / path.stem),
+                             "uploads": {k: str(v) for k, v in uploads[path].items()}})
             if rows:
                 for line in run_on_ray(rows, args, run_settings, encode):
                     write(json.loads(line))
@@ -243,6 +240,7 @@ def run_on_ray(rows: list[dict], args, run_settings, encode):
     """The report lines of ``rows``, as the videos finish."""
     # runtime.cluster before Ray itself: importing it readies Ray's token auth, which Ray reads when imported.
     from runtime import cluster
+    from runtime.batch_job import VideoJob
     from runtime.streaming import output_paths
     started_here = not cluster.ray.is_initialized() and args.address in (None, "", "local")
     def remove_partials():

@@ -12,7 +12,7 @@ import threading
 import time
 
 from m3ddm.errors import EXIT_BAD_INPUT, InputError, check_cancel, first_line
-from runtime import cli, options
+from runtime import cli, env, options, storage
 
 log = logging.getLogger("runtime.outpaint")  # not __name__: run as __main__
 
@@ -20,8 +20,9 @@ log = logging.getLogger("runtime.outpaint")  # not __name__: run as __main__
 def parser() -> cli.Parser:
     ap = cli.Parser(prog="python -m runtime.outpaint",
                     description="Outpaint a video to another aspect ratio with M3DDM engines.")
-    ap.add_argument("input", help="input video file")
-    ap.add_argument("-o", "--output", required=True, help="output video (.mp4, .mov, .mkv, .webm)")
+    ap.add_argument("input", help="input video file, or an object's URL (s3://bucket/key, gs://, az://)")
+    ap.add_argument("-o", "--output", required=True,
+                    help="output video (.mp4, .mov, .mkv, .webm), or an object's URL (uploaded whole at the end)")
     options.add_run_options(ap)
     options.add_cluster_options(ap.add_argument_group("Ray (the cluster extra)"),
                                 workers="spread each level's independent windows over this many Ray workers, "
@@ -98,19 +99,40 @@ class JsonProgress:
         pass
 
 
+def checked(args, staging: storage.Staging) -> tuple:
+    """(Settings, EncodeOptions): every option, the encoder, the output's bucket and the input (an object's
+    downloaded into scratch), before the engines load or a frame is decoded; ``args`` then name local files."""
+    from runtime.streaming import output_paths
+    from runtime.video import check_input
+    args.output = staging.output(args.output)
+    run_settings, encode = options.checked(args, [args.output])
+    if args.no_overwrite:
+        staging.refuse_existing(output_paths(args.output, run_settings.labels).values())
+    args.input = staging.input(args.input)
+    check_input(args.input, args.stream, run_settings.max_pixels)
+    if args.work_dir is not None:
+        from runtime.workdir_files import check_apart
+        check_apart(args.work_dir, args.input, output_paths(args.output, run_settings.labels).values())
+    return run_settings, encode
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     cli.setup_logging(quiet=args.quiet)
-    try:  # every option, the encoder and the input, before the engines load or a frame is decoded
-        from runtime.video import check_input
-        run_settings, encode = options.checked(args, [args.output])
-        check_input(args.input, args.stream, run_settings.max_pixels)
-        if args.work_dir is not None:
-            from runtime.streaming import output_paths
-            from runtime.workdir_files import check_apart
-            check_apart(args.work_dir, args.input, output_paths(args.output, run_settings.labels).values())
+    staging = storage.Staging(env.cache_dir() / "scratch")  # where URLs' objects are downloaded and uploaded from
+    try:
+        return _main(args, staging)
+    finally:
+        staging.close()
+
+
+def _main(args, staging: storage.Staging) -> int:
+    try:
+        run_settings, encode = checked(args, staging)
     except (InputError, ValueError) as exc:
         return cli.fail(EXIT_BAD_INPUT, first_line(exc))
+    except storage.TransferError as exc:
+        return cli.fail(exc.exit_code, first_line(exc))
     progress = JsonProgress() if args.progress == "jsonl" and not args.quiet else \
         Progress(not args.quiet and args.progress == "line")
     t0 = time.perf_counter()
@@ -142,6 +164,7 @@ def main(argv=None) -> int:
                                                keep_work_dir=args.keep_work_dir)
         finally:
             progress.close()
+        summary["outputs"] = staging.publish(summary["outputs"])  # uploaded whole, now the run has succeeded
         summary["backend"] = outpainter.backend.name
         summary["seconds"] = round(time.perf_counter() - t0, 3)
         summary["output_fps"] = round(summary["frames"] / max(summary["seconds"], 1e-9), 3)

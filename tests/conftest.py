@@ -172,12 +172,17 @@ ray.shutdown()
 def ray_cluster():
     """A real local Ray cluster, 2 CPUs, started by ``ray.init`` in a process of its own (the test process never
     joins it), with Ray's token auth; yields its address for ``--address`` / ``--ray``."""
+    yield from ray_head()
+
+
+def ray_head(env=None):
+    """``ray_cluster``'s generator, its processes (the workers too) in the environment ``env`` (default: this one)."""
     import subprocess
     pytest.importorskip("ray", reason="the cluster extra is not installed (pip install '.[cluster]')")
     # Token auth, as every new local Ray cluster has it (with the token in ~/.ray/auth_token, made if missing):
     # the commands join it with that token; tests/test_cluster_nodes.py has clusters without.
     head = subprocess.Popen([sys.executable, "-c", RAY_HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, "RAY_AUTH_MODE": "token"})
+                            stderr=subprocess.DEVNULL, text=True, env={**(env or os.environ), "RAY_AUTH_MODE": "token"})
     address = head.stdout.readline().strip()
     assert address, "the local Ray cluster did not start"
     try:

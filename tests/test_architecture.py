@@ -145,9 +145,10 @@ def test_every_domain_error_carries_its_exit_code():
     from kernels import CudaError, KernelError
     from runtime.engines import EnginesError
     from runtime.engines.trt_build import BuildError
+    from runtime.storage import StorageError, TransferError
     from runtime.video import VideoError
     for cls, code in [(VideoError, 2), (CheckpointError, 2), (errors.InputError, 2), (EnginesError, 3),
-                      (CudaError, 3), (KernelError, 3), (BuildError, 3)]:
+                      (CudaError, 3), (KernelError, 3), (BuildError, 3), (StorageError, 2), (TransferError, 1)]:
         assert issubclass(cls, errors.M3DDMError) and errors.exit_code(cls("x")) == code, cls
     assert issubclass(VideoError, ValueError)  # callers that catch ValueError keep working
     assert errors.exit_code(ValueError("x")) == 2 and errors.exit_code(KeyError("x")) == 1
@@ -259,6 +260,21 @@ def test_ray_is_optional_and_its_absence_is_one_line(engines, tmp_path):
                          timeout=120)
     assert res.returncode == 3 and "pip install 'm3ddm-runtime[cluster]'" in res.stderr.strip(), res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.mp4").exists()
+
+
+STORAGE_LIBRARIES = {"fsspec", "s3fs", "gcsfs", "adlfs", "botocore", "aiobotocore", "boto3"}
+
+
+def test_object_storage_is_one_module_imported_for_a_url_only():
+    """runtime/storage.py alone imports fsspec (the storage extra), and only when a URL is given: the runtime
+    and its commands import none of it for local files."""
+    wrong = {f: sorted(n & STORAGE_LIBRARIES) for f, n in _imports("runtime").items()
+             if n & STORAGE_LIBRARIES and f != "runtime/storage.py"}
+    assert not wrong, f"only runtime/storage.py may import the storage libraries: {wrong}"
+    code = ("import sys, runtime.api, runtime.outpaint, runtime.batch, runtime.serve, runtime.storage\n"
+            f"print(sorted(set(sys.modules) & set({sorted(STORAGE_LIBRARIES)})))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == "[]", res.stdout + res.stderr
 
 
 ENGINES_MAY_IMPORT = ("runtime.engines", "runtime.samplers", "runtime.guidance")  # the device loop's numpy references
