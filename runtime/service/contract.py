@@ -68,7 +68,8 @@ class Healthy(BaseModel):
 
 
 WHY = {400: "a malformed request (a client gone mid-upload)",
-       401: "the bearer token is missing or wrong", 404: "no such job (or no such result of it)",
+       401: "the bearer token is missing or wrong", 404: "no such job (or no such result or preview of it yet)",
+       410: "the job's files are removed (it failed, or expired)",
        408: "the upload stalled", 413: "the upload is over --max-upload-mb", 415: "the body is not multipart/form-data",
        422: "a bad option, form or parameter",
        429: "more than --max-queue jobs are waiting", 503: "the service is shutting down",
