@@ -220,7 +220,7 @@ def _live_routes(app: FastAPI, queue: JobQueue, v1: list, auth: tuple, job) -> N
     @app.get("/v1/jobs/{job_id}/events", dependencies=v1, response_class=Response,
              summary="The job's progress as Server-Sent Events, ending with its final status",
              responses={200: {"description": "``progress`` events, then one ``status`` event",
-                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                              "content": {"text/event-stream": {"schema": contract.SSE_EVENT}}},
                         **contract.errors(*auth, 404, 422)})
     async def job_events(request: Request, job_id: str,
                          last_event_id: str | None = Header(None, alias="Last-Event-ID", max_length=64)):

@@ -67,6 +67,12 @@ class Healthy(BaseModel):
     status: Literal["ok"]
 
 
+# One Server-Sent Event of GET /v1/jobs/{id}/events: "progress" (the fields of --progress jsonl) or "status" (the
+# job as GET /v1/jobs/{id} shows it), its data JSON, its id what Last-Event-ID resumes from.
+SSE_EVENT = {"type": "object", "required": ["id", "event", "data"],
+             "properties": {"id": {"type": "string"}, "event": {"type": "string", "enum": ["progress", "status"]},
+                            "data": {"type": "string", "contentMediaType": "application/json"}}}
+
 WHY = {400: "a malformed request (a client gone mid-upload)",
        401: "the bearer token is missing or wrong", 404: "no such job (or no such result or preview of it yet)",
        410: "the job's files are removed (it failed, or expired)",
