@@ -31,16 +31,19 @@ def start_nodes(home: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, str(NODES), "2"], text=True, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             env={**env, "HOME": str(home), "RAY_AUTH_MODE": "disabled"})
+    assert proc.stdout is not None
     return proc, json.loads(proc.stdout.readline())["address"]
 
 
 def send(proc: subprocess.Popen, command: str) -> dict:
+    assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(command + "\n")
     proc.stdin.flush()
     return json.loads(proc.stdout.readline())
 
 
 def stop_nodes(proc: subprocess.Popen) -> None:
+    assert proc.stdin is not None
     proc.stdin.close()
     proc.wait(120)
 
@@ -59,7 +62,7 @@ def run_batch(args, clips: list[Path], out: Path, home: Path, lose_node: bool) -
         if lose_node:
             while len({p.parent.name for p in out.glob(".work/*/batch-*.npz")}) < 2:
                 if proc.poll() is not None:
-                    raise SystemExit(f"the batch ended first: {proc.stderr.read()}")
+                    raise SystemExit(f"the batch ended first: {proc.communicate()[1]}")
                 time.sleep(0.02)
             at_loss = {d.name: finished_windows(d) for d in (out / ".work").iterdir() if d.is_dir()}
             send(nodes, "remove 1")
@@ -95,7 +98,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
-    import media
+    import media  # type: ignore[import-not-found]  # the tests' scenes (tests/media.py): textured, moving
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="m3ddm-faults-") as tmp:
         work = Path(tmp)

@@ -18,6 +18,7 @@ from runtime import composite, env, streaming
 from runtime.callbacks import CancelToken, Progress, Spread
 from runtime.engines.select import make_backend
 from runtime.pipeline import OutpaintResult, Pipeline
+from runtime.preview import PreviewOptions
 from runtime.settings import Settings
 from runtime.video import EncodeOptions
 
@@ -57,7 +58,8 @@ class Outpainter:
     # -- arrays -------------------------------------------------------------------------------
     def outpaint(self, frames: np.ndarray, fps: float, ratio=None, steps: int | None = None, sampler: str | None = None,
                  seed: int | None = None, noise=None, *, settings: Settings | None = None,
-                 progress: Progress | None = None, cancel: CancelToken | None = None, **options) -> OutpaintResult:
+                 progress: Progress | None = None, cancel: CancelToken | None = None, preview=None,
+                 **options) -> OutpaintResult:
         """RGB uint8 [T, H, W, 3] at ``fps`` -> the outpainted video (``.frames``) and final latents.
 
         The run is ``settings`` (a ``Settings``; its defaults when None: ratio 9:16, 50 PNDM steps, seed 6) with
@@ -66,9 +68,10 @@ class Outpainter:
         [4, 16, h, w] every window's start noise, ``step_noise(window, step)`` the per-step noise of
         stochastic samplers, ``output_height`` to rescale the outputs, and every other Settings field.
         ``cancel`` (anything with ``is_set()``, e.g. a threading.Event) is checked between steps: once set,
-        the call raises m3ddm.errors.Cancelled.
+        the call raises m3ddm.errors.Cancelled. ``preview`` as for ``outpaint_file``.
         """
         s = Settings.build(settings, ratio=ratio, steps=steps, sampler=sampler, seed=seed, noise=noise, **options)
+        PreviewOptions.of(preview)
         frames = _check_frames(frames, fps)
         s.check(self.pipeline.latent)
         t_count, height, width = frames.shape[:3]
@@ -84,7 +87,7 @@ class Outpainter:
 
         with self._lock:
             latents, plan, stats = self.pipeline.run(given, keep, s, count=t_count, box=box, fps=float(fps),
-                                                     progress=progress, cancel=cancel)
+                                                     progress=progress, cancel=cancel, preview=preview)
         t3 = time.perf_counter()
         outputs = {t.label: np.stack([composite.scale_output(composite.composite(frames[i], generated[i], box, t,
                                                                                  s.feather), s.output_height)
@@ -98,7 +101,8 @@ class Outpainter:
     def outpaint_file(self, input, output, ratio=None, *, settings: Settings | None = None, stream: int | None = None,
                       encode: EncodeOptions | None = None, overwrite: bool = True,
                       progress: Progress | None = None, cancel: CancelToken | None = None,
-                      work_dir=None, restart: bool = False, keep_work_dir: bool = False, **options) -> dict:
+                      work_dir=None, restart: bool = False, keep_work_dir: bool = False, preview=None,
+                      **options) -> dict:
         """Outpaint a video file; with several targets, ``output`` gets a ``_WxH`` suffix per target.
 
         The run is ``settings`` with the keyword arguments given applied, as for ``outpaint``. Streams the
@@ -109,11 +113,17 @@ class Outpainter:
         With ``work_dir`` the job checkpoints there after every batch of windows (runtime/workdir.py): a call
         that was killed, cancelled or failed is resumed by the same call, with the same result; a work dir of
         another job is refused (``restart=True`` clears it); it is removed on success unless ``keep_work_dir``.
+
+        ``preview`` shows the border forming while the run samples (runtime/preview.py): "jpeg" (or "rgb") puts
+        the latest preview, JPEG bytes (or RGB uint8 [h, w, 3]), into the next progress event as "preview";
+        ``PreviewOptions(path=...)`` also keeps a JPEG file up to date, ``decoder="vae"`` decodes with the VAE.
+        Previews never change the result, and are made on a thread of their own.
         """
         s = Settings.build(settings, ratio=ratio, **options)
         return streaming.outpaint_file(self.pipeline, input, output, s, stream=stream, encode=encode,
                                        overwrite=overwrite, progress=progress, lock=self._lock, cancel=cancel,
-                                       work_dir=work_dir, restart=restart, keep_work_dir=keep_work_dir)
+                                       work_dir=work_dir, restart=restart, keep_work_dir=keep_work_dir,
+                                       preview=preview)
 
     def interrupt(self) -> None:
         """Abort the engine call in flight, if the backend can (ONNX Runtime can): with a cancel token set,

@@ -14,12 +14,22 @@ import numpy as np
 Progress = Callable[[dict], None]
 # After each sampling step of a batch: (step index, timestep); it may raise Cancelled to stop the batch.
 StepReport = Callable[[int, Any], None]
+# Before each sampling step's update: (step index, timestep, its input x, its guided eps), arrays of the loop's own
+# type (numpy, or torch on the device), to look at and never to change (a preview's clean-latent estimate).
+Seen = Callable[[int, Any, Any, Any], None]
 # The fresh noise of stochastic samplers, per window: (window number in plan order, step) -> [4, 16, h, w].
 StepNoise = Callable[[int, int], np.ndarray]
 # Generated S x S frames handed on as soon as they are final: (index of the first, RGB uint8 [n, S, S, 3]).
 FrameSink = Callable[[int, np.ndarray], None]
 # Frames finished by a batch, checkpointed before anyone else hears of it: ({frame: latent}, windows done).
 Checkpoint = Callable[[dict, int], None]
+
+
+def event_record(event: dict) -> dict:
+    """A progress event as the JSON lines (``--progress jsonl``) and the service's event stream give it: floats to
+    4 places; a preview as its number only (its image is a file, or the API caller's), none where it is an image."""
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in event.items()
+            if k != "preview" or isinstance(v, int)}
 
 
 class CancelToken(Protocol):

@@ -11,6 +11,12 @@ import numpy as np
 from runtime import geometry
 
 
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Decoder output in about [-1, 1], [n, 3, S, S] -> RGB uint8 [n, S, S, 3] (round(255 v), v clamped)."""
+    v = np.clip(images / 2 + 0.5, 0.0, 1.0)
+    return np.round(v * 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
 def composite(source: np.ndarray, generated: np.ndarray, box: geometry.Letterbox, target: geometry.Target,
               feather: float | None = None) -> np.ndarray:
     """One output frame at the source resolution: the generated S x S canvas mapped onto the target,

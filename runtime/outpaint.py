@@ -13,6 +13,7 @@ import time
 
 from m3ddm.errors import EXIT_BAD_INPUT, InputError, check_cancel, first_line
 from runtime import cli, env, options, storage
+from runtime.callbacks import event_record
 
 log = logging.getLogger("runtime.outpaint")  # not __name__: run as __main__
 
@@ -35,6 +36,12 @@ def parser() -> cli.Parser:
     ap.add_argument("--progress", choices=["line", "jsonl", "none"], default="line",
                     help="progress on stderr: a status line (default), JSON lines (one event each, for programs "
                          "following the run), or none")
+    ap.add_argument("--preview", metavar="FILE.jpg",
+                    help="keep this JPEG updated with a preview of the border as it forms (replaced atomically: any "
+                         "image viewer can watch it); JSON-lines progress then numbers the previews")
+    ap.add_argument("--preview-decoder", choices=("linear", "vae"), default="linear",
+                    help="how a preview is decoded: a linear map of the latents (default, nearly free) or the VAE "
+                         "decoder every 10 steps")
     ap.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     ap.add_argument("--quiet", action="store_true", help="no progress on stderr (--progress none)")
     return ap
@@ -92,8 +99,7 @@ class JsonProgress:
     """Every progress event as one JSON line on stderr (stage: prepare, prepared, sample, decode, finish)."""
 
     def __call__(self, event: dict):
-        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in event.items()}),
-              file=sys.stderr, flush=True)
+        print(json.dumps(event_record(event)), file=sys.stderr, flush=True)
 
     def close(self):
         pass
@@ -133,6 +139,10 @@ def _main(args, staging: storage.Staging) -> int:
         return cli.fail(EXIT_BAD_INPUT, first_line(exc))
     except storage.TransferError as exc:
         return cli.fail(exc.exit_code, first_line(exc))
+    preview = None
+    if args.preview is not None:
+        from runtime.preview import PreviewOptions
+        preview = PreviewOptions(form="number", path=args.preview, decoder=args.preview_decoder)
     progress = JsonProgress() if args.progress == "jsonl" and not args.quiet else \
         Progress(not args.quiet and args.progress == "line")
     t0 = time.perf_counter()
@@ -161,7 +171,7 @@ def _main(args, staging: storage.Staging) -> int:
             summary = outpainter.outpaint_file(args.input, args.output, settings=run_settings, stream=args.stream,
                                                overwrite=not args.no_overwrite, encode=encode, progress=progress,
                                                cancel=cancel, work_dir=args.work_dir, restart=args.restart,
-                                               keep_work_dir=args.keep_work_dir)
+                                               keep_work_dir=args.keep_work_dir, preview=preview)
         finally:
             progress.close()
         summary["outputs"] = staging.publish(summary["outputs"])  # uploaded whole, now the run has succeeded

@@ -13,10 +13,12 @@ import numpy as np
 from m3ddm.errors import check_cancel
 from m3ddm.facts import GLOBAL_FRAMES, VAE_DOWNSAMPLE, WINDOW_FRAMES
 from runtime import geometry, guidance, samplers
-from runtime.callbacks import CancelToken, Checkpoint, FrameSink, FrameSource, Progress, Spread
+from runtime.callbacks import CancelToken, Checkpoint, FrameSink, FrameSource, Progress, Seen, Spread
+from runtime.composite import to_uint8
 from runtime.engines.contract import VAE_BATCH
-from runtime.plan import Window, independent_runs, official_plan
+from runtime.plan import Window, batches, independent_runs, official_plan
 from runtime.prepare import VideoLatents, prepare
+from runtime.preview import Previewer, previewing
 from runtime.resize import resize_frame_antialias
 from runtime.settings import Settings
 
@@ -36,26 +38,6 @@ class BatchNoise:
     """The random draws of one batch of windows, each belonging to its window (never to the batch)."""
     start: np.ndarray  # [W, 4, 16, h, w] start noise per window
     steps: list  # per window: step -> [4, 16, h, w], the fresh noise of stochastic samplers
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Decoder output in about [-1, 1], [n, 3, S, S] -> RGB uint8 [n, S, S, 3] (round(255 v), v clamped)."""
-    v = np.clip(images / 2 + 0.5, 0.0, 1.0)
-    return np.round(v * 255).astype(np.uint8).transpose(0, 2, 3, 1)
-
-
-def batches(windows: list, cap: int, sizes=None):
-    """``windows`` in batches of at most ``cap``; with ``sizes`` (the window counts a backend runs best,
-    e.g. its TensorRT profiles) each batch takes the largest of them that fits. Batching never changes
-    the result (every random draw belongs to a window)."""
-    usable = sorted({w for w in (sizes or ()) if w <= cap})
-    start = 0
-    while start < len(windows):
-        rest = len(windows) - start
-        fitting = [w for w in usable if w <= rest]
-        size = fitting[-1] if fitting else min(cap, rest)
-        yield windows[start:start + size]
-        start += size
 
 
 class Pipeline:
@@ -111,37 +93,40 @@ class Pipeline:
     def run(self, frames: FrameSource, sink: FrameSink, s: Settings, *, count: int, box: geometry.Letterbox,
             fps: float, progress: Progress | None = None, cancel: CancelToken | None = None,
             prepared: VideoLatents | None = None, on_prepared=None, resume=None,
-            checkpoint: Checkpoint | None = None) -> tuple[np.ndarray, list, dict]:
+            checkpoint: Checkpoint | None = None, preview=None) -> tuple[np.ndarray, list, dict]:
         """One video, whole: prepared (unless ``prepared``, e.g. read back from a work dir), sampled level by
         level, each generated S x S frame handed to ``sink(start, frames)`` in order, in chunks of VAE_BATCH, as
         soon as it is final. Returns (final latents [T, 4, h, w], plan, stats). The array API and the file
         path both come here. ``frames`` as for ``prepare``; ``resume`` and ``checkpoint`` as for ``sample``;
-        ``on_prepared(video)`` once every frame is prepared (not called with ``prepared``)."""
+        ``on_prepared(video)`` once every frame is prepared (not called with ``prepared``). ``preview`` shows the
+        border forming (``runtime.preview.PreviewOptions.of``) from a thread of its own; it never changes the result."""
         plan = official_plan(count, s.strides)
         sampler = samplers.make_sampler(s.sampler, s.steps)  # checked by Settings.check: built once per run
-        t0 = time.perf_counter()
-        video = prepared
-        if video is None:  # the first level's frames now, the rest while it samples (where the engines allow)
-            video = self.prepare(frames, count, box, fps, progress, cancel, plan=plan,
-                                 background=self.backend.concurrent, on_prepared=on_prepared)
-        prepare_s = time.perf_counter() - t0
-        if progress:
-            progress({"stage": "prepared", "seconds": prepare_s, "resumed": prepared is not None})
-        try:
-            latents, stats = self.generate(video, s, sampler, sink, progress, cancel, resume, checkpoint)
-            if video.waiter is not None:
-                video.waiter.close()  # every level waited for it; its last act (``on_prepared``) ends now
-                video.wait()
-        except BaseException:
-            if video.waiter is not None:
-                video.waiter.close()
-            raise
-        stats["prepare_s"] = prepare_s
+        with previewing(preview, self, s, box, count, frames, progress) as (previewer, frames, progress):
+            t0 = time.perf_counter()
+            video = prepared
+            if video is None:  # the first level's frames now, the rest while it samples (where the engines allow)
+                video = self.prepare(frames, count, box, fps, progress, cancel, plan=plan,
+                                     background=self.backend.concurrent, on_prepared=on_prepared)
+            prepare_s = time.perf_counter() - t0
+            if progress:
+                progress({"stage": "prepared", "seconds": prepare_s, "resumed": prepared is not None})
+            try:
+                latents, stats = self.generate(video, s, sampler, sink, progress, cancel, resume, checkpoint,
+                                               previewer)
+                if video.waiter is not None:
+                    video.waiter.close()  # every level waited for it; its last act (``on_prepared``) ends now
+                    video.wait()
+            except BaseException:
+                if video.waiter is not None:
+                    video.waiter.close()
+                raise
+        stats.update(previewer.stats if previewer is not None else {}, prepare_s=prepare_s)
         return latents, plan, stats
 
     def generate(self, video: VideoLatents, s: Settings, sampler: samplers.Sampler, sink: FrameSink,
                  progress: Progress | None = None, cancel: CancelToken | None = None, resume=None,
-                 checkpoint: Checkpoint | None = None) -> tuple[np.ndarray, dict]:
+                 checkpoint: Checkpoint | None = None, preview: Previewer | None = None) -> tuple[np.ndarray, dict]:
         """Sample and decode: (final latents, stats). The generated frames go to ``sink(start, frames)`` in
         order, in chunks of VAE_BATCH starting at multiples of it, as soon as they are final, while sampling goes
         on (the file path composites and encodes them on another thread meanwhile). After sampling, the frames
@@ -170,7 +155,8 @@ class Pipeline:
 
         t1 = time.perf_counter()
         latents, plan, sampled_windows = self.sample(video, s, progress, on_batch=on_batch, cancel=cancel,
-                                                     resume=resume, checkpoint=checkpoint, sampler=sampler)
+                                                     resume=resume, checkpoint=checkpoint, sampler=sampler,
+                                                     preview=preview)
         stats = {"sample_s": time.perf_counter() - t1 - decode_s[0], "windows": sum(len(level) for level in plan),
                  "windows_sampled": sampled_windows}
         t2 = time.perf_counter()
@@ -181,7 +167,8 @@ class Pipeline:
 
     def sample(self, video: VideoLatents, s: Settings, progress: Progress | None = None, on_batch=None,
                cancel: CancelToken | None = None, resume=None, checkpoint: Checkpoint | None = None,
-               sampler: samplers.Sampler | None = None) -> tuple[np.ndarray, list, int]:
+               sampler: samplers.Sampler | None = None,
+               preview: Previewer | None = None) -> tuple[np.ndarray, list, int]:
         """Run the plan; returns final latents per frame [T, 4, h, w], the plan and the windows sampled.
 
         ``on_batch(stored)`` is called after every batch with {frame: final latent} so far (a frame's
@@ -233,7 +220,8 @@ class Pipeline:
                 if self.spread is not None and len(tasks) > 1:  # independent batches: over the cluster
                     outs = self.spread(tasks, video, stored, s, sampler, cancel, reporter)
                 else:
-                    outs = (self.sample_batch(batch, first, video, stored, s, sampler, reporter(batch, first))
+                    outs = (self.sample_batch(batch, first, video, stored, s, sampler, reporter(batch, first),
+                                              preview.watcher(batch, sampler) if preview else None)
                             for batch, first in tasks)
                 for (batch, first), out in zip(tasks, outs):  # in plan order, whoever sampled them
                     new = {}
@@ -250,13 +238,14 @@ class Pipeline:
         return np.stack([stored[i] for i in range(t_count)]), plan, sampled
 
     def sample_batch(self, batch: list[Window], first: int, video: VideoLatents, stored: dict, s: Settings,
-                     sampler: samplers.Sampler | None = None, report=None) -> np.ndarray:
+                     sampler: samplers.Sampler | None = None, report=None, seen: Seen | None = None) -> np.ndarray:
         """Final latents [W, 4, 16, h, w] of the windows ``batch``, numbered ``first``, ``first + 1``, ... in plan
         order. Everything a batch reads is here (its windows and their numbers, the video, the frames its guides
-        take from ``stored``, the settings), so any engine set, in this process or another, gives the same."""
+        take from ``stored``, the settings), so any engine set, in this process or another, gives the same.
+        ``seen`` looks at every step (``samplers.iterate``)."""
         sampler = sampler or samplers.make_sampler(s.sampler, s.steps)
         return self._sample_batch(batch, video, stored, self.batch_noise(range(first, first + len(batch)), s),
-                                  sampler, s, report)
+                                  sampler, s, report, seen)
 
     def batch_noise(self, ids, s: Settings) -> BatchNoise:
         """The random draws of windows ``ids``: each window's own (seeded by the seed and its number), never the
@@ -278,7 +267,7 @@ class Pipeline:
         return BatchNoise(start, draws)
 
     def _sample_batch(self, batch: list[Window], video: VideoLatents, stored: dict, noise: BatchNoise,
-                      sampler: samplers.Sampler, s: Settings, report) -> np.ndarray:
+                      sampler: samplers.Sampler, s: Settings, report, seen: Seen | None = None) -> np.ndarray:
         """Final latents [W, 4, 16, h, w] of one batch of W windows (docs/algorithm.md §4)."""
         nw = len(batch)
         f, h = WINDOW_FRAMES, self.latent
@@ -314,7 +303,7 @@ class Pipeline:
             return np.stack([draw(k) for draw in noise.steps])
 
         out = self.backend.sample_windows(sampler, x0, noise.start, np.concatenate([local_rows, mask_rows], axis=1),
-                                          fps_rows, ctx_rows, s1, s2, step_noise, report)
+                                          fps_rows, ctx_rows, s1, s2, step_noise, report, seen)
         if out is not None:  # the whole loop on the device
             return out
-        return samplers.run(sampler, eps_fn, x0, noise.start, step_noise=step_noise, callback=report)
+        return samplers.run(sampler, eps_fn, x0, noise.start, step_noise=step_noise, callback=report, seen=seen)

@@ -75,3 +75,17 @@ def independent_runs(level: list[Window]) -> list[list[Window]]:
     if current:
         runs.append(current)
     return runs
+
+
+def batches(windows: list, cap: int, sizes=None):
+    """``windows`` in batches of at most ``cap``; with ``sizes`` (the window counts a backend runs best,
+    e.g. its TensorRT profiles) each batch takes the largest of them that fits. Batching never changes
+    the result (every random draw belongs to a window)."""
+    usable = sorted({w for w in (sizes or ()) if w <= cap})
+    start = 0
+    while start < len(windows):
+        rest = len(windows) - start
+        fitting = [w for w in usable if w <= rest]
+        size = fitting[-1] if fitting else min(cap, rest)
+        yield windows[start:start + size]
+        start += size

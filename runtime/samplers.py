@@ -67,6 +67,12 @@ class Sampler:
     def _plan(self, steps):
         raise NotImplementedError
 
+    def clean_estimate(self, x, eps, t: int):
+        """The estimate of the clean latents at step ``t`` from its input and guided eps,
+        x0 = (x_t - sqrt(1 - alpha_t) eps) / sqrt(alpha_t), over any array type (every sampler here predicts eps)."""
+        a = self.alpha(int(t))
+        return (x - (1 - a) ** 0.5 * eps) * (1 / a ** 0.5)
+
     def alpha(self, t: int) -> float:
         """alpha_cumprod at t; a negative t is the final step's 'previous' alpha, alpha_cumprod[0]
         (SD1.5 sets set_alpha_to_one False)."""
@@ -235,14 +241,18 @@ def apply(u: Update, x: np.ndarray, saved, eps_terms, z=None) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def iterate(sampler: Sampler, x, eps_fn, draw, update=apply, after=None):
+def iterate(sampler: Sampler, x, eps_fn, draw, update=apply, after=None, seen=None):
     """The sampler's steps from the noisy ``x``, over any array type: the bookkeeping every loop shares (the saved
     sample, the eps history). ``eps_fn(x, t)`` the guided eps, ``draw(i, shape)`` the fresh noise of a stochastic
-    step, ``update`` the linear update (``apply``, or its torch twin), ``after(i, t, x)`` once a step is done."""
+    step, ``update`` the linear update (``apply``, or its torch twin), ``after(i, t, x)`` once a step is done,
+    ``seen(i, t, x, eps)`` before the update with this step's input and guided eps (to look at, never to change:
+    a preview's estimate of the clean latents, runtime/preview.py)."""
     saved = None
     hist: list = []
     for i, (t, u) in enumerate(zip(sampler.timesteps, sampler.updates)):
         e = eps_fn(x, t)
+        if seen is not None:
+            seen(i, t, x, e)
         z = draw(i, x.shape) if u.noise else None
         new = update(u, x, saved, [e] + hist, z)
         if u.save:
@@ -256,11 +266,11 @@ def iterate(sampler: Sampler, x, eps_fn, draw, update=apply, after=None):
 
 
 def run(sampler: Sampler, eps_fn, x0: np.ndarray, noise: np.ndarray, rng=None, trajectory=None,
-        step_noise=None, callback=None) -> np.ndarray:
+        step_noise=None, callback=None, seen=None) -> np.ndarray:
     """Sample from x0 (clean latents) and start ``noise``; ``eps_fn(x, t) -> guided eps``.
 
     ``step_noise(i, shape)`` (or ``rng``) draws the fresh noise of stochastic samplers;
-    ``callback(i, t)`` runs after each step.
+    ``callback(i, t)`` runs after each step; ``seen`` as for ``iterate``.
     """
     x = sampler.add_noise(x0.astype(np.float32), noise.astype(np.float32))
     if trajectory is not None:
@@ -277,4 +287,4 @@ def run(sampler: Sampler, eps_fn, x0: np.ndarray, noise: np.ndarray, rng=None, t
         if callback is not None:
             callback(i, t)
 
-    return iterate(sampler, x, lambda x, t: eps_fn(x, t).astype(np.float32, copy=False), draw, apply, after)
+    return iterate(sampler, x, lambda x, t: eps_fn(x, t).astype(np.float32, copy=False), draw, apply, after, seen)

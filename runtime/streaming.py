@@ -59,7 +59,7 @@ def outpaint_file(pipeline, input, output, s: Settings, **options) -> dict:
 def _outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None = None,
                    encode: EncodeOptions | None = None, overwrite: bool = True, progress=None, lock=None,
                    cancel=None, work_dir=None, restart: bool = False, keep_work_dir: bool = False,
-                   count_by_decoding: bool = False) -> dict:
+                   count_by_decoding: bool = False, preview=None) -> dict:
     input, output = Path(input), Path(output)
     encode = encode or EncodeOptions()
     s.check(pipeline.latent)
@@ -88,7 +88,7 @@ def _outpaint_file(pipeline, input, output, s: Settings, *, stream: int | None =
             _, _, stats = pipeline.run(source.frames, finisher.put, s, count=source.count, box=box, fps=fps,
                                        progress=progress, cancel=cancel, prepared=saved, resume=resume,
                                        on_prepared=(lambda v: wd.save_prepared(v.inits, v.canvases, v.context))
-                                       if wd else None, checkpoint=wd.save_batch if wd else None)
+                                       if wd else None, checkpoint=wd.save_batch if wd else None, preview=preview)
         t2 = time.perf_counter()
         finisher.finish(source.count, cancel)
         stats["finish_wait_s"] = time.perf_counter() - t2

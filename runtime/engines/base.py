@@ -71,13 +71,14 @@ class Backend(ABC):
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     def sample_windows(self, sampler, x0, noise, rows, fps_rows, ctx_rows, s1, s2, step_noise=None,
-                       callback=None) -> np.ndarray | None:
+                       callback=None, seen=None) -> np.ndarray | None:
         """Optional: sample a whole batch of W windows on the device, the same arithmetic as
         ``runtime.samplers.run`` over ``unet`` and ``runtime.guidance.combine``. ``x0``/``noise`` [W, 4, F, h, w],
         ``rows`` [3W, 5, F, h, w] the UNet input's channels 4..8 (context latents, mask), branch-major;
-        ``step_noise(step, shape)`` the fresh noise of stochastic samplers, ``callback(step, t)`` after each step.
-        Returns the final latents [W, 4, F, h, w], or None where this backend (or this batch) cannot: the
-        pipeline then runs the host loop over ``unet``."""
+        ``step_noise(step, shape)`` the fresh noise of stochastic samplers, ``callback(step, t)`` after each step,
+        ``seen(step, t, x, eps)`` before each update where the backend can show it (``samplers.iterate``; a live
+        preview's look, which a backend may leave out). Returns the final latents [W, 4, F, h, w], or None where
+        this backend (or this batch) cannot: the pipeline then runs the host loop over ``unet``."""
         return None
 
     def load(self) -> None:

@@ -187,7 +187,8 @@ class TorchBackend(Backend):
         return graph(*inputs).clone()  # the graphs share one memory pool: the next replay may overwrite it
 
     @torch.inference_mode()
-    def sample_windows(self, sampler, x0, noise, rows, fps_rows, ctx_rows, s1, s2, step_noise=None, callback=None):
+    def sample_windows(self, sampler, x0, noise, rows, fps_rows, ctx_rows, s1, s2, step_noise=None, callback=None,
+                       seen=None):
         """The batch's whole sampling loop on this backend's device (runtime/engines/torch_sampling.py)."""
         if not self.device_loop or (self.max_batch and rows.shape[0] > self.max_batch):
             return None
@@ -198,7 +199,7 @@ class TorchBackend(Backend):
                 raise Interrupted("interrupted")
 
         return torch_sampling.run(sampler, self._unet, x0, noise, rows, fps_rows, ctx_rows, s1, s2, self.dtype,
-                                  self.device, step_noise, callback, stopped=stopped)
+                                  self.device, step_noise, callback, stopped=stopped, seen=seen)
 
     def interrupt(self) -> None:
         # A GPU kernel cannot be aborted: the sampling loops in flight stop at their next step; later calls run.

@@ -236,10 +236,12 @@ class TensorRTBackend(Backend):
         self.memory = {"weights_bytes": self.weights_bytes, "activation_bytes": act_bytes,
                        "total_bytes": total, "free_after_load_bytes": free}
 
-    def sample_windows(self, sampler, x0, noise, rows, fps_rows, ctx_rows, s1, s2, step_noise=None, callback=None):
+    def sample_windows(self, sampler, x0, noise, rows, fps_rows, ctx_rows, s1, s2, step_noise=None, callback=None,
+                       seen=None):
         """A batch of windows sampled on the GPU (runtime/engines/device_sampling.py); None when this batch
         cannot be (its rows are not one profile, the kernels do not load): the pipeline then runs the
-        host loop over ``unet``."""
+        host loop over ``unet``. ``seen`` is not called: the fused kernels keep the eps on the device (live
+        previews need the host loop, M3DDM_DEVICE_LOOP=0, or another backend)."""
         n = rows.shape[0]
         if not self.device_loop or n not in self._unet_profile:
             return None

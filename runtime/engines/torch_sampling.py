@@ -33,10 +33,11 @@ def apply(u, x: torch.Tensor, saved, eps_terms, z=None) -> torch.Tensor:
 
 
 def run(sampler, unet, x0, noise, rows, fps_rows, ctx_rows, s1: float, s2: float, dtype, device, step_noise=None,
-        callback=None, stopped=None) -> np.ndarray:
+        callback=None, stopped=None, seen=None) -> np.ndarray:
     """The final latents [W, 4, F, h, w] of W windows. ``unet(sample, timestep, fps, context)`` takes device
     tensors; ``rows`` [3W, 5, F, h, w] are the UNet input's channels 4..8, branch-major; ``stopped()`` is asked
-    before each step (a cancelled job raises there)."""
+    before each step (a cancelled job raises there); ``seen`` as for ``samplers.iterate``, with device tensors (a
+    preview copies the little it shows to the host, now and then)."""
     n = rows.shape[0]
     x = torch.from_numpy(sampler.add_noise(np.asarray(x0, np.float32), np.asarray(noise, np.float32))).to(device)
     sample = torch.empty((n, 9, *x.shape[2:]), dtype=dtype, device=device)
@@ -59,4 +60,4 @@ def run(sampler, unet, x0, noise, rows, fps_rows, ctx_rows, s1: float, s2: float
         if callback is not None:
             callback(i, t)
 
-    return samplers.iterate(sampler, x, eps, draw, apply, after).cpu().numpy()
+    return samplers.iterate(sampler, x, eps, draw, apply, after, seen).cpu().numpy()

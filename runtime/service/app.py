@@ -15,10 +15,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 import anyio
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,8 +28,10 @@ from m3ddm.errors import InputError, first_line
 from runtime.service import contract, upload
 from runtime.service.disk import DiskFull
 from runtime.service.docs import add_docs
+from runtime.service.events import CHECK_S, HEARTBEAT_S, POLL_S, PREVIEW
 from runtime.service.jobs import JobQueue, QueueClosed, QueueFull
 from runtime.service.metrics import Metrics
+from runtime.service.store import FINISHED
 
 PAGE = Path(__file__).with_name("page.html")
 MAX_OFFSET = 2**63 - 1  # SQLite's largest integer
@@ -206,6 +208,67 @@ def _job_routes(app: FastAPI, queue: JobQueue, v1: list, auth: tuple) -> None:
         if found is None:
             raise HTTPException(404, "no such job")
         return {**_view(found), "status": "deleted"}
+
+    _live_routes(app, queue, v1, auth, _job)
+
+
+def _live_routes(app: FastAPI, queue: JobQueue, v1: list, auth: tuple, job) -> None:
+    """A job's progress as Server-Sent Events and its latest preview (runtime/service/events.py), behind the /v1
+    token; ``job(id)`` its record, or 404."""
+    events = queue.events
+
+    @app.get("/v1/jobs/{job_id}/events", dependencies=v1, response_class=Response,
+             summary="The job's progress as Server-Sent Events, ending with its final status",
+             responses={200: {"description": "``progress`` events, then one ``status`` event",
+                              "content": {"text/event-stream": {"schema": contract.SSE_EVENT}}},
+                        **contract.errors(*auth, 404, 422)})
+    async def job_events(request: Request, job_id: str,
+                         last_event_id: str | None = Header(None, alias="Last-Event-ID", max_length=64)):
+        record = await anyio.to_thread.run_sync(job, job_id)
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        if request.method == "HEAD":
+            return Response(media_type="text/event-stream", headers=headers)
+        return StreamingResponse(_stream(request, record["id"], events.parse(last_event_id)),
+                                 media_type="text/event-stream", headers=headers)
+
+    async def _stream(request: Request, job_id: str, last: int | None):
+        checked = beat = time.monotonic()
+        first = True
+        while True:
+            sent, ended = events.after(job_id, last)
+            for seq, event in sent:
+                last = seq
+                yield events.frame(seq, "progress", event)
+            now = time.monotonic()
+            if first or ended or now - checked >= CHECK_S:
+                first, checked = False, now
+                record = await anyio.to_thread.run_sync(queue.store.get, job_id)
+                if record is None or record["status"] in FINISHED:
+                    for seq, event in events.after(job_id, last)[0]:  # what came between
+                        yield events.frame(seq, "progress", event)
+                    final = _view(record) if record is not None else {"id": job_id, "status": "deleted"}
+                    yield events.frame(events.now(), "status", final)
+                    return
+            if now - beat >= HEARTBEAT_S:
+                beat = now
+                yield b": keep-alive\n\n"
+            if await request.is_disconnected():
+                return
+            await anyio.sleep(POLL_S)
+
+    @app.get("/v1/jobs/{job_id}/preview", dependencies=v1, response_class=Response,
+             summary="The latest preview of the job's output as it forms",
+             responses={200: {"description": "a JPEG", "content": {"image/jpeg": {"schema": {"type": "string"}}}},
+                        **contract.errors(*auth, 404, 410, 422)})
+    def preview(job_id: str):
+        folder = queue.folder(job(job_id)["id"])
+        try:
+            image = (folder / PREVIEW).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            if not folder.is_dir():
+                raise HTTPException(410, "the job's files are removed") from None
+            raise HTTPException(404, "no preview yet") from None
+        return Response(image, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
 def _operations(app: FastAPI, queue: JobQueue, metrics, backend: str) -> None:

@@ -67,8 +67,15 @@ class Healthy(BaseModel):
     status: Literal["ok"]
 
 
+# One Server-Sent Event of GET /v1/jobs/{id}/events: "progress" (the fields of --progress jsonl) or "status" (the
+# job as GET /v1/jobs/{id} shows it), its data JSON, its id what Last-Event-ID resumes from.
+SSE_EVENT = {"type": "object", "required": ["id", "event", "data"],
+             "properties": {"id": {"type": "string"}, "event": {"type": "string", "enum": ["progress", "status"]},
+                            "data": {"type": "string", "contentMediaType": "application/json"}}}
+
 WHY = {400: "a malformed request (a client gone mid-upload)",
-       401: "the bearer token is missing or wrong", 404: "no such job (or no such result of it)",
+       401: "the bearer token is missing or wrong", 404: "no such job (or no such result or preview of it yet)",
+       410: "the job's files are removed (it failed, or expired)",
        408: "the upload stalled", 413: "the upload is over --max-upload-mb", 415: "the body is not multipart/form-data",
        422: "a bad option, form or parameter",
        429: "more than --max-queue jobs are waiting", 503: "the service is shutting down",

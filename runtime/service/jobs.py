@@ -7,6 +7,7 @@ token and progress.
     DATA/jobs/ID/input.EXT    the upload, moved here when the job is accepted
     DATA/jobs/ID/work/        the job's checkpoints (runtime/workdir.py) while it runs
     DATA/jobs/ID/out_LABEL.mp4  the results
+    DATA/jobs/ID/preview.jpg  the latest preview while it runs (runtime/preview.py), kept with the results
 
 Nothing is lost on a crash: a queued job stays queued, and a job found "running" when the queue opens (its
 process was killed) goes back to the head of the queue and resumes from its work dir, finishing with the
@@ -27,9 +28,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from m3ddm.errors import Cancelled, InputError, first_line
-from runtime.callbacks import FileOutpainter
+from runtime.callbacks import FileOutpainter, event_record
 from runtime.options import FORM_FIELDS, settings_from_form  # noqa: F401 (FORM_FIELDS: the API)
+from runtime.preview import PreviewOptions
 from runtime.service.disk import DiskFull, free_mb, full, is_full
+from runtime.service.events import PREVIEW, JobEvents
 from runtime.service.form import check_form
 from runtime.service.store import FINISHED, STATUSES, JobStore  # noqa: F401 (STATUSES, JobStore: the API)
 from runtime.streaming import output_paths
@@ -65,6 +68,7 @@ class JobQueue:
         self._problem: str | None = None  # why the workers cannot go on just now (a full disk), or None
         self.on_finish = None  # callable(job record, seconds, frames or None) after every job (metrics)
         self._lock = threading.Lock()
+        self.events = JobEvents()  # what GET /v1/jobs/{id}/events streams
         for job_id in self.store.requeue_running():
             log.warning(f"job {job_id} was running when the service stopped: it resumes from its checkpoint")
         self._sweep()
@@ -172,7 +176,8 @@ class JobQueue:
             paths = output_paths(folder / "out.mp4", settings.labels)
             frames = outpainter.outpaint_file(folder / job["input"], folder / "out.mp4", settings=settings,
                                               encode=self.encode, progress=self._progress(job_id), cancel=cancel,
-                                              work_dir=folder / "work")["frames"]
+                                              work_dir=folder / "work", preview=PreviewOptions(
+                                                  form="number", path=str(folder / PREVIEW)))["frames"]
             end = {"status": "succeeded", "outputs": {label: p.name for label, p in paths.items()},
                    "progress": {"fraction": 1.0, "stage": "finish"}}
         except Cancelled:  # draining: the checkpoint stays, the job resumes on the next start (else: deleted)
@@ -183,7 +188,9 @@ class JobQueue:
         deleted = cancel.is_set() and not self._stop.is_set()  # while it ran, or just as it ended
         if deleted:
             self._remove_files(job_id)  # first: on a full disk, the room to delete its record in
-        if not self._record_end(job_id, None if deleted else end):
+        recorded = self._record_end(job_id, None if deleted else end)
+        self.events.end(job_id)
+        if not recorded:
             self._remove_files(job_id)  # its record was deleted while it ran
             return
         record = self.store.get(job_id)
@@ -197,6 +204,7 @@ class JobQueue:
         last = [0.0]
 
         def progress(event):
+            self.events.publish(job_id, event_record(event))
             now = time.monotonic()
             if event.get("stage") != "sample" or now - last[0] < PROGRESS_EVERY_S:
                 return
