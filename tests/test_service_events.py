@@ -3,6 +3,7 @@ events in order ending with the job's status, behind the token; a reconnect with
 a client that stops reading gets the latest state, not a backlog; the preview is a JPEG, 404 before there is one
 and 410 once the job's files are gone. The event store itself is bounded whatever a job emits."""
 import json
+import shutil
 import socket
 
 import cv2
@@ -136,3 +137,30 @@ def test_the_event_store_is_bounded_and_a_lagging_client_skips_to_the_latest():
         events.publish(f"job{k}", {})
     assert len(events._jobs) == 256
     assert events.parse(f"{events.boot}.12") == 12 and events.parse("other.12") is None and events.parse("x") is None
+
+
+def test_a_job_shows_its_input_and_place_in_line_and_serves_its_source(service, short_clip, tmp_path):
+    first = submit(service, short_clip, steps=400).json()["id"]  # runs while the second waits
+    while service.get(f"/v1/jobs/{first}").json()["status"] == "queued":
+        pass
+    named = tmp_path / "<b>x&amp; clip.mp4"  # shown as given
+    shutil.copy(short_clip, named)
+    second = submit(service, named, steps=2).json()["id"]
+    job = service.get(f"/v1/jobs/{second}").json()
+    assert job["status"] == "queued" and job["queue_position"] == 1
+    assert service.get(f"/v1/jobs/{first}").json()["queue_position"] is None  # running
+    assert job["input"]["name"] == named.name and job["input"]["bytes"] == named.stat().st_size
+    assert job["input"]["duration_s"] == pytest.approx(8 / 24, abs=0.05)
+    listed = {j["id"]: j for j in service.get("/v1/jobs").json()["jobs"]}
+    assert listed[second]["input"] == job["input"]
+    res = service.get(f"/v1/jobs/{second}/source")
+    assert res.status_code == 200 and res.content == named.read_bytes() and res.headers["content-type"] == "video/mp4"
+    assert httpx.get(f"{service.base_url}/v1/jobs/{second}/source").status_code == 401
+    assert service.delete(f"/v1/jobs/{first}").status_code == 200
+    assert finished(service, second)["queue_position"] is None
+    assert service.get("/v1/jobs/nosuchjob/source").status_code == 404
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    failed = submit(service, bad).json()["id"]
+    assert finished(service, failed)["input"] == {"name": "bad.mp4", "bytes": 11, "duration_s": None}
+    assert service.get(f"/v1/jobs/{failed}/source").status_code == 410  # removed with the failed job's files

@@ -7,18 +7,15 @@ Every refusal is one line, ``{"detail": ...}``; a method a path does not take is
 """
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import quote
 
-import anyio
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,47 +25,12 @@ from m3ddm.errors import InputError, first_line
 from runtime.service import contract, upload
 from runtime.service.disk import DiskFull
 from runtime.service.docs import add_docs
-from runtime.service.events import CHECK_S, HEARTBEAT_S, POLL_S, PREVIEW
 from runtime.service.jobs import JobQueue, QueueClosed, QueueFull
+from runtime.service.live import OpenedFile, add_live_routes
 from runtime.service.metrics import Metrics
-from runtime.service.store import FINISHED
 
 PAGE = Path(__file__).with_name("page.html")
 MAX_OFFSET = 2**63 - 1  # SQLite's largest integer
-
-
-def _view(job: dict) -> dict:
-    """A job record as the API shows it."""
-    progress = job.get("progress") or {}
-    outputs = job.get("outputs") or {}
-    return {"id": job["id"], "status": job["status"],
-            "progress": {"fraction": 1.0 if job["status"] == "succeeded" else progress.get("fraction", 0.0),
-                         "stage": progress.get("stage", job["status"]),
-                         "windows_done": progress.get("windows_done"), "windows": progress.get("windows"),
-                         "eta_s": progress.get("eta_s")},
-            "error": job.get("error"),
-            "outputs": {label: f"/v1/jobs/{quote(job['id'], safe='')}/result/{quote(label, safe='')}"
-                        for label in outputs},
-            "created": job.get("created"), "started": job.get("started"), "finished": job.get("finished")}
-
-
-class _OpenedResult(FileResponse):
-    """A result sent from the file opened before the answer starts: a DELETE meanwhile removes its name, not
-    what is being sent."""
-
-    def __init__(self, file, **options):
-        super().__init__(file.name, stat_result=os.fstat(file.fileno()), **options)
-        self._file = file
-
-    @asynccontextmanager
-    async def _open_file(self):
-        yield anyio.wrap_file(self._file)
-
-    async def __call__(self, scope, receive, send):
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._file.close()
 
 
 def _allowed(app: FastAPI, scope) -> list[str]:
@@ -172,7 +134,9 @@ def _job_routes(app: FastAPI, queue: JobQueue, v1: list, auth: tuple) -> None:
     @app.get("/v1/jobs", dependencies=v1, response_model=contract.Jobs, summary="The jobs, newest first",
              responses=contract.errors(*auth, 422))
     def jobs(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_OFFSET)):
-        return {"jobs": [_view(j) for j in queue.store.list(limit, offset)], "limit": limit, "offset": offset}
+        positions = queue.store.positions()
+        return {"jobs": [contract.view(j, positions.get(j["id"])) for j in queue.store.list(limit, offset)],
+                "limit": limit, "offset": offset}
 
     def _job(job_id: str) -> dict:
         job = queue.store.get(job_id) if len(job_id) < 64 else None
@@ -183,7 +147,9 @@ def _job_routes(app: FastAPI, queue: JobQueue, v1: list, auth: tuple) -> None:
     @app.get("/v1/jobs/{job_id}", dependencies=v1, response_model=contract.Job, summary="A job",
              responses=contract.errors(*auth, 404, 422))
     def job(job_id: str):
-        return _view(_job(job_id))
+        record = _job(job_id)
+        position = queue.store.positions().get(record["id"]) if record["status"] == "queued" else None
+        return contract.view(record, position)
 
     @app.get("/v1/jobs/{job_id}/result/{label}", dependencies=v1, response_class=Response,
              summary="A result (range requests: a browser can seek)",
@@ -198,7 +164,7 @@ def _job_routes(app: FastAPI, queue: JobQueue, v1: list, auth: tuple) -> None:
             file = None  # deleted meanwhile
         if file is None:
             raise HTTPException(404, "no such result (the job has not succeeded, or has no such target)")
-        return _OpenedResult(file, media_type="video/mp4", filename=f"{job_id}_{label}.mp4")
+        return OpenedFile(file, media_type="video/mp4", filename=f"{job_id}_{label}.mp4")
 
     @app.delete("/v1/jobs/{job_id}", dependencies=v1, response_model=contract.Deleted,
                 summary="Delete a job with its files (a queued or running one is cancelled: within one step)",
@@ -207,68 +173,9 @@ def _job_routes(app: FastAPI, queue: JobQueue, v1: list, auth: tuple) -> None:
         found = queue.delete(job_id) if len(job_id) < 64 else None
         if found is None:
             raise HTTPException(404, "no such job")
-        return {**_view(found), "status": "deleted"}
+        return {**contract.view(found), "status": "deleted"}
 
-    _live_routes(app, queue, v1, auth, _job)
-
-
-def _live_routes(app: FastAPI, queue: JobQueue, v1: list, auth: tuple, job) -> None:
-    """A job's progress as Server-Sent Events and its latest preview (runtime/service/events.py), behind the /v1
-    token; ``job(id)`` its record, or 404."""
-    events = queue.events
-
-    @app.get("/v1/jobs/{job_id}/events", dependencies=v1, response_class=Response,
-             summary="The job's progress as Server-Sent Events, ending with its final status",
-             responses={200: {"description": "``progress`` events, then one ``status`` event",
-                              "content": {"text/event-stream": {"schema": contract.SSE_EVENT}}},
-                        **contract.errors(*auth, 404, 422)})
-    async def job_events(request: Request, job_id: str,
-                         last_event_id: str | None = Header(None, alias="Last-Event-ID", max_length=64)):
-        record = await anyio.to_thread.run_sync(job, job_id)
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        if request.method == "HEAD":
-            return Response(media_type="text/event-stream", headers=headers)
-        return StreamingResponse(_stream(request, record["id"], events.parse(last_event_id)),
-                                 media_type="text/event-stream", headers=headers)
-
-    async def _stream(request: Request, job_id: str, last: int | None):
-        checked = beat = time.monotonic()
-        first = True
-        while True:
-            sent, ended = events.after(job_id, last)
-            for seq, event in sent:
-                last = seq
-                yield events.frame(seq, "progress", event)
-            now = time.monotonic()
-            if first or ended or now - checked >= CHECK_S:
-                first, checked = False, now
-                record = await anyio.to_thread.run_sync(queue.store.get, job_id)
-                if record is None or record["status"] in FINISHED:
-                    for seq, event in events.after(job_id, last)[0]:  # what came between
-                        yield events.frame(seq, "progress", event)
-                    final = _view(record) if record is not None else {"id": job_id, "status": "deleted"}
-                    yield events.frame(events.now(), "status", final)
-                    return
-            if now - beat >= HEARTBEAT_S:
-                beat = now
-                yield b": keep-alive\n\n"
-            if await request.is_disconnected():
-                return
-            await anyio.sleep(POLL_S)
-
-    @app.get("/v1/jobs/{job_id}/preview", dependencies=v1, response_class=Response,
-             summary="The latest preview of the job's output as it forms",
-             responses={200: {"description": "a JPEG", "content": {"image/jpeg": {"schema": {"type": "string"}}}},
-                        **contract.errors(*auth, 404, 410, 422)})
-    def preview(job_id: str):
-        folder = queue.folder(job(job_id)["id"])
-        try:
-            image = (folder / PREVIEW).read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            if not folder.is_dir():
-                raise HTTPException(410, "the job's files are removed") from None
-            raise HTTPException(404, "no preview yet") from None
-        return Response(image, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+    add_live_routes(app, queue, v1, auth, _job)
 
 
 def _operations(app: FastAPI, queue: JobQueue, metrics, backend: str) -> None:

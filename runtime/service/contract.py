@@ -6,6 +6,7 @@ server, keeps them in step (tests/test_service_contract.py)."""
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
@@ -32,9 +33,17 @@ class Progress(BaseModel):
     eta_s: float | None = Field(description="seconds left, estimated")
 
 
+class Input(BaseModel):
+    name: str | None = Field(description="the uploaded file's name, as the client gave it")
+    bytes: int | None = Field(ge=0)
+    duration_s: float | None = Field(ge=0, description="as the container declares it; none for an image")
+
+
 class Job(BaseModel):
     id: str
     status: Status
+    queue_position: int | None = Field(ge=1, description="1: the next to run; only while queued")
+    input: Input
     progress: Progress
     error: str | None = Field(description="why it failed, in one line")
     outputs: dict[str, str] = Field(description="label (9x16, pad, ...) -> the URL of the result")
@@ -80,6 +89,23 @@ WHY = {400: "a malformed request (a client gone mid-upload)",
        422: "a bad option, form or parameter",
        429: "more than --max-queue jobs are waiting", 503: "the service is shutting down",
        507: "the service's data disk is full"}
+
+
+def view(job: dict, position: int | None = None) -> dict:
+    """A job record as the API shows it; ``position`` its place in the queue when queued."""
+    progress = job.get("progress") or {}
+    outputs = job.get("outputs") or {}
+    source = job.get("source") or {}
+    return {"id": job["id"], "status": job["status"], "queue_position": position,
+            "input": {key: source.get(key) for key in ("name", "bytes", "duration_s")},
+            "progress": {"fraction": 1.0 if job["status"] == "succeeded" else progress.get("fraction", 0.0),
+                         "stage": progress.get("stage", job["status"]),
+                         "windows_done": progress.get("windows_done"), "windows": progress.get("windows"),
+                         "eta_s": progress.get("eta_s")},
+            "error": job.get("error"),
+            "outputs": {label: f"/v1/jobs/{quote(job['id'], safe='')}/result/{quote(label, safe='')}"
+                        for label in outputs},
+            "created": job.get("created"), "started": job.get("started"), "finished": job.get("finished")}
 
 
 def errors(*codes: int) -> dict:

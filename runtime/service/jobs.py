@@ -4,7 +4,7 @@ token and progress.
 
     DATA/jobs.sqlite3         one row per job (status, options, progress, outputs, error, times)
     DATA/uploads/             uploads while they arrive (runtime/service/upload.py)
-    DATA/jobs/ID/input.EXT    the upload, moved here when the job is accepted
+    DATA/jobs/ID/input.EXT    the upload, moved here when the job is accepted (GET /v1/jobs/{id}/source)
     DATA/jobs/ID/work/        the job's checkpoints (runtime/workdir.py) while it runs
     DATA/jobs/ID/out_LABEL.mp4  the results
     DATA/jobs/ID/preview.jpg  the latest preview while it runs (runtime/preview.py), kept with the results
@@ -36,6 +36,7 @@ from runtime.service.events import PREVIEW, JobEvents
 from runtime.service.form import check_form
 from runtime.service.store import FINISHED, STATUSES, JobStore  # noqa: F401 (STATUSES, JobStore: the API)
 from runtime.streaming import output_paths
+from runtime.video import duration
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,8 @@ class JobQueue:
         try:
             folder.mkdir()
             shutil.move(str(upload), target)
-            record = self.store.add(job_id, {**form, "labels": settings.labels}, target.name)
+            source = {"name": (filename or "")[:255], "bytes": target.stat().st_size, "duration_s": duration(target)}
+            record = self.store.add(job_id, {**form, "labels": settings.labels}, target.name, source)
         except BaseException as exc:
             shutil.rmtree(folder, ignore_errors=True)
             if is_full(exc) and not isinstance(exc, DiskFull):

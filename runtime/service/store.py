@@ -30,6 +30,8 @@ class JobStore:
                 id TEXT PRIMARY KEY, seq INTEGER, status TEXT NOT NULL, options TEXT NOT NULL, input TEXT NOT NULL,
                 progress TEXT, outputs TEXT, error TEXT, created REAL NOT NULL, started REAL, finished REAL)""")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq)")
+            if "source" not in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}:  # records of earlier versions
+                db.execute("ALTER TABLE jobs ADD COLUMN source TEXT")
 
     def _db(self) -> _Transaction:
         db = getattr(self._local, "db", None)
@@ -48,16 +50,18 @@ class JobStore:
     @staticmethod
     def _job(row) -> dict:
         job = dict(row)
-        for key in ("options", "progress", "outputs"):
+        for key in ("options", "progress", "outputs", "source"):
             job[key] = json.loads(job[key]) if job[key] else None
         job.pop("seq", None)
         return job
 
-    def add(self, job_id: str, options: dict, input_name: str) -> dict:
+    def add(self, job_id: str, options: dict, input_name: str, source: dict | None = None) -> dict:
+        """A new queued job; ``source`` what the API shows of its input (name, bytes, duration_s)."""
         with self._db() as db:
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
-            db.execute("INSERT INTO jobs (id, seq, status, options, input, created) VALUES (?, ?, 'queued', ?, ?, ?)",
-                       (job_id, seq, json.dumps(options), input_name, time.time()))
+            db.execute("INSERT INTO jobs (id, seq, status, options, input, source, created) "
+                       "VALUES (?, ?, 'queued', ?, ?, ?, ?)",
+                       (job_id, seq, json.dumps(options), input_name, json.dumps(source), time.time()))
         job = self.get(job_id)
         assert job is not None, job_id  # its id is new and secret: nothing else can have deleted it yet
         return job
@@ -70,6 +74,12 @@ class JobStore:
         with self._db() as db:
             rows = db.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
         return [self._job(r) for r in rows]
+
+    def positions(self) -> dict[str, int]:
+        """{id: place in the queue} of the queued jobs, 1 the next to run."""
+        with self._db() as db:
+            rows = db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq").fetchall()
+        return {r[0]: k for k, r in enumerate(rows, 1)}
 
     def ids(self) -> set[str]:
         with self._db() as db:

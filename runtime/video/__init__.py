@@ -7,6 +7,7 @@ from runtime.video.source import (
     VideoError,
     VideoInfo,
     check_input,
+    duration,
     fps_from_times,
     iter_frames,
     open_media,
@@ -16,5 +17,5 @@ from runtime.video.source import (
 )
 
 __all__ = ["EncodeOptions", "MEDIA_DEMUXERS", "VideoError", "VideoInfo", "VideoWriter", "check_input",
-           "check_output_path", "fps_from_times", "iter_frames", "open_media", "packet_times", "probe", "read_video",
-           "write_video"]
+           "check_output_path", "duration", "fps_from_times", "iter_frames", "open_media", "packet_times", "probe",
+           "read_video", "write_video"]

@@ -223,6 +223,24 @@ def probe(path, stream: int | None = None) -> VideoInfo:
         container.close()
 
 
+def duration(path) -> float | None:
+    """The video's length in seconds as its container or stream declares it (no decoding), None where neither
+    does (a still image) or the file cannot be opened."""
+    try:
+        container = open_media(path)
+    except VideoError:
+        return None
+    try:
+        if container.duration:
+            return container.duration / 1e6  # AV_TIME_BASE
+        vs = container.streams.video[0] if container.streams.video else None
+        if vs is not None and vs.duration and vs.time_base:
+            return float(vs.duration * vs.time_base)
+        return None
+    finally:
+        container.close()
+
+
 def check_input(path, stream: int | None = None, max_pixels: int | None = None) -> VideoInfo:
     """What a run checks of its input before any work (an upload before it is queued): the file opens as a
     video (open_media) and its first frame decodes within the pixel budget. Raises VideoError (one line)."""
