@@ -44,7 +44,7 @@ test-all: setup
 # Several Ray nodes on this machine and their faults (a node lost mid-batch, a worker killed mid-level and
 # mid-job, the head gone): minutes, so marked slow and run here, not by `make test`.
 test-cluster: setup
-	$(PY) -m pytest -q -m slow tests/test_cluster_nodes.py
+	$(PY) -m pytest -q -m slow tests/test_cluster_nodes.py tests/test_cluster.py
 
 # The GPU tests (TensorRT, ORT CUDA, kernels); they skip, saying why, where a part is missing.
 test-gpu: setup

@@ -80,6 +80,9 @@ def test_a_batch_gives_the_command_lines_outputs_a_broken_file_fails_alone_and_a
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")} == stamps  # nothing sampled again
 
 
+# Slow (make test-cluster): the same resume is held there on several nodes with the head killed
+# (test_cluster_nodes.py); the default suite's time goes to what nothing else holds.
+@pytest.mark.slow
 def test_a_killed_batch_completes_when_run_again(engines, clips, references, ray_cluster, tmp_path):
     out = tmp_path / "out"
     inputs = [clips / "clip0.mp4", clips / "clip1.mp4"]

@@ -46,8 +46,8 @@ def test_outpaint_and_batch_take_each_run_option_from_the_table(flag, monkeypatc
 
 def test_the_two_commands_take_no_run_option_outside_the_table():
     own = {"outpaint": {"-o", "--output", "--no-overwrite", "--work-dir", "--restart", "--keep-work-dir",
-                        "--progress", "--json", "--quiet", "--help"},
-           "batch": {"--out-dir", "--report", "--quiet", "--help"}}
+                        "--progress", "--preview", "--preview-decoder", "--json", "--quiet", "--help"},
+           "batch": {"--out-dir", "--work-dir", "--report", "--quiet", "--help"}}
     for name, module in (("outpaint", outpaint), ("batch", batch)):
         flags = set(_actions(module.parser()))
         assert flags - own[name] == set(RUN_FLAGS), name

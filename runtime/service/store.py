@@ -62,9 +62,9 @@ class JobStore:
             db.execute("INSERT INTO jobs (id, seq, status, options, input, source, created) "
                        "VALUES (?, ?, 'queued', ?, ?, ?, ?)",
                        (job_id, seq, json.dumps(options), input_name, json.dumps(source), time.time()))
-        job = self.get(job_id)
-        assert job is not None, job_id  # its id is new and secret: nothing else can have deleted it yet
-        return job
+            # Read in the same transaction: once it commits, a worker may claim the job before a second read,
+            # and the job would be answered "running" where the API promises the 202's "queued".
+            return self._job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
     def get(self, job_id: str) -> dict | None:
         with self._db() as db:
