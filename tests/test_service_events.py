@@ -77,7 +77,7 @@ def test_events_come_in_order_end_with_the_status_and_resume(service, short_clip
 
 
 def test_a_reader_that_stalls_holds_up_neither_the_job_nor_other_clients(service, short_clip):
-    job_id = submit(service, short_clip, steps=20).json()["id"]
+    job_id = submit(service, short_clip, steps=32).json()["id"]  # more events than the server keeps
     slow = socket.socket()
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # before connecting: a small window
     slow.connect((service.base_url.host, service.base_url.port))
@@ -102,6 +102,11 @@ def test_a_reader_that_stalls_holds_up_neither_the_job_nor_other_clients(service
     # skipped (over loopback the kernel's buffers take a small job's whole stream, so this cannot force that case;
     # the event store's test below does)
     assert len(lagging) <= len(follower)
+    # the same over HTTP, by the client's own Last-Event-ID: one further behind than the server keeps gets the
+    # latest state, not a backlog
+    assert len(follower) > RECENT + 2
+    behind = stream(service, job_id, last=follower[0]["id"])
+    assert [f["event"] for f in behind] == ["progress", "status"] and behind[0]["data"] == follower[-2]["data"]
     assert service.get("/readyz").status_code == 200
 
 
