@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 import media
-from test_service_http import server, submit
+from test_service_http import submit, token_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -35,8 +35,7 @@ def page(engines, tmp_path_factory):
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                 "--autoplay-policy=no-user-gesture-required", "--window-size=1100,1300"):
         options.add_argument(arg)
-    with server(engines, tmp_path_factory.mktemp("page") / "data", "--token", TOKEN) as client:
-        client.headers["Authorization"] = f"Bearer {TOKEN}"
+    with token_server(engines, tmp_path_factory.mktemp("page") / "data", TOKEN) as client:
         browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
         try:
             browser.get(str(client.base_url))
@@ -44,7 +43,6 @@ def page(engines, tmp_path_factory):
             yield client, browser
         finally:
             browser.quit()
-    assert "Traceback" not in client.log, client.log
 
 
 def text(browser, element_id: str) -> str:

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from runtime.service.form import FORM_FIELDS
-from test_service_http import finished, server, submit
+from test_service_http import finished, submit, token_server
 from test_service_jobs import short_clip  # noqa: F401 (fixture)
 
 httpx = pytest.importorskip("httpx")
@@ -20,10 +20,8 @@ TOKEN = "s3cret"
 
 @pytest.fixture(scope="module")
 def service(engines, tmp_path_factory):
-    with server(engines, tmp_path_factory.mktemp("contract") / "data", "--token", TOKEN) as client:
-        client.headers["Authorization"] = f"Bearer {TOKEN}"
+    with token_server(engines, tmp_path_factory.mktemp("contract") / "data", TOKEN) as client:
         yield client
-    assert "Traceback" not in client.log, client.log
 
 
 def test_schemathesis_finds_nothing_against_the_real_server(service, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from runtime.service.events import RECENT, JobEvents
-from test_service_http import finished, server, submit
+from test_service_http import finished, submit, token_server
 from test_service_jobs import short_clip  # noqa: F401 (fixture)
 
 httpx = pytest.importorskip("httpx")
@@ -42,10 +42,8 @@ def seq(frame) -> int:
 
 @pytest.fixture(scope="module")
 def service(engines, tmp_path_factory):
-    with server(engines, tmp_path_factory.mktemp("events") / "data", "--token", TOKEN) as client:
-        client.headers["Authorization"] = f"Bearer {TOKEN}"
+    with token_server(engines, tmp_path_factory.mktemp("events") / "data", TOKEN) as client:
         yield client
-    assert "Traceback" not in client.log, client.log
 
 
 def test_events_come_in_order_end_with_the_status_and_resume(service, short_clip):

@@ -67,6 +67,15 @@ def server(engines, data, *extra, command=(sys.executable, "-m", "runtime.serve"
         client.log = proc.communicate()[1]  # the server's stderr, for a test to read after the `with`
 
 
+@contextmanager
+def token_server(engines, data, token, *extra):
+    """``server`` with ``--token``, its client sending that token; the server's log must hold no traceback."""
+    with server(engines, data, "--token", token, *extra) as client:
+        client.headers["Authorization"] = f"Bearer {token}"
+        yield client
+    assert "Traceback" not in client.log, client.log
+
+
 def submit(client, path, **fields):
     with open(path, "rb") as f:
         return client.post("/v1/jobs", files={"file": (path.name, f, "video/mp4")},
