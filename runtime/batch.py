@@ -137,6 +137,12 @@ def remove_stale_partials(paths: dict) -> None:
             p.unlink(missing_ok=True)
 
 
+def remove_all_partials(outputs: dict) -> None:
+    """remove_stale_partials of every video's outputs ({input: {label: output path}})."""
+    for paths in outputs.values():
+        remove_stale_partials(paths)
+
+
 def out_folders(args) -> tuple[Path, storage.ObjectUrl | None]:
     """(the local folder of the outputs, work dirs, lock and report; the prefix the outputs are uploaded to, for
     a URL as --out-dir, whose bucket is checked now). A URL's local folder is --work-dir, or one per URL in the
@@ -189,6 +195,7 @@ def main(argv=None) -> int:
     retried: list[str] = []
 
     def body():
+        from runtime.cluster_connect import on_head_lost  # imports no Ray
         (out_dir / WORK).mkdir(parents=True, exist_ok=True)
         lock = open(out_dir / LOCK, "w")
         try:
@@ -222,10 +229,10 @@ def main(argv=None) -> int:
                              "attempts": str(out_dir / ATTEMPTS / path.stem),
                              "uploads": {k: str(v) for k, v in uploads[path].items()}})
             if rows:
+                on_head_lost(lambda: remove_all_partials(outputs))  # the cluster gone: what its workers half-wrote
                 for line in run_on_ray(rows, args, run_settings, encode):
                     write(json.loads(line))
-                for path in outputs:  # every video's run has ended: what a lost worker half-wrote goes
-                    remove_stale_partials(outputs[path])
+                remove_all_partials(outputs)  # every video's run has ended: what a lost worker half-wrote goes
         log.info(f"{counts['succeeded']} succeeded, {counts['failed']} failed, {counts['skipped']} skipped in "
                  f"{time.perf_counter() - t0:.1f} s; report: {report_path}"
                  + (f"; started again (a worker lost, or an earlier run stopped): {', '.join(retried)}"
@@ -241,12 +248,7 @@ def run_on_ray(rows: list[dict], args, run_settings, encode):
     # runtime.cluster before Ray itself: importing it readies Ray's token auth, which Ray reads when imported.
     from runtime import cluster
     from runtime.batch_job import VideoJob
-    from runtime.streaming import output_paths
     started_here = not cluster.ray.is_initialized() and args.address in (None, "", "local")
-    def remove_partials():
-        for row in rows:
-            remove_stale_partials(output_paths(Path(row["output"]), run_settings.labels))
-    cluster.on_head_lost(remove_partials)
     cluster.connect(args.address, quiet=args.quiet,
                     when_lost="run the same command on a running cluster: finished videos are kept and stopped "
                               "ones resume from their work dirs")

@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 
 from m3ddm.errors import EnginesError, InputError, check_cancel
-from runtime.cluster_connect import connect, last_line, on_head_lost  # noqa: F401 (cluster.*); first: Ray token auth
+from runtime.cluster_connect import connect, last_line  # noqa: F401 (cluster.connect); first: Ray token auth
 
 try:
     import ray

@@ -253,15 +253,15 @@ def watch_head(gcs_address: str, when_lost: str, every_s: float = 1.0) -> thread
 def _gone(gcs_address: str, patience: float, when_lost: str) -> None:
     from m3ddm.errors import EXIT_ENGINES
     from m3ddm.files import remove_partials
+    from runtime.cli import fail
     for cleanup in _lost_cleanups:
         try:
             cleanup()
         except Exception:
             pass
     remove_partials()
-    print(f"error: the Ray cluster is gone (its head at {gcs_address} has not answered for {patience:.0f} s); "
-          f"{when_lost}", file=sys.stderr, flush=True)
-    os._exit(EXIT_ENGINES)
+    os._exit(fail(EXIT_ENGINES, f"the Ray cluster is gone (its head at {gcs_address} has not answered for "
+                                f"{patience:.0f} s); {when_lost}"))
 
 
 def _cluster_messages_to_log() -> None:
