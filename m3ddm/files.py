@@ -15,15 +15,20 @@ PARTIAL: set[Path] = set()
 _lock = threading.Lock()
 
 
-def file_digest(source, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file, by path or of an open binary file from where it stands."""
+def file_hash(source, h, chunk: int = 1 << 20):
+    """``h`` (a hash object: hashlib's or the same shape) fed a file's bytes, by path or of an open binary file
+    from where it stands; returns ``h``."""
     if isinstance(source, (str, os.PathLike)):
         with open(source, "rb") as f:
-            return file_digest(f, chunk)
-    h = hashlib.sha256()
+            return file_hash(f, h, chunk)
     while block := source.read(chunk):
         h.update(block)
-    return h.hexdigest()
+    return h
+
+
+def file_digest(source, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file, by path or of an open binary file from where it stands."""
+    return file_hash(source, hashlib.sha256(), chunk).hexdigest()
 
 
 def track_partial(path, active: bool = True) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from m3ddm.errors import InputError, M3DDMError
+from m3ddm.files import file_hash
 
 # scheme -> the fsspec implementation's package, named in the line that asks for it
 SCHEMES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
@@ -142,10 +143,7 @@ class _Crc32:
 
 def file_checksum(path: Path, algorithm: str) -> str:
     """``path``'s checksum as ``object_info`` writes the store's: md5 in hex, the others base64."""
-    h = _Crc32() if algorithm == "crc32" else hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * 2**20):
-            h.update(chunk)
+    h = file_hash(path, _Crc32() if algorithm == "crc32" else hashlib.new(algorithm), 8 * 2**20)
     return h.digest().hex() if algorithm == "md5" else base64.b64encode(h.digest()).decode()
 
 
