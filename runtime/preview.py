@@ -92,14 +92,6 @@ def latent_rgb(latent: np.ndarray) -> np.ndarray:
     return composite.to_uint8(rgb[None])[0]
 
 
-def preview_target(settings: Settings, height: int, width: int, scale: float = 1.0) -> geometry.Target:
-    """The first output's target around a source of ``height`` x ``width``, a frame scaled by ``scale``: the
-    ratio's, or the padding scaled with it."""
-    if settings.pad is None:
-        return geometry.ratio_target(height, width, settings.ratios[0])
-    return geometry.padding_target(height, width, [int(round(p * scale)) for p in settings.pad])
-
-
 def compose(canvas: np.ndarray, source: np.ndarray | None, box: geometry.Letterbox, settings: Settings,
             scale: float, source_size: tuple[int, int]) -> np.ndarray:
     """The preview frame: the S x S ``canvas`` composited around ``source`` (a frame scaled by ``scale`` to
@@ -109,7 +101,7 @@ def compose(canvas: np.ndarray, source: np.ndarray | None, box: geometry.Letterb
     if source is None:
         crop = canvas[box.top:box.top + box.height, box.left:box.left + box.width]
         source = cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA)
-    target = preview_target(settings, height, width, scale)
+    target = settings.targets(height, width, scale)[0]  # the first output's
     feather = None if settings.feather is None else settings.feather * scale
     return composite.composite(source, canvas, box, target, feather)
 
@@ -158,7 +150,7 @@ class Previewer:
     def _measure(self, height: int, width: int) -> None:
         """The preview's scale for a source of ``height`` x ``width``: the output within ``options.size``, and
         every frame's thumbnail within THUMBNAIL_BYTES, however long the video (smaller previews of long videos)."""
-        target = preview_target(self.settings, height, width)
+        target = self.settings.targets(height, width)[0]
         scale = min(1.0, self.options.size / max(target.height, target.width))
         self.scale = min(scale, math.sqrt(THUMBNAIL_BYTES / (3 * max(self.count, 1) * height * width)))
         self.thumb_size = _scaled(height, width, self.scale)

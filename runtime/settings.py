@@ -139,16 +139,21 @@ class Settings:
         """Refuse a frame size past the pixel budget (before it is decoded, or made)."""
         check_pixels(width, height, self.max_pixels, what)
 
+    def targets(self, height: int, width: int, scale: float = 1.0) -> list[geometry.Target]:
+        """The output videos (one per label) around a height x width source; ``scale``: a frame scaled down
+        (a preview's), its padding scaled with it."""
+        if self.pad is not None:
+            pads = self.pad if scale == 1 else [int(round(p * scale)) for p in self.pad]
+            return [geometry.padding_target(height, width, pads)]
+        return [geometry.ratio_target(height, width, r) for r in self.ratios]
+
     def layout(self, height: int, width: int, size: int) -> tuple[geometry.Letterbox, list[geometry.Target]]:
         """Where a height x width source sits in the S x S canvas, and the output videos (one per label).
         Every output must fit the pixel budget: checked here, before any sampling."""
         self.check_frame(height, width, "source frames")
-        if self.pad is not None:
-            box, targets = (geometry.padding_geometry(height, width, self.pad, size),
-                            [geometry.padding_target(height, width, self.pad)])
-        else:
-            box, targets = (geometry.letterbox_geometry(height, width, self.ratios, size),
-                            [geometry.ratio_target(height, width, r) for r in self.ratios])
+        box = (geometry.padding_geometry(height, width, self.pad, size) if self.pad is not None
+               else geometry.letterbox_geometry(height, width, self.ratios, size))
+        targets = self.targets(height, width)
         for t in targets:
             self.check_frame(t.height, t.width, f"output frames ({t.label})")
             w, h = composite.output_size(t, self.output_height)
