@@ -22,38 +22,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-NODES = ROOT / "tests" / "ray_nodes.py"
-
-
-def start_nodes(home: Path) -> tuple[subprocess.Popen, str]:
-    home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    proc = subprocess.Popen([sys.executable, str(NODES), "2"], text=True, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env={**env, "HOME": str(home), "RAY_AUTH_MODE": "disabled"})
-    assert proc.stdout is not None
-    return proc, json.loads(proc.stdout.readline())["address"]
-
-
-def send(proc: subprocess.Popen, command: str) -> dict:
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(command + "\n")
-    proc.stdin.flush()
-    return json.loads(proc.stdout.readline())
-
-
-def stop_nodes(proc: subprocess.Popen) -> None:
-    assert proc.stdin is not None
-    proc.stdin.close()
-    proc.wait(120)
 
 
 def run_batch(args, clips: list[Path], out: Path, home: Path, lose_node: bool) -> dict:
+    from ray_nodes import Nodes  # type: ignore[import-not-found]  # tests/ray_nodes.py: the tests' cluster
     from runtime.workdir import finished_windows
-    nodes, address = start_nodes(home / "cluster")
+    nodes = Nodes(home / "cluster")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     cmd = [sys.executable, "-m", "runtime.batch", *map(str, clips), "--out-dir", str(out), "--engines", args.engines,
-           "--address", address, "--workers", "2", "--steps", str(args.steps), "--threads", "1",
+           "--address", nodes.address, "--workers", "2", "--steps", str(args.steps), "--threads", "1",
            "--batch-windows", "1", "--quiet"]
     try:
         t0 = time.perf_counter()
@@ -65,16 +42,16 @@ def run_batch(args, clips: list[Path], out: Path, home: Path, lose_node: bool) -
                     raise SystemExit(f"the batch ended first: {proc.communicate()[1]}")
                 time.sleep(0.02)
             at_loss = {d.name: finished_windows(d) for d in (out / ".work").iterdir() if d.is_dir()}
-            send(nodes, "remove 1")
+            nodes.send("remove 1")
             lost_at = time.perf_counter() - t0
             time.sleep(args.down)
-            send(nodes, "add")
+            nodes.send("add")
         _, err = proc.communicate(timeout=1800)
         seconds = time.perf_counter() - t0
         if proc.returncode != 0:
             raise SystemExit(f"the batch failed: {err}")
     finally:
-        stop_nodes(nodes)
+        nodes.close()
     lines = [json.loads(l) for l in (out / "report.jsonl").read_text().splitlines()]
     result: dict[str, Any] = {"seconds": round(seconds, 2), "videos": {}}
     for line in lines:

@@ -11,16 +11,49 @@ removing one kills its processes as a lost machine would (``allow_graceful=False
 The first line out is {"address": GCS_ADDRESS, "nodes": [0, 1, ...]} once the head (no CPUs: nothing runs
 there, as on a cluster whose head only coordinates) and ``sys.argv[1]`` worker nodes are up. Token auth is
 the environment's (RAY_AUTH_MODE, RAY_AUTH_TOKEN), as for ``ray start``.
+
+``Nodes`` runs it and drives it (the tests, benchmarks/cluster_faults.py).
 """
 import json
+import os
+import subprocess
 import sys
-
-from ray.cluster_utils import Cluster
+from pathlib import Path
 
 STORE = 100 * 2**20
 
 
+class Nodes:
+    """A running cluster of this script, without token auth, its processes' home ``home``: ``address``,
+    ``send(command)`` -> its JSON answer, ``close()``."""
+
+    def __init__(self, home: Path, workers: int = 2):
+        home.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        self.proc = subprocess.Popen([sys.executable, __file__, str(workers)], text=True, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     env={**env, "HOME": str(home), "RAY_AUTH_MODE": "disabled"})
+        first = self.proc.stdout.readline()
+        assert first, "the Ray nodes did not start"
+        self.address = json.loads(first)["address"]
+
+    def send(self, command: str) -> dict:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 def main() -> None:
+    from ray.cluster_utils import Cluster
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": STORE,
                                                            "include_dashboard": False})
     nodes = {}

@@ -23,40 +23,12 @@ import pytest
 
 import media
 from conftest import ROOT, one_error_line, outpaint_cli
+from ray_nodes import Nodes
 
 pytest.importorskip("ray", reason="the cluster extra is not installed (pip install '.[cluster]')")
 pytestmark = pytest.mark.slow
 
 RUN = ("--steps", "12", "--threads", "1", "--batch-windows", "1")
-NODES = Path(__file__).with_name("ray_nodes.py")
-
-
-class Nodes:
-    """A running tests/ray_nodes.py: ``address``, ``send(command)`` -> its JSON answer, ``close()``."""
-
-    def __init__(self, home: Path, workers: int = 2):
-        home.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-        self.proc = subprocess.Popen([sys.executable, str(NODES), str(workers)], cwd=ROOT, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     env={**env, "HOME": str(home), "RAY_AUTH_MODE": "disabled"})
-        first = self.proc.stdout.readline()
-        assert first, "the Ray nodes did not start"
-        self.address = json.loads(first)["address"]
-
-    def send(self, command: str) -> dict:
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(90)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture
