@@ -55,3 +55,24 @@ def test_combine_is_the_paper_formula_in_branch_order():
     assert guidance.BRANCHES[0] == (False, False) and guidance.BRANCHES[2] == (True, True)
     with pytest.raises(ValueError):
         guidance.combine(torch.zeros(4, 1), 2, 4)
+
+
+def test_attention_beyond_the_kernels_grid_is_chunked_and_unchanged(model, monkeypatch):
+    """The temporal attention's batch (rows x pixels) past CUDA's 65,535 grid limit runs in chunks: here the
+    limit is lowered below a small call's temporal batch (2 rows x 64 pixels), and eps is unchanged."""
+    from export.model import layers
+    torch.manual_seed(2)
+    sample, context = torch.randn(2, 9, 4, 8, 8), torch.randn(2, 16, 320)
+    args = (sample, torch.tensor([961.0, 1.0]), torch.tensor([30.0, 2.0]), context)
+    calls = []
+    sdpa = layers.F.scaled_dot_product_attention
+    monkeypatch.setattr(layers.F, "scaled_dot_product_attention",
+                        lambda q, k, v: calls.append(q.shape[0]) or sdpa(q, k, v))
+    with torch.no_grad():
+        whole = model(*args)
+        n_whole = len(calls)
+        monkeypatch.setattr(layers, "SDPA_MAX_BATCH", 5)
+        chunked = model(*args)
+    assert max(calls[:n_whole]) == 2 * 8 * 8  # the temporal attention: one sequence per pixel
+    assert max(calls[n_whole:]) <= 5 and len(calls) - n_whole > n_whole
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)

@@ -18,6 +18,10 @@ from torch import nn
 TEMPORAL_POSITION_CHANNELS = 320
 TIME_MAX_PERIOD = 1000  # diffusion timestep and temporal position (docs/algorithm.md §1.3)
 FPS_MAX_PERIOD = 30
+# CUDA's grid y/z limit: PyTorch's flash and memory-efficient attention kernels put the batch there, and some
+# releases fail beyond it ("invalid configuration argument"; pytorch/pytorch#146704). The temporal attention's
+# batch is rows x h x w: 22 windows at S = 256 (66 rows x 1,024 pixels) pass it.
+SDPA_MAX_BATCH = 65535
 
 
 def sinusoid(values: torch.Tensor, channels: int, max_period: float,
@@ -183,9 +187,19 @@ class Attention(nn.Module):
             probs = scores.float().softmax(-1).to(q.dtype) if upcast else scores.softmax(-1)
             out = torch.matmul(probs, v)
         else:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = fused_attention(q, k, v)
         out = out.transpose(1, 2).reshape(b, length, c)
         return self.to_out[0](out)
+
+
+def fused_attention(q, k, v):
+    """``scaled_dot_product_attention`` in batch chunks of at most ``SDPA_MAX_BATCH``: rows are independent, so
+    the chunks give the same values, and every kernel launch stays within the grid."""
+    max_batch = SDPA_MAX_BATCH
+    if q.shape[0] <= max_batch:
+        return F.scaled_dot_product_attention(q, k, v)
+    return torch.cat([F.scaled_dot_product_attention(q[i:i + max_batch], k[i:i + max_batch], v[i:i + max_batch])
+                      for i in range(0, q.shape[0], max_batch)])
 
 
 class GEGLU(nn.Module):
