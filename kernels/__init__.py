@@ -21,6 +21,7 @@ HEADERS = ("half_bits.cuh",)  # handed to NVRTC by name: no include path is need
 ENTRY_POINTS = {"sampler_step": ("sampler_step_f32", "sampler_step_f16"),
                 "unet_input": ("scatter_noisy_f32", "scatter_noisy_f16")}
 MAX_HISTORY = 3  # earlier eps a sampler_step reads (the .cu file's MAX_HISTORY)
+OLDEST_ARCH = 70  # V100, the oldest GPU the project supports (compute capability x 10)
 
 
 class CudaError(EnginesError):
@@ -76,8 +77,32 @@ def _log(nvrtc, prog) -> str:
     return " | ".join(buf.decode(errors="replace").strip().splitlines()[:3])
 
 
-def compile_ptx(name: str, arch: str = "compute_70", use_cache: bool = True) -> bytes:
-    """PTX of kernel source ``name`` for ``arch`` (compute_70 runs on a V100 and, JIT-compiled, on newer GPUs)."""
+def supported_archs() -> list[int]:
+    """The virtual architectures this NVRTC compiles for (compute capability x 10), oldest first."""
+    return sorted(int(a) for a in check(_nvrtc().nvrtcGetSupportedArchs(), "nvrtcGetSupportedArchs"))
+
+
+def default_arch() -> str:
+    """The oldest architecture this NVRTC has, from V100's on: its PTX runs, JIT-compiled by the driver, on every
+    newer GPU. compute_70 with NVRTC 12; compute_75 with NVRTC 13, which dropped Volta."""
+    return f"compute_{[a for a in supported_archs() if a >= OLDEST_ARCH][0]}"
+
+
+def arch_for(compute_capability: str) -> str:
+    """The newest architecture this NVRTC has that a GPU of ``compute_capability`` ("9.0") runs."""
+    major, minor = (int(v) for v in compute_capability.split("."))
+    archs = supported_archs()
+    usable = [a for a in archs if a <= 10 * major + minor]
+    if not usable:
+        version = ".".join(map(str, check(_nvrtc().nvrtcVersion(), "nvrtcVersion")))
+        raise KernelError(f"NVRTC {version} cannot compile for compute {compute_capability} (its oldest is "
+                          f"compute_{archs[0]}): install NVRTC for CUDA 12, pip install 'm3ddm-runtime[kernels]'")
+    return f"compute_{usable[-1]}"
+
+
+def compile_ptx(name: str, arch: str | None = None, use_cache: bool = True) -> bytes:
+    """PTX of kernel source ``name`` for ``arch`` (default: ``default_arch()``, which runs on every supported GPU)."""
+    arch = arch or default_arch()
     source = (HERE / SOURCES[name]).read_bytes()
     headers = [(HERE / h).read_bytes() for h in HEADERS]
     nvrtc = _nvrtc()

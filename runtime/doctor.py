@@ -114,9 +114,10 @@ def diagnose(engines_dir=None) -> dict:
         report["onnxruntime_providers"] = []
     try:
         import kernels
+        arch = kernels.default_arch()
         for name in kernels.SOURCES:
-            kernels.compile_ptx(name, "compute_70")
-        report["kernels"] = "compiled (NVRTC)"
+            kernels.compile_ptx(name, arch)
+        report["kernels"] = f"compiled (NVRTC, {arch})"
     except Exception as exc:
         report["kernels"] = f"not compiled: {first_line(exc)}"
         report["problems"].append("the device kernels do not compile")
@@ -140,8 +141,7 @@ def diagnose(engines_dir=None) -> dict:
             cuda.set_device(found[0]["index"])
             report["cuda_runtime"] = _cuda_runtime_version()
             from runtime.engines import device_kernels
-            major, minor = found[0]["compute_capability"].split(".")
-            errors = device_kernels.check(f"compute_{major}{minor}")
+            errors = device_kernels.check(kernels.arch_for(found[0]["compute_capability"]))
             report["kernels_on_gpu"] = errors
             if max(errors.values()) > 1e-5:
                 report["problems"].append(f"the device kernels differ from numpy ({errors})")

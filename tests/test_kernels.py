@@ -6,11 +6,15 @@ import kernels
 from runtime import samplers
 
 ARCHS = ["compute_70", "compute_90"]  # V100 (the oldest supported) and Hopper
+NVRTC_12 = [50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86, 87, 89, 90, 100, 101, 103, 120, 121]  # what each reports
+NVRTC_13 = [75, 80, 86, 87, 88, 89, 90, 100, 103, 110, 120, 121]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("name", sorted(kernels.SOURCES))
 def test_kernel_compiles(name, arch, tmp_path, monkeypatch):
+    if int(arch.split("_")[1]) not in kernels.supported_archs():
+        pytest.skip(f"this NVRTC has no {arch} (NVRTC 13 dropped Volta; the kernels extra pins NVRTC 12)")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     ptx = kernels.compile_ptx(name, arch)
     assert f".target {arch.replace('compute', 'sm')}".encode() in ptx
@@ -19,6 +23,30 @@ def test_kernel_compiles(name, arch, tmp_path, monkeypatch):
     cached = list((tmp_path / "m3ddm" / "kernels").glob(f"{name}-{arch}-*.ptx"))
     assert len(cached) == 1 and cached[0].read_bytes() == ptx
     assert kernels.compile_ptx(name, arch) == ptx  # from the cache
+
+
+@pytest.mark.parametrize("archs,default,hopper,blackwell,volta", [
+    (NVRTC_12, "compute_70", "compute_90", "compute_120", "compute_70"),
+    (NVRTC_13, "compute_75", "compute_90", "compute_120", None)])
+def test_the_arch_is_one_this_nvrtc_has(archs, default, hopper, blackwell, volta, monkeypatch):
+    """The default PTX target runs on every supported GPU; a GPU gets the newest target at or below its own; a
+    V100 with NVRTC 13 (which cannot target it) gets a one-line reason."""
+    monkeypatch.setattr(kernels, "supported_archs", lambda: archs)
+    assert kernels.default_arch() == default
+    assert kernels.arch_for("9.0") == hopper and kernels.arch_for("12.0") == blackwell
+    assert kernels.arch_for("8.9") == "compute_89" and kernels.arch_for("10.3") == "compute_103"
+    if volta:
+        assert kernels.arch_for("7.0") == volta
+    else:
+        with pytest.raises(kernels.KernelError, match=r"cannot compile for compute 7\.0 .*CUDA 12"):
+            kernels.arch_for("7.0")
+
+
+def test_the_default_arch_compiles_with_this_nvrtc(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    arch = kernels.default_arch()
+    assert int(arch.split("_")[1]) in kernels.supported_archs()
+    assert f".target {arch.replace('compute', 'sm')}".encode() in kernels.compile_ptx("unet_input")
 
 
 def test_compile_error_is_reported(monkeypatch, tmp_path):
@@ -75,7 +103,7 @@ def test_kernels_equal_numpy_on_the_gpu(dtype, tmp_path):
     x, saved, h0, h1, h2, z = (rng.standard_normal((w, *shape)).astype(np.float32) for _ in range(6))
     u = samplers.Update(x=1.1, saved=0.3, eps=(-0.2, 0.15, -0.05, 0.01), noise=0.07)
     path = tmp_path / "k.ptx"
-    path.write_bytes(kernels.compile_ptx("sampler_step", "compute_70", use_cache=False))
+    path.write_bytes(kernels.compile_ptx("sampler_step", use_cache=False))
     fn = cp.RawModule(path=str(path)).get_function(f"sampler_step_{dtype}")
     d = [cp.asarray(a) for a in (eps, x, saved, h0, h1, h2, z)]
     x_out, g_out = cp.empty_like(d[1]), cp.empty_like(d[1])
@@ -89,7 +117,7 @@ def test_kernels_equal_numpy_on_the_gpu(dtype, tmp_path):
     np.testing.assert_allclose(cp.asnumpy(x_out), want, rtol=1e-5, atol=1e-5)
 
     sample = rng.standard_normal((3 * w, 9, *shape[1:])).astype(np.float32 if dtype == "f32" else np.float16)
-    path.write_bytes(kernels.compile_ptx("unet_input", "compute_70", use_cache=False))
+    path.write_bytes(kernels.compile_ptx("unet_input", use_cache=False))
     fn = cp.RawModule(path=str(path)).get_function(f"scatter_noisy_{dtype}")
     d_sample = cp.asarray(sample)
     fn((256,), (256,), (cp.asarray(x), d_sample, np.int64(per_window // 4), np.int32(w)))

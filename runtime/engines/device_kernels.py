@@ -19,7 +19,7 @@ from runtime.engines import cuda
 class Module:
     """The PTX of one kernel source loaded on the current device (JIT-compiled by the driver for it)."""
 
-    def __init__(self, name: str, arch: str = "compute_70"):
+    def __init__(self, name: str, arch: str | None = None):
         cuda.call("cudaFree", 0)  # make the runtime's primary context current for the driver API
         self.module = cuda.driver_call("cuModuleLoadData", kernels.compile_ptx(name, arch))
         self.functions: dict[str, Any] = {}  # CUfunction handles (cuda-python ships no types)
@@ -65,7 +65,7 @@ def _to_host(stream, dev: cuda.DeviceBuffer, shape, dtype, keep: list) -> np.nda
     return host.view(shape, dtype).copy()
 
 
-def check(arch: str = "compute_70", windows: int = 2, latent: int = 32) -> dict:
+def check(arch: str | None = None, windows: int = 2, latent: int = 32) -> dict:
     """Max error of each kernel against numpy on this GPU: {"sampler_step_f16": 3e-7, ...}."""
     rng = np.random.default_rng(0)
     shape = (4, 16, latent, latent)

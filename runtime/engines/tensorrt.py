@@ -249,7 +249,8 @@ class TensorRTBackend(Backend):
             assert self.stream is not None  # a closed backend is not used again
             from runtime.engines.device_sampling import DeviceSampler
             try:
-                arch = "compute_" + self.gpu["compute_capability"].replace(".", "")
+                import kernels
+                arch = kernels.arch_for(self.gpu["compute_capability"])
                 self._device_sampler = DeviceSampler(self._engines[contract.UNET], self.stream, arch)
             except Exception as exc:  # no NVRTC, an arch it does not know: the host loop still works
                 self.device_loop = False
