@@ -74,11 +74,14 @@ def _maker_key() -> str:
 
 
 @pytest.fixture(scope="session")
-def checkpoints(request) -> tuple[Path, Path]:
+def checkpoints(request, tmp_path_factory) -> tuple[Path, Path]:
     """(UNet folder, VAE folder): a tiny random M3DDM UNet (fp16 safetensors) and SD1.5-structured VAE in the
-    official formats, widths 32,64,64,64 as the shared fixtures, made by the project (export.demo, seed 0)."""
+    official formats, widths 32,64,64,64 as the shared fixtures, made by the project (export.demo, seed 0). Kept in
+    pytest's cache between runs; made for this run alone under ``-p no:cacheprovider`` (as gpu_check runs pytest)."""
     from export.demo import make_checkpoints
-    folder = Path(request.config.cache.mkdir("m3ddm-checkpoints")) / _maker_key()
+    cache = getattr(request.config, "cache", None)
+    root = cache.mkdir("m3ddm-checkpoints") if cache is not None else tmp_path_factory.mktemp("m3ddm-checkpoints")
+    folder = Path(root) / _maker_key()
     if not (folder / "done").is_file():  # made whole, then renamed: an interrupted run never leaves half
         shutil.rmtree(folder, ignore_errors=True)
         tmp = folder.with_name(folder.name + ".partial")
@@ -203,11 +206,17 @@ def export_torch_programs(folder, checkpoints, *args):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
+def with_torch_programs(tmp_path_factory, name: str, source, checkpoints, *args) -> Path:
+    """A copy of the engines folder ``source`` with the programs `python -m export --torch *args` adds to it."""
+    folder = tmp_path_factory.mktemp(name) / "engines"
+    shutil.copytree(source, folder)
+    res = export_torch_programs(folder, checkpoints, *args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return folder
+
+
 @pytest.fixture(scope="session")
 def torch_engines(tmp_path_factory, engines, checkpoints):
     """A copy of ``engines`` with the FP32 PyTorch programs (`python -m export --torch`), window counts 1 and 2."""
-    folder = tmp_path_factory.mktemp("torch_engines") / "engines"
-    shutil.copytree(engines, folder)
-    res = export_torch_programs(folder, checkpoints, "--precision", "fp32", "--windows", "1,2")
-    assert res.returncode == 0, res.stderr[-2000:]
-    return folder
+    return with_torch_programs(tmp_path_factory, "torch_engines", engines, checkpoints, "--precision", "fp32",
+                               "--windows", "1,2")

@@ -163,13 +163,10 @@ def _torch_cuda():
 def torch_fp16(request, tmp_path_factory):
     """The test engines with FP32 and FP16 PyTorch programs (windows 1 and 2)."""
     _torch_cuda()
-    from conftest import export_torch_programs
+    from conftest import with_torch_programs
     engines, checkpoints = request.getfixturevalue("torch_engines"), request.getfixturevalue("checkpoints")
-    folder = tmp_path_factory.mktemp("torch_fp16") / "engines"
-    shutil.copytree(engines, folder)
-    res = export_torch_programs(folder, checkpoints, "--precision", "both", "--windows", "1,2")
-    assert res.returncode == 0, res.stderr[-2000:]
-    return folder
+    return with_torch_programs(tmp_path_factory, "torch_fp16", engines, checkpoints, "--precision", "both",
+                               "--windows", "1,2")
 
 
 def test_torch_fp16_on_the_gpu_is_fp32_within_the_fp16_tolerance(torch_fp16):

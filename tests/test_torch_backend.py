@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import media
-from conftest import ROOT, export_torch_programs
+from conftest import ROOT, export_torch_programs, with_torch_programs
 from m3ddm.errors import EnginesError
 from runtime import guidance, samplers
 
@@ -187,6 +187,88 @@ def test_the_programs_need_no_export_code(torch_engines, tmp_path):
                          text=True, timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split("\n")[:2] == ["(1, 3, 64, 64)", "[]"]
+
+
+@pytest.fixture(scope="module")
+def programs_fp16(torch_engines, checkpoints, tmp_path_factory):
+    """The test engines with FP16 programs too (one window): what a GPU runs."""
+    return with_torch_programs(tmp_path_factory, "torch_fp16_cpu", torch_engines, checkpoints, "--precision", "fp16",
+                               "--windows", "1")
+
+
+def test_the_fp16_programs_a_gpu_runs_leave_the_cpu_and_hold_to_fp32(programs_fp16, programs_cpu):
+    """No GPU here, so the FP16 programs are held two ways. Moved to another device (meta: shapes and dtypes,
+    no data), through the backend's own loading, every component runs there: nothing the tracer saw on the CPU
+    (a constant, an arange, a device assert) stays behind, and the FP16/FP32 edges agree. On the CPU, a UNet call
+    within the FP16 tolerance (2e-2 of the scale) of the FP32 programs' (the GPU tests hold every component)."""
+    from runtime.engines import contract
+    from runtime.engines.pytorch import TorchBackend
+    from runtime.engines.torch_programs import batch_ranges
+    meta = TorchBackend(programs_fp16, device="meta", precision="fp16")  # loads each program as first called
+    e, f16 = meta.engines, torch.float16
+    lat, size, tokens = e.latent_size, e.model_size, e.context_tokens
+    frames = batch_ranges(meta.records[contract.GLOBAL_ENCODER])[0][0]
+    inputs = {contract.UNET: [(3, 9, 16, lat, lat), (3,), (3,), (3, tokens, 320)],
+              contract.VAE_ENCODER: [(2, 3, size, size)], contract.VAE_DECODER: [(2, 4, lat, lat)],
+              contract.GLOBAL_ENCODER: [(frames, 4, lat, lat)]}
+    want = {contract.UNET: (3, 4, 16, lat, lat), contract.VAE_ENCODER: (2, 4, lat, lat),
+            contract.VAE_DECODER: (2, 3, size, size), contract.GLOBAL_ENCODER: (1, tokens, 320)}
+    for comp, shapes in inputs.items():
+        args = [torch.empty(sh, dtype=f16 if len(sh) > 1 else torch.float32, device="meta") for sh in shapes]
+        with torch.inference_mode():
+            out = meta._program(comp, 0)(*args)
+        assert (out.device.type, tuple(out.shape), out.dtype) == ("meta", want[comp], f16), comp.name
+    meta.close()
+
+    half = TorchBackend(programs_fp16, device="cpu", precision="fp16")
+    rng = np.random.default_rng(3)
+    args = (rng.standard_normal((3, 9, 16, lat, lat)).astype(np.float32), np.array([961, 501, 1], np.float32),
+            np.full(3, 24, np.float32), rng.standard_normal((3, tokens, 320)).astype(np.float32))
+    assert _rel(half.unet(*args), programs_cpu.unet(*args)) <= 2e-2
+    half.close()
+
+
+def test_a_unet_that_cannot_be_captured_runs_eagerly_and_says_so(programs_cpu, rng, monkeypatch):
+    """A CUDA graph capture that fails (an op a torch release cannot capture) turns the graphs off for the run:
+    the call is answered eagerly, the same values, and the notes say why."""
+    from runtime.engines import pytorch
+    lat, tokens = programs_cpu.engines.latent_size, programs_cpu.engines.context_tokens
+    args = (rng.standard_normal((3, 9, 16, lat, lat)).astype(np.float32), np.array([961, 501, 1], np.float32),
+            np.full(3, 24, np.float32), rng.standard_normal((3, tokens, 320)).astype(np.float32))
+    eager = programs_cpu.unet(*args)
+
+    def refuse(*a):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore lines")
+    monkeypatch.setattr(pytorch, "CudaGraph", refuse)
+    monkeypatch.setattr(pytorch.torch.cuda, "graph_pool_handle", lambda: object())
+    monkeypatch.setattr(programs_cpu, "_pool", None)
+    monkeypatch.setattr(programs_cpu, "cuda_graphs", True)  # as on a GPU
+    monkeypatch.setattr(programs_cpu, "notes", [])
+    np.testing.assert_array_equal(programs_cpu.unet(*args), eager)
+    assert programs_cpu.cuda_graphs is False
+    assert programs_cpu.notes == ["CUDA graphs off: capturing the UNet failed (operation not permitted when stream "
+                                  "is capturing)"]
+
+
+def test_a_program_loads_the_same_with_its_schema_type_hints_looked_up_once(torch_engines, monkeypatch):
+    """The backend's loads resolve each schema class's type hints once (half a UNet program's load time went
+    to resolving them again per node): the same program, far fewer resolutions, torch's module left as it was."""
+    import typing
+
+    from torch._export.serde import serialize
+
+    from runtime.engines.pytorch import _type_hints_cached
+    path = str(next(torch_engines.glob("vae_decoder.fp32.rows*.pt2")))
+    real, calls = typing.get_type_hints, []
+    monkeypatch.setattr(typing, "get_type_hints", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    plain = torch.export.load(path)
+    n_plain = len(calls)
+    with _type_hints_cached():
+        cached = torch.export.load(path)
+    n_cached = len(calls) - n_plain
+    assert n_plain > 1000 and n_cached == len(set(calls[n_plain:])) < n_plain / 20
+    assert str(cached.graph) == str(plain.graph) and cached.graph_signature == plain.graph_signature
+    assert serialize.typing is typing
 
 
 def test_interrupt_stops_the_sampling_loop_in_flight_only(programs_cpu, rng):

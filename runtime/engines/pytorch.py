@@ -10,6 +10,9 @@ same code. Imported only when this backend is chosen: the rest of the runtime ne
 from __future__ import annotations
 
 import threading
+import types
+import typing
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -50,7 +53,7 @@ class TorchBackend(Backend):
         self.engines = open_engines(engines_dir, self.precision)
         self.records = {c: tp.record(self.engines, c, self.precision) for c in contract.ENGINES}
         note = tp.version_note(self.records[contract.UNET], torch.__version__)
-        self.notes = [note] if note else []
+        self.notes: list[str] = [note] if note else []
         self.max_batch, self.device_loop, self.cuda_graphs = max_batch, device_loop, cuda_graphs and self.on_gpu
         if threads and not self.on_gpu:
             torch.set_num_threads(int(threads))
@@ -120,8 +123,9 @@ class TorchBackend(Backend):
         entry = self.records[comp]
         path = tp.check_file(self.engines, entry["graphs"][index], f"a program of {comp.key(self.precision)}")
         try:
-            program = torch.export.load(str(path))
-            if self.on_gpu:  # constants the tracer saw on the CPU (aranges, embedding tables) move too
+            with _type_hints_cached():
+                program = torch.export.load(str(path))
+            if self.device.type != "cpu":  # what the tracer saw on the CPU (aranges, constants, asserts) moves too
                 from torch.export.passes import move_to_device_pass
                 program = move_to_device_pass(program, self.device)
             return program.module()
@@ -181,9 +185,16 @@ class TorchBackend(Backend):
             return call(*inputs)
         graph = self._graphs.get(rows)
         if graph is None:
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            graph = self._graphs[rows] = CudaGraph(call, inputs, self._pool)
+            try:
+                if self._pool is None:
+                    self._pool = torch.cuda.graph_pool_handle()
+                graph = self._graphs[rows] = CudaGraph(call, inputs, self._pool)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as exc:  # an op this torch cannot capture: slower, but the run goes on
+                self.cuda_graphs = False
+                self.notes.append(f"CUDA graphs off: capturing the UNet failed ({first_line(exc)[:200]})")
+                return call(*inputs)
         return graph(*inputs).clone()  # the graphs share one memory pool: the next replay may overwrite it
 
     @torch.inference_mode()
@@ -213,6 +224,40 @@ class TorchBackend(Backend):
             self._pool = None
         if self.on_gpu:
             torch.cuda.empty_cache()
+
+
+@contextmanager
+def _type_hints_cached():
+    """While a program loads, the type hints of torch's schema classes are looked up once per class.
+
+    torch.export.load builds every serialized node's dataclass through ``typing.get_type_hints`` (torch 2.11 to
+    2.13 at least): about 85,000 uncached calls for a UNet program, half its load time. A class's hints do not
+    change. Where torch's deserializer does not reach ``get_type_hints`` through its module ``typing`` as those
+    releases do, the load runs as it is."""
+    serialize: types.ModuleType | None
+    try:
+        from torch._export.serde import serialize
+    except ImportError:
+        serialize = None
+    if serialize is None or getattr(serialize, "typing", None) is not typing:
+        yield
+        return
+    found: dict = {}
+
+    def get_type_hints(obj, globalns=None, localns=None, include_extras=False):
+        key = (obj, id(globalns), id(localns), include_extras)
+        if key not in found:
+            found[key] = typing.get_type_hints(obj, globalns, localns, include_extras)
+        return found[key]
+
+    shim = types.ModuleType("typing")
+    shim.__dict__.update(vars(typing))
+    vars(shim)["get_type_hints"] = get_type_hints
+    vars(serialize)["typing"] = shim
+    try:
+        yield
+    finally:
+        vars(serialize)["typing"] = typing
 
 
 class _Bound:
