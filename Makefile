@@ -18,7 +18,7 @@ WINDOWS ?=
 # More `python -m export` options, e.g. EXPORT_ARGS="--attention-softmax fp16 --opt-level 4".
 EXPORT_ARGS ?=
 
-.PHONY: setup lint test test-all test-cluster test-gpu demo engines plans doctor serve bench bench-long bench-service bench-cluster bench-faults bench-host bench-encode bench-model gpu-check official-env bench-official clean
+.PHONY: setup lint test test-all test-cluster test-gpu demo engines plans doctor serve bench bench-long bench-service bench-cluster bench-faults bench-host bench-encode bench-model gpu-check gpu-wheels official-env bench-official clean
 
 setup: $(STAMP)
 
@@ -78,6 +78,10 @@ serve: setup
 GPU_CHECK_OUT ?= benchmarks/results_gpu_check$(if $(DRY),_dry_run).json
 gpu-check:
 	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m benchmarks.gpu_check --out $(GPU_CHECK_OUT) $(if $(DRY),--dry-run)
+
+# The wheels the GPU machines' image lacks (pure Python, pinned as the export extra pins them), into wheels/ to bring.
+gpu-wheels:
+	$(PYTHON) -m pip download --no-deps -d wheels $$($(PYTHON) -m benchmarks.gpu_check --carry)
 
 # Speed and memory against the official-equivalent baseline (tiny fixtures, CPU; GPU backends when present).
 bench: setup

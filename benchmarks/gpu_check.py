@@ -11,7 +11,11 @@ window under a 16 GB cap and the most windows that fit 16, 24, 40 and 80 GB.
 
 ``--dry-run``: the same sequence on the CPU at the fixtures' size (S = 64, 2 steps, 20 frames), FP32, so the
 script is known to work before a GPU is at hand (the tests run it); memory figures are null there. A step that
-fails is recorded with its error and the rest still run: the JSON is always written.
+fails is recorded with its error and the rest still run: the JSON is always written. What the GPU machine's
+image lacks is known before anything runs (``needs``): the run stops at once, naming the wheels to bring.
+
+The weights and the export need only the CPU (minutes at full size, mostly the ONNX graphs the programs are tied
+to): a second process makes them while this one runs the doctor and ``pytest -m gpu``, so the GPU waits less.
 """
 from __future__ import annotations
 
@@ -25,14 +29,26 @@ import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass
+from importlib.util import find_spec
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPS_GB = (16, 24, 40, 80)
 GPU_TESTS = ("tests/test_gpu.py", "tests/test_kernels.py")
+PYTEST_OPTIONS = ("-q", "-p", "no:cacheprovider")  # nothing written into the checkout
 RESERVE_GB = 0.75  # CUDA context, cuBLAS/cuDNN workspaces: what the allocator does not see
+# What the sequence imports beyond the standard library (module: distribution). The GPU machines' image has the
+# first; the second are pure-Python wheels brought along, at the versions pyproject's export extra pins.
+IMAGE = {"torch": "torch", "numpy": "numpy", "onnx": "onnx", "onnxruntime": "onnxruntime", "sympy": "sympy",
+         "safetensors": "safetensors", "huggingface_hub": "huggingface_hub", "pytest": "pytest",
+         "cv2": "opencv-python-headless"}
+CARRY = {"diffusers": "diffusers", "onnx_graphsurgeon": "onnx-graphsurgeon"}
+# Modules the code it runs may import that it does without (tests/test_benchmarks.py holds the three lists to
+# every import the sequence can reach).
+WITHOUT = {"av": "PyAV: the clips are made in memory; the tests that read files skip",
+           "tensorrt": "the doctor reports it missing; the TensorRT tests skip",
+           "cuda": "cuda-bindings: the doctor reports the kernels' state; their GPU test uses CuPy",
+           "ray": "the cluster, not in the sequence", "fsspec": "object storage, not in the sequence"}
 
 
 @dataclass(frozen=True)
@@ -56,14 +72,30 @@ class Plan:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, type=Path, help="the JSON to write")
+    ap.add_argument("--out", type=Path, help="the JSON to write (required)")
     ap.add_argument("--dry-run", action="store_true", help="the same sequence on the CPU at tiny size")
     ap.add_argument("--work", type=Path, help="where the weights and engines go (default: a temporary folder); "
                                               "a second run over the same folder reuses what the first made")
     ap.add_argument("--skip-pytest", action="store_true", help="leave out `pytest -m gpu`")
+    ap.add_argument("--carry", action="store_true", help="print the wheels to bring to a GPU machine, and exit")
+    ap.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)  # the weights and export process
     args = ap.parse_args(argv)
+    if args.carry:
+        print(" ".join(carry_pins()))
+        return 0
+    if args.out is None:
+        ap.error("the following arguments are required: --out")
     plan = Plan.make(args.dry_run)
+    if args.prepare:
+        prepare(plan, args.work)
+        return 0
     report: dict = {"date": time.strftime("%Y-%m-%d"), "plan": asdict(plan), "steps": {}}
+    missing = needs(plan)
+    if missing:
+        report["steps"]["needs"] = {"error": missing}
+        args.out.write_text(json.dumps(report, indent=1))
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="m3ddm-gpu-check-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -72,25 +104,92 @@ def main(argv=None) -> int:
     return 0 if not any("error" in v for v in report["steps"].values()) else 1
 
 
-def run_all(plan: Plan, work: Path, report: dict, skip_pytest: bool, out: Path) -> None:
-    steps = report["steps"]
-    sequence = [("machine", lambda: machine()), ("doctor", doctor)]
-    if not skip_pytest:
-        sequence.append(("pytest_gpu", pytest_gpu))
-    sequence += [("weights", lambda: weights(plan, work)), ("export", lambda: export(plan, work)),
-                 ("unet_call", lambda: unet_call(plan, work, steps)), ("video", lambda: video(plan, work)),
-                 ("memory", lambda: memory(plan, work))]
+def carry_pins() -> list[str]:
+    """``CARRY``'s distributions as pyproject's export extra pins them (``name==version``)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    return [re.search(rf'"({re.escape(dist)}==[^"]+)"', text).group(1) for dist in CARRY.values()]  # type: ignore[union-attr]
+
+
+def needs(plan: Plan) -> str | None:
+    """Why this machine cannot run the sequence at all (a module missing, no GPU for a full run), in one line."""
+    lacking = [dist for mod, dist in IMAGE.items() if find_spec(mod) is None]
+    to_carry = [pin for mod, pin in zip(CARRY, carry_pins()) if find_spec(mod) is None]
+    if lacking or to_carry:
+        wheels = " ".join(to_carry)
+        return (f"this machine lacks {', '.join(lacking + to_carry)}"
+                + (f"; bring the wheels: `pip download --no-deps -d wheels {wheels}` (or `make gpu-wheels`) where "
+                   f"PyPI is reachable, `pip install --no-deps wheels/*.whl` here" if to_carry else ""))
+    if not plan.dry_run:
+        import torch
+        if not torch.cuda.is_available():
+            return f"PyTorch {torch.__version__} sees no CUDA GPU: the full run needs one (--dry-run runs on the CPU)"
+    return None
+
+
+def run_steps(sequence, steps: dict, write) -> None:
+    """Each step's figures (or its error: the other figures are still worth having) and its time, written after
+    each step: a run cut short keeps what it measured."""
     for name, step in sequence:
         t0 = time.perf_counter()
         try:
             steps[name] = step()
-        except Exception as exc:  # recorded; the other figures are still worth having
+        except Exception as exc:
             steps[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000],
                            "where": traceback.format_exc().splitlines()[-3:]}
         steps[name]["step_s"] = round(time.perf_counter() - t0, 1)
         print(f"gpu_check: {name} done in {steps[name]['step_s']} s", file=sys.stderr, flush=True)
-        out.write_text(json.dumps(report, indent=1))  # after each step: a run cut short keeps what it measured
+        write()
+
+
+def run_all(plan: Plan, work: Path, report: dict, skip_pytest: bool, out: Path) -> None:
+    steps = report["steps"]
+
+    def write():
+        out.write_text(json.dumps(report, indent=1))
+
+    preparing = start_prepare(plan, work)
+    first = [("machine", machine), ("doctor", doctor)] + ([] if skip_pytest else [("pytest_gpu", pytest_gpu)])
+    run_steps(first, steps, write)
+    steps.update(finish_prepare(preparing, work))
+    write()
+    run_steps([("unet_call", lambda: unet_call(plan, work, steps)), ("video", lambda: video(plan, work)),
+               ("memory", lambda: memory(plan, work))], steps, write)
     _release()
+
+
+def prepare(plan: Plan, work: Path) -> None:
+    """The ``--prepare`` process: the weights and the export, their records in ``work``/prepare.json."""
+    steps: dict = {}
+    path = work / "prepare.json"
+    run_steps([("weights", lambda: weights(plan, work)), ("export", lambda: export(plan, work))], steps,
+              lambda: path.write_text(json.dumps(steps, indent=1)))
+
+
+def start_prepare(plan: Plan, work: Path) -> subprocess.Popen:
+    (work / "prepare.json").unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--prepare", "--out", os.devnull, "--work", str(work)]
+    return subprocess.Popen(cmd + (["--dry-run"] if plan.dry_run else []), cwd=ROOT, stdout=subprocess.DEVNULL)
+
+
+def finish_prepare(preparing: subprocess.Popen, work: Path) -> dict:
+    """The weights and export steps, once their process has ended; what it did not record, as an error."""
+    t0 = time.perf_counter()
+    try:
+        preparing.wait(timeout=3600)
+    except subprocess.TimeoutExpired:
+        preparing.kill()
+        preparing.wait()
+    waited = round(time.perf_counter() - t0, 1)
+    print(f"gpu_check: waited {waited} s for the weights and the export", file=sys.stderr, flush=True)
+    try:
+        steps = json.loads((work / "prepare.json").read_text())
+    except (OSError, ValueError):
+        steps = {}
+    for name in ("weights", "export"):
+        steps.setdefault(name, {"error": f"the preparing process ended (exit {preparing.returncode}) before this "
+                                         f"step finished"})
+    steps["export"]["waited_s"] = waited
+    return steps
 
 
 def machine() -> dict:
@@ -122,7 +221,7 @@ def doctor() -> dict:
 
 def pytest_gpu() -> dict:
     # The files that hold the gpu tests: the others import PyAV, which GPU images may lack.
-    res = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *GPU_TESTS],
+    res = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", *PYTEST_OPTIONS, *GPU_TESTS],
                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
     tail = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", tail)}
@@ -186,6 +285,7 @@ def _unet_inputs(backend, rows: int) -> list:
 
 
 def unet_call(plan: Plan, work: Path, steps: dict) -> dict:
+    import numpy as np
     import torch
 
     from benchmarks.flops import fp16_peak_tflops, unet_flops
@@ -210,11 +310,13 @@ def unet_call(plan: Plan, work: Path, steps: dict) -> dict:
         flops = unet_flops(config, plan.size, rows=n)["unet_call"]
         out[f"w{windows}"] = {"rows": n, "ms": round(seconds * 1e3, 2), "tflops": round(flops / seconds / 1e12, 2),
                               "of_peak": round(flops / seconds / 1e12 / peak, 3) if peak else None}
+    out.update(cuda_graphs=backend.cuda_graphs, notes=list(backend.notes))  # graphs turned off, and why
     return out
 
 
 def video(plan: Plan, work: Path) -> dict:
     """Ours and the official-cost baseline on one clip, alternately, in this process (the same GPU state)."""
+    import numpy as np
     import torch
 
     from export.model import load_unet, load_vae
@@ -249,36 +351,58 @@ def video(plan: Plan, work: Path) -> dict:
 
 
 def memory(plan: Plan, work: Path) -> dict:
-    """Peak GPU memory of one UNet call per window count, fitted as weights + W x activations; one window's
-    sampling under a 16 GB cap (--gpu-memory 16, --batch-windows 1)."""
+    """Peak GPU memory of one window's sampling under a 16 GB cap (--gpu-memory 16, --batch-windows 1); then,
+    the cap lifted, of one UNet call per window count, fitted as weights + W x activations. A count that does
+    not fit is recorded as such; the fit uses those that did."""
     import torch
     if not torch.cuda.is_available():
         return {"why": "no CUDA GPU (dry run): nothing to measure", "one_window_16gb_peak_gb": None,
                 "per_window_gb": None, "weights_gb": None, "max_windows": {str(c): None for c in CAPS_GB}}
-    peaks = {}
-    backend = _backend(work, gpu_memory_gb=16, cuda_graphs=False)
     from runtime.api import Outpainter
     from runtime.video.synthetic import synthetic_clip
+    out: dict = {"reserve_gb": RESERVE_GB}
+    backend = _backend(work, gpu_memory_gb=16, cuda_graphs=False)
     torch.cuda.reset_peak_memory_stats()
-    Outpainter(engine=backend).outpaint(synthetic_clip(16, 160, 90), 30.0, ratio="9:16", steps=2, batch_windows=1)
-    one_window = torch.cuda.max_memory_reserved() / 2**30
+    try:
+        Outpainter(engine=backend).outpaint(synthetic_clip(16, 160, 90), 30.0, ratio="9:16", steps=2,
+                                            batch_windows=1)
+        out["one_window_16gb_peak_gb"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
+    except Exception as exc:  # the figure is that it does not fit; the peaks below are still worth having
+        out["one_window_16gb_peak_gb"] = None
+        out["one_window_16gb_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    torch.cuda.set_per_process_memory_fraction(1.0, backend.device.index)
+    peaks, failed = {}, {}
     for windows in plan.windows:
-        args = _unet_inputs(backend, 3 * windows)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        with torch.inference_mode():
-            backend._unet(*args)
-        torch.cuda.synchronize()
-        peaks[windows] = torch.cuda.max_memory_allocated() / 2**30
-        del args
+        try:
+            peaks[windows] = _call_peak_gb(backend, 3 * windows)
+        except torch.cuda.OutOfMemoryError as exc:
+            failed[str(windows)] = str(exc)[:200]
+        torch.cuda.empty_cache()
     backend.close()
+    out["peaks_gb"] = {str(k): round(v, 2) for k, v in peaks.items()}
+    if failed:
+        out["out_of_memory"] = failed
     ws = sorted(peaks)
+    if len(ws) < 2:
+        out.update(per_window_gb=None, weights_gb=None, max_windows={str(c): None for c in CAPS_GB})
+        return out
     slope = (peaks[ws[-1]] - peaks[ws[0]]) / (ws[-1] - ws[0])
     base = peaks[ws[0]] - slope * ws[0]
-    fits = {str(c): max(0, int((c - RESERVE_GB - base) // slope)) for c in CAPS_GB}
-    return {"one_window_16gb_peak_gb": round(one_window, 2),
-            "peaks_gb": {str(k): round(v, 2) for k, v in peaks.items()}, "weights_gb": round(base, 2),
-            "per_window_gb": round(slope, 3), "max_windows": fits, "reserve_gb": RESERVE_GB}
+    out.update(weights_gb=round(base, 2), per_window_gb=round(slope, 3),
+               max_windows={str(c): max(0, int((c - RESERVE_GB - base) // slope)) for c in CAPS_GB})
+    return out
+
+
+def _call_peak_gb(backend, rows: int) -> float:
+    """Peak GPU memory allocated by one UNet call of ``rows`` rows (its inputs included), in GiB."""
+    import torch
+    args = _unet_inputs(backend, rows)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    with torch.inference_mode():
+        backend._unet(*args)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30
 
 
 def table(report: dict) -> str:
@@ -288,7 +412,7 @@ def table(report: dict) -> str:
             ("doctor exit", s.get("doctor", {}).get("exit")),
             ("pytest -m gpu", s.get("pytest_gpu", {}).get("summary"))]
     call = s.get("unet_call", {})
-    for key in sorted(k for k in call if k.startswith("w")):
+    for key in sorted((k for k in call if re.fullmatch(r"w\d+", k)), key=lambda k: int(k[1:])):
         rows.append((f"UNet call {call[key]['rows']} rows", f"{call[key]['ms']} ms, {call[key]['tflops']} TFLOP/s, "
                                                             f"{call[key]['of_peak']} of peak"))
     v = s.get("video", {})

@@ -81,3 +81,89 @@ def test_gpu_check_dry_run_writes_every_field(tmp_path, checkpoints, torch_engin
     assert abs(video["speedup"] - video["baseline_s"] / video["ours_s"]) < 0.05
     assert set(steps["memory"]["max_windows"]) == {"16", "24", "40", "80"}
     assert "video 20 frames S=64" in res.stdout and "UNet call 6 rows" in res.stdout
+
+
+def _imports_reachable(entries: list[str], root) -> dict[str, set[str]]:
+    """{third-party top-level module: the project modules that import it} over every import statement (module
+    level or in a function) of ``entries`` and of the project modules they reach, transitively."""
+    import ast
+    import sys
+    ours = {p.name for p in root.iterdir() if (p / "__init__.py").is_file()}
+    ours |= {p.stem for p in (root / "tests").glob("*.py")}
+    seen: set[str] = set()
+    found: dict[str, set[str]] = {}
+    todo = list(entries)
+    while todo:
+        mod = todo.pop()
+        parts = mod.split(".")
+        paths = [root.joinpath(*parts).with_suffix(".py"), root.joinpath(*parts) / "__init__.py",
+                 root / "tests" / f"{parts[0]}.py"]
+        path = next((p for p in paths if p.is_file()), None)
+        if mod in seen or path is None:
+            continue
+        seen.add(mod)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            for name in names:
+                top = name.split(".")[0]
+                if top in ours:
+                    todo.append(name)
+                elif top not in sys.stdlib_module_names:
+                    found.setdefault(top, set()).add(mod)
+    return found
+
+
+def test_gpu_check_reaches_no_import_beyond_the_gpu_image_and_its_wheels():
+    """Every module the GPU sequence can import (gpu_check, the export it runs, the doctor, `pytest -m gpu`'s
+    files) is in the GPU machines' image, among the wheels it says to bring, or one it does without: the first
+    GPU run must not end on an import (it once would have: the export's onnx_graphsurgeon was on no list)."""
+    from pathlib import Path
+
+    from benchmarks import gpu_check
+    root = Path(gpu_check.__file__).resolve().parents[1]
+    entries = ["benchmarks.gpu_check", "export.__main__", "runtime.doctor", "conftest",
+               *(Path(f).stem for f in gpu_check.GPU_TESTS)]
+    reached = _imports_reachable(entries, root)
+    assert {"torch", "diffusers", "onnx_graphsurgeon", "av"} <= set(reached)  # the walk sees what it should
+    known = set(gpu_check.IMAGE) | set(gpu_check.CARRY) | set(gpu_check.WITHOUT)
+    assert {m: sorted(by) for m, by in reached.items() if m not in known} == {}
+
+
+def test_gpu_check_stops_at_once_naming_the_wheels_to_bring(tmp_path, monkeypatch, capsys):
+    import json
+    import re
+    from importlib.util import find_spec
+
+    from benchmarks import gpu_check
+    assert gpu_check.carry_pins() == ["diffusers==0.42.1", "onnx-graphsurgeon==0.6.1"]  # pyproject's export pins
+    monkeypatch.setattr(gpu_check, "find_spec", lambda m: None if m == "onnx_graphsurgeon" else find_spec(m))
+    monkeypatch.setattr(gpu_check, "run_all", lambda *a: pytest.fail("the sequence ran"))
+    out = tmp_path / "check.json"
+    assert gpu_check.main(["--out", str(out), "--dry-run"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line == json.loads(out.read_text())["steps"]["needs"]["error"].join(["error: ", ""])
+    assert "lacks onnx-graphsurgeon==0.6.1" in line
+    assert "pip download --no-deps -d wheels onnx-graphsurgeon==0.6.1" in line and "--no-deps wheels/*.whl" in line
+    # The table of a run whose steps failed lists the failures (an error record is no figure).
+    steps = {"machine": {"torch": "2.11"}, "unet_call": {"error": "OutOfMemoryError: x", "where": ["a", "b"]},
+             "video": {"error": "EnginesError: y"}}
+    text = gpu_check.table({"steps": steps})
+    assert re.search(r"error in unet_call +OutOfMemoryError: x", text) and "error in video" in text
+
+
+def test_the_fixtures_of_the_gpu_tests_work_as_gpu_check_runs_pytest():
+    """gpu_check runs `pytest -m gpu` without pytest's cache, which the checkpoints fixture kept its folder in: on a
+    GPU every torch test would have failed in its fixtures (here they skip before them). A test that needs that
+    fixture, run with gpu_check's options, passes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from benchmarks import gpu_check
+    root = Path(gpu_check.__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-m", "pytest", *gpu_check.PYTEST_OPTIONS,
+                          "tests/test_checkpoint.py::test_load_in_fp16"], cwd=root, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout[-2000:]
