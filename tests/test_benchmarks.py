@@ -167,3 +167,11 @@ def test_the_fixtures_of_the_gpu_tests_work_as_gpu_check_runs_pytest():
                           "tests/test_checkpoint.py::test_load_in_fp16"], cwd=root, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout[-2000:]
+
+
+def test_the_video_repeats_only_while_another_ends_within_the_budget():
+    from benchmarks.gpu_check import another_repeat
+    assert another_repeat(0, 2, 0.0, deadline=10.0, now=50.0)  # the first always runs: no figure without it
+    assert another_repeat(1, 2, 30.0, deadline=100.0, now=60.0)  # 60 + 36 <= 100
+    assert not another_repeat(1, 2, 40.0, deadline=100.0, now=60.0)  # 60 + 48 > 100
+    assert not another_repeat(2, 2, 1.0, deadline=1e9, now=0.0)  # as many as planned
