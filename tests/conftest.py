@@ -206,6 +206,15 @@ def export_torch_programs(folder, checkpoints, *args):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
+def unet_inputs(engines_set, rows: int, seed: int = 0) -> tuple:
+    """Random host inputs of one UNet call of ``rows`` rows for the engines folder ``engines_set`` (an EngineSet)."""
+    rng = np.random.default_rng(seed)
+    lat, tokens = engines_set.latent_size, engines_set.context_tokens
+    return (rng.standard_normal((rows, 9, 16, lat, lat)).astype(np.float32),
+            np.linspace(1, 961, rows).astype(np.float32), np.full(rows, 24, np.float32),
+            rng.standard_normal((rows, tokens, 320)).astype(np.float32))
+
+
 def with_torch_programs(tmp_path_factory, name: str, source, checkpoints, *args) -> Path:
     """A copy of the engines folder ``source`` with the programs `python -m export --torch *args` adds to it."""
     folder = tmp_path_factory.mktemp(name) / "engines"

@@ -5,6 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import unet_inputs
+
 pytestmark = pytest.mark.gpu
 
 
@@ -57,14 +59,6 @@ def planned(request, tmp_path_factory):
     return folder
 
 
-def _inputs(engines_set, rows, seed=0):
-    rng = np.random.default_rng(seed)
-    lat, tokens = engines_set.latent_size, engines_set.context_tokens
-    return (rng.standard_normal((rows, 9, 16, lat, lat)).astype(np.float32),
-            np.linspace(1, 961, rows).astype(np.float32), np.full(rows, 24, np.float32),
-            rng.standard_normal((rows, tokens, 320)).astype(np.float32))
-
-
 def _rel(a, b) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
@@ -77,7 +71,7 @@ def test_tensorrt_fp16_against_ort_cpu_fp32(planned, request):
     with TensorRTBackend(planned) as trt:
         assert trt.windows == [1, 2]
         for rows in (3, 6, 9):  # 9 rows run as the 6-row and 3-row profiles
-            args = _inputs(trt.engines, rows, rows)
+            args = unet_inputs(trt.engines, rows, rows)
             assert _rel(trt.unet(*args), cpu.unet(*args)) <= 2e-2
         g = np.random.default_rng(1).standard_normal((16, 4, 8, 8)).astype(np.float32)
         assert _rel(trt.encode_global(g), cpu.encode_global(g)) <= 2e-2
@@ -93,7 +87,7 @@ def test_cuda_graph_replay_equals_eager(planned):
     from runtime.engines import contract
     from runtime.engines.tensorrt import TensorRTBackend
     with TensorRTBackend(planned, cuda_graphs=False) as eager:
-        args = _inputs(eager.engines, 6)
+        args = unet_inputs(eager.engines, 6)
         want = eager.unet(*args)
     with TensorRTBackend(planned) as graphed:
         first = graphed.unet(*args)  # eager, then captured
@@ -130,7 +124,7 @@ def test_ort_cuda_fp16_against_cpu_fp32(request):
         pytest.skip("needs onnxruntime-gpu (CUDA provider)")
     engines = request.getfixturevalue("engines")
     cpu, gpu = OrtBackend(engines, "cpu"), OrtBackend(engines, "cuda")
-    args = _inputs(gpu.engines, 6)
+    args = unet_inputs(gpu.engines, 6)
     assert _rel(gpu.unet(*args), cpu.unet(*args)) <= 2e-2
 
 
@@ -178,7 +172,7 @@ def test_torch_fp16_on_the_gpu_is_fp32_within_the_fp16_tolerance(torch_fp16):
     from runtime.video.synthetic import synthetic_clip
     gpu, cpu = TorchBackend(torch_fp16), TorchBackend(torch_fp16, device="cpu")
     assert gpu.precision == "fp16" and gpu.on_gpu
-    args = _inputs(gpu.engines, 6)
+    args = unet_inputs(gpu.engines, 6)
     assert _rel(gpu.unet(*args), cpu.unet(*args)) <= 2e-2
     rng = np.random.default_rng(1)
     images = rng.uniform(-1, 1, (3, 3, 64, 64)).astype(np.float32)
@@ -197,7 +191,7 @@ def test_torch_cuda_graph_replay_equals_eager(torch_fp16):
     graphed, eager = TorchBackend(torch_fp16), TorchBackend(torch_fp16, cuda_graphs=False)
     assert graphed.cuda_graphs and not eager.cuda_graphs
     for rows in (3, 6, 9):  # 9 rows: a 6-row and a 3-row graph in turn
-        args = _inputs(graphed.engines, rows, seed=rows)
+        args = unet_inputs(graphed.engines, rows, seed=rows)
         want = eager.unet(*args)
         assert np.array_equal(graphed.unet(*args), want)
         assert np.array_equal(graphed.unet(*args), want)  # replayed
@@ -217,5 +211,5 @@ def test_torch_gpu_memory_cap_is_honoured(torch_fp16):
     backend = TorchBackend(torch_fp16, gpu_memory_gb=0.001, cuda_graphs=False)
     with pytest.raises((EnginesError, torch.cuda.OutOfMemoryError)):  # the weights, or the first activations
         backend.load()
-        backend.unet(*_inputs(backend.engines, 3))
+        backend.unet(*unet_inputs(backend.engines, 3))
     torch.cuda.set_per_process_memory_fraction(1.0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import media
-from conftest import ROOT, export_torch_programs, with_torch_programs
+from conftest import ROOT, export_torch_programs, unet_inputs, with_torch_programs
 from m3ddm.errors import EnginesError
 from runtime import guidance, samplers
 
@@ -221,20 +221,16 @@ def test_the_fp16_programs_a_gpu_runs_leave_the_cpu_and_hold_to_fp32(programs_fp
     meta.close()
 
     half = TorchBackend(programs_fp16, device="cpu", precision="fp16")
-    rng = np.random.default_rng(3)
-    args = (rng.standard_normal((3, 9, 16, lat, lat)).astype(np.float32), np.array([961, 501, 1], np.float32),
-            np.full(3, 24, np.float32), rng.standard_normal((3, tokens, 320)).astype(np.float32))
+    args = unet_inputs(half.engines, 3, seed=3)
     assert _rel(half.unet(*args), programs_cpu.unet(*args)) <= 2e-2
     half.close()
 
 
-def test_a_unet_that_cannot_be_captured_runs_eagerly_and_says_so(programs_cpu, rng, monkeypatch):
+def test_a_unet_that_cannot_be_captured_runs_eagerly_and_says_so(programs_cpu, monkeypatch):
     """A CUDA graph capture that fails (an op a torch release cannot capture) turns the graphs off for the run:
     the call is answered eagerly, the same values, and the notes say why."""
     from runtime.engines import pytorch
-    lat, tokens = programs_cpu.engines.latent_size, programs_cpu.engines.context_tokens
-    args = (rng.standard_normal((3, 9, 16, lat, lat)).astype(np.float32), np.array([961, 501, 1], np.float32),
-            np.full(3, 24, np.float32), rng.standard_normal((3, tokens, 320)).astype(np.float32))
+    args = unet_inputs(programs_cpu.engines, 3)
     eager = programs_cpu.unet(*args)
 
     def refuse(*a):
