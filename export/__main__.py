@@ -1,4 +1,5 @@
-"""python -m export --unet SRC --vae SRC --out DIR [--precision fp32|fp16|both] [--size S] [--plans auto|yes|no]"""
+"""python -m export --unet SRC --vae SRC --out DIR [--precision fp32|fp16|both] [--size S] [--plans auto|yes|no]
+[--torch | --torch-only]"""
 from __future__ import annotations
 
 import logging
@@ -28,27 +29,35 @@ def main(argv=None) -> int:
                          "memory, speed and output on your GPU)")
     ap.add_argument("--plans", choices=["auto", "yes", "no"], default="auto",
                     help="TensorRT plans from the FP16 graphs: auto builds them when TensorRT and a GPU are here")
-    ap.add_argument("--torch", action="store_true",
-                    help="also torch.export programs of the components, for --backend torch (GPUs without TensorRT); "
-                         "one UNet program per window count of --windows (default 1,2,4)")
+    torch_group = ap.add_mutually_exclusive_group()
+    torch_group.add_argument("--torch", action="store_true",
+                             help="also torch.export programs of the components, for --backend torch (GPUs without "
+                                  "TensorRT); one UNet program per window count of --windows (default 1,2,4)")
+    torch_group.add_argument("--torch-only", action="store_true",
+                             help="the torch.export programs and no ONNX graphs (minutes and gigabytes fewer at full "
+                                  "size): a folder only --backend torch runs; implies --plans no")
     tensorrt_plans.add_arguments(ap)
     args = ap.parse_args(argv)
     precisions = ("fp32", "fp16") if args.precision == "both" else (args.precision,)
+    if args.torch_only and args.plans == "yes":
+        ap.error("--torch-only exports no ONNX graphs, and TensorRT plans are built from them: leave out --plans yes")
     cli.setup_logging(sys.stdout)
 
     def export():
         from export.engine_folder import export_engines
         try:
             export_engines(args.unet, args.vae, args.out, precisions, args.size, force=args.force,
-                           attention_softmax=args.attention_softmax)
-            if args.torch:
+                           attention_softmax=args.attention_softmax, graphs=not args.torch_only)
+            if args.torch or args.torch_only:
                 from export.torch_export import DEFAULT_WINDOWS, export_programs
                 from runtime.engines.trt_policy import parse_windows
                 export_programs(args.unet, args.vae, args.out, precisions,
-                                parse_windows(args.windows) if args.windows else DEFAULT_WINDOWS, force=args.force)
+                                parse_windows(args.windows) if args.windows else DEFAULT_WINDOWS, force=args.force,
+                                attention_softmax=args.attention_softmax)
         except OSError as exc:  # an unwritable or full output folder is the user's to fix
             raise InputError(f"cannot write the engines folder {args.out}: {exc}") from None
-        build_plans_if_wanted(args, precisions)
+        if not args.torch_only:
+            build_plans_if_wanted(args, precisions)
 
     return cli.run(export, interrupted="finished graphs and plans are kept and recorded")
 

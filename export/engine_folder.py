@@ -79,6 +79,13 @@ def fingerprint(component: str, precision: str, sources: dict, options: dict, co
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def fingerprints(sources: dict, options: dict, code: str, precisions, attention_softmax: str) -> dict:
+    """{key: fingerprint} of every component at ``precisions``: what its graph, and its PyTorch programs, exported
+    now from ``sources`` with ``options`` by the exporter code ``code`` would record."""
+    return {f"{c}.{p}": fingerprint(c, p, sources, _options(attention_softmax, options, c, p), code)
+            for p in precisions for c in contract.COMPONENTS}
+
+
 def checkpoint_folders(unet_source, vae_source) -> dict:
     """{"unet": folder, "vae": folder}: the local folders of the two checkpoints (hub downloads resolved)."""
     return {"unet": resolve_folder(unet_source, "unet", "UNet"),
@@ -103,8 +110,10 @@ def read_manifest(out: Path) -> dict:
 
 
 def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), size: int = 256,
-                   opset: int | None = None, force: bool = False, attention_softmax: str = "fp32") -> dict:
-    """Export what is missing or stale into ``out``; returns the manifest."""
+                   opset: int | None = None, force: bool = False, attention_softmax: str = "fp32",
+                   graphs: bool = True) -> dict:
+    """Export what is missing or stale into ``out``; returns the manifest. ``graphs`` False (``--torch-only``): the
+    manifest and its records only (current graphs kept, stale ones removed), for the PyTorch programs alone."""
     from export import onnx_export as ox
 
     opset = opset or ox.OPSET
@@ -124,7 +133,7 @@ def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), si
     def opts(comp, prec):
         return _options(attention_softmax, options, comp, prec)
 
-    wanted = {f"{c}.{p}": fingerprint(c, p, sources, opts(c, p), code) for p in precisions for c in contract.COMPONENTS}
+    wanted = fingerprints(sources, options, code, precisions, attention_softmax)
 
     components = {}
     for key, entry in old.get("components", {}).items():
@@ -137,7 +146,7 @@ def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), si
             for name in (entry.get("file"), (entry.get("external_data") or {}).get("file")):
                 if name:
                     (out / name).unlink(missing_ok=True)
-    todo = [k for k in wanted if k not in components]
+    todo = [k for k in wanted if k not in components] if graphs else []
 
     manifest = {
         "format": contract.MANIFEST_FORMAT,
@@ -156,7 +165,9 @@ def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), si
     if not todo:
         manifest["model"].update({k: v for k, v in old.get("model", {}).items() if k.endswith("_config")})
         write_manifest(out, manifest)
-        log.info(f"{out}: up to date ({', '.join(sorted(components))})")
+        log.info(f"{out}: graphs up to date ({', '.join(sorted(components))})" if graphs else
+                 f"{out}: no ONNX graphs exported (--torch-only){'; kept: ' if components else ''}"
+                 f"{', '.join(sorted(components))}")
         return manifest
 
     second = _second_process_keys(todo, sources)
@@ -205,14 +216,19 @@ def _models_for(keys, folders: dict, old_model: dict, model: dict) -> dict:
     recorded in ``model``."""
     feeds = {contract.component(k.split(".")[0]).checkpoint for k in keys}
     models = _load_models(folders, {c for c in ("unet", "vae") if c in feeds or f"{c}_config" not in old_model})
+    record_configs(models, model)
+    for k in ("unet_config", "vae_config"):
+        model.setdefault(k, old_model.get(k))
+    return models
+
+
+def record_configs(models: dict, model: dict) -> None:
+    """The configs of the loaded ``models`` into the manifest's ``model`` record."""
     if "unet" in models:
         model["unet_config"] = models["unet"].config.to_dict()
     if "vae" in models:
         model["vae_config"] = {k: (list(v) if isinstance(v, tuple) else v)
                                for k, v in dict(models["vae"].config).items() if not k.startswith("_")}
-    for k in ("unet_config", "vae_config"):
-        model.setdefault(k, old_model.get(k))
-    return models
 
 
 def _load_models(folders: dict, checkpoints, explicit: bool = True) -> dict:

@@ -83,7 +83,11 @@ def check_engines(report: dict, engines_dir, trt_version, found) -> None:
         return
     plans = engines.manifest.get("plans") or {}
     report["engines"] = {"folder": str(engines.folder), "model_size": engines.model_size,
-                         "precisions": list(engines.precisions), "plans": sorted(plans)}
+                         "precisions": list(engines.precisions), "plans": sorted(plans),
+                         "program_precisions": list(engines.program_precisions)}
+    if not engines.precisions:
+        report["engines"]["note"] = "PyTorch programs only (python -m export --torch-only): --backend torch runs them"
+        return
     if not plans:
         report["engines"]["note"] = "no TensorRT plans (make plans on this GPU to add them)"
         return

@@ -3,6 +3,7 @@
 comparisons with what the official code computes use ../shared (``shared``, ``tiny_unet``, ``golden_engines``),
 and skip, saying why, where it is absent."""
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -198,11 +199,12 @@ def ray_head(env=None):
             head.kill()
 
 
-def export_torch_programs(folder, checkpoints, *args):
-    """`python -m export --torch` into ``folder`` (an engines folder of ``checkpoints``, S = 64): its programs."""
+def export_torch_programs(folder, checkpoints, *args, flag="--torch"):
+    """`python -m export --torch` (or ``flag`` --torch-only) into ``folder`` (an engines folder of ``checkpoints``,
+    S = 64): its programs."""
     import subprocess
     cmd = [sys.executable, "-m", "export", "--unet", str(checkpoints[0]), "--vae", str(checkpoints[1]), "--out",
-           str(folder), "--size", "64", "--plans", "no", "--torch", *args]
+           str(folder), "--size", "64", "--plans", "no", flag, *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
@@ -225,7 +227,28 @@ def with_torch_programs(tmp_path_factory, name: str, source, checkpoints, *args)
 
 
 @pytest.fixture(scope="session")
-def torch_engines(tmp_path_factory, engines, checkpoints):
-    """A copy of ``engines`` with the FP32 PyTorch programs (`python -m export --torch`), window counts 1 and 2."""
-    return with_torch_programs(tmp_path_factory, "torch_engines", engines, checkpoints, "--precision", "fp32",
-                               "--windows", "1,2")
+def torch_only_engines(tmp_path_factory, checkpoints):
+    """`python -m export --torch-only`: the FP32 PyTorch programs of ``checkpoints``, window counts 1 and 2, and no
+    ONNX graph."""
+    folder = tmp_path_factory.mktemp("torch_only") / "engines"
+    res = export_torch_programs(folder, checkpoints, "--precision", "fp32", "--windows", "1,2", flag="--torch-only")
+    assert res.returncode == 0, res.stderr[-2000:]
+    return folder
+
+
+@pytest.fixture(scope="session")
+def torch_engines(tmp_path_factory, engines, torch_only_engines):
+    """A copy of ``engines`` with the FP32 PyTorch programs, window counts 1 and 2: the ``torch_only_engines``
+    programs (the same checkpoints and options), as an export of the graphs into that folder leaves them, or as
+    `python -m export --torch` makes them beside the graphs (test_torch_backend.py holds both: the fingerprints
+    agree, and `--torch` over this folder finds nothing to export). Made by copying: the programs' export is the
+    slow part, and once is enough."""
+    folder = tmp_path_factory.mktemp("torch_engines") / "engines"
+    shutil.copytree(engines, folder)
+    records = json.loads((torch_only_engines / "manifest.json").read_text())["programs"]
+    for record in records.values():
+        for entry in [record["weights"], *record["graphs"]]:
+            shutil.copy2(torch_only_engines / entry["file"], folder / entry["file"])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "programs": records}, indent=1))
+    return folder

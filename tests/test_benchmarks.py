@@ -45,10 +45,10 @@ def test_the_official_benchmark_refuses_a_folder_that_is_not_the_official_reposi
         f"error: {tmp_path} is not a checkout of the official repository (no src/model/unet_3d_condition_video.py)"]
 
 
-def test_gpu_check_dry_run_writes_every_field(tmp_path, checkpoints, torch_engines):
+def test_gpu_check_dry_run_writes_every_field(tmp_path, checkpoints, torch_only_engines):
     """`python -m benchmarks.gpu_check --dry-run`: the GPU sequence on the CPU at tiny size, as a GPU machine without
     PyAV runs it (a stand-in `av` that cannot be imported): every step done, every field written. Its work folder
-    starts as a second run finds it (the checkpoints the dry run makes, seed 0, and their engines with programs),
+    starts as a second run finds it (the checkpoints the dry run makes, seed 0, and their `--torch-only` programs),
     so the export step checks them and finds them up to date instead of exporting again (tests/test_torch_backend.py
     tests the export)."""
     import json
@@ -59,7 +59,7 @@ def test_gpu_check_dry_run_writes_every_field(tmp_path, checkpoints, torch_engin
     root = Path(__file__).resolve().parents[1]
     for name, source in (("unet", checkpoints[0]), ("vae", checkpoints[1])):
         shutil.copytree(source, tmp_path / "work" / "checkpoints" / name)
-    shutil.copytree(torch_engines, tmp_path / "work" / "engines")
+    shutil.copytree(torch_only_engines, tmp_path / "work" / "engines")
     fake = tmp_path / "fake"
     fake.mkdir()
     (fake / "av.py").write_text("raise ImportError('PyAV is not on the GPU machines')\n")

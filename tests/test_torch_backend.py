@@ -145,11 +145,14 @@ def test_a_tampered_program_or_weights_file_is_refused(folder):
     _load(folder).close()
 
 
-def test_programs_are_stale_once_the_graphs_are_exported_again(folder, checkpoints, scene_clip, tmp_path):
-    """A re-export of the graphs (another option) leaves the programs naming an old fingerprint: refused, with
-    the command that fixes it; `--torch` then replaces them (and drops the stale files)."""
+def test_programs_are_stale_once_the_graphs_are_exported_again(folder, checkpoints, torch_only_engines, scene_clip,
+                                                               tmp_path):
+    """`--torch` over graphs and the programs `--torch-only` made of the same checkpoints finds nothing to export.
+    A re-export of the graphs (another option) leaves the programs naming an old fingerprint: refused, with the
+    command that fixes it."""
     res = export_torch_programs(folder, checkpoints, "--precision", "fp32", "--windows", "1,2")
     assert res.returncode == 0, res.stderr[-2000:]
+    assert _manifest(folder)["programs"] == _manifest(torch_only_engines)["programs"]  # kept, every record
     before = _manifest(folder)["programs"]["unet.fp32"]
     manifest = _manifest(folder)
     manifest["components"]["unet.fp32"]["fingerprint"] = "0" * 16  # what a new export of the graph records
@@ -164,6 +167,60 @@ def test_programs_are_stale_once_the_graphs_are_exported_again(folder, checkpoin
     with pytest.raises(EnginesError, match="no PyTorch program for global_encoder.fp32"):
         _load(folder)
     assert before["weights"]["file"] in {p.name for p in folder.iterdir()}
+
+
+def test_a_torch_only_folder_runs_on_its_programs_alone(torch_only_engines, torch_engines, programs_cpu, scene_clip,
+                                                        tmp_path):
+    """`python -m export --torch-only`: programs and no graph. Their records state the inputs and outputs the
+    graphs of the same checkpoints have, and the graphs' fingerprints; `auto` runs them (on the CPU too: nothing
+    else can) to the latents of the same programs beside graphs; a backend that needs graphs is refused in one line
+    naming --backend torch, and so is `--torch-only` with what it cannot do."""
+    from runtime.api import Outpainter
+    from runtime.doctor import diagnose
+    from runtime.engines.select import make_backend
+    manifest, graphs = _manifest(torch_only_engines), _manifest(torch_engines)["components"]
+    assert manifest["components"] == {} and not list(torch_only_engines.glob("*.onnx*"))
+    assert set(manifest["programs"]) == {key for key in graphs if key.endswith(".fp32")}
+    for key, record in manifest["programs"].items():
+        assert [record[k] for k in ("fingerprint", "inputs", "outputs")] == \
+            [graphs[key][k] for k in ("fingerprint", "inputs", "outputs")], key
+    report = diagnose(torch_only_engines)["engines"]
+    assert report["precisions"] == [] and report["program_precisions"] == ["fp32"], report
+    assert "--backend torch" in report["note"]
+    chosen = make_backend(torch_only_engines, "auto")
+    assert chosen.name == "torch" and any("PyTorch programs only" in note for note in chosen.notes), chosen.notes
+    frames = media.scene(20, 96, 54)
+    latents = [Outpainter(engine=b).outpaint(frames, 24, ratio="9:16", steps=2, seed=3).latents
+               for b in (chosen, programs_cpu)]
+    chosen.close()
+    assert np.array_equal(*latents)
+    out = tmp_path / "out.mp4"
+    res = subprocess.run([sys.executable, "-m", "runtime.outpaint", str(scene_clip(17)), "-o", str(out), "--engines",
+                          str(torch_only_engines), "--backend", "ort"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode != 0 and not out.exists()
+    assert len(res.stderr.strip().splitlines()) == 1 and "--backend torch" in res.stderr, res.stderr
+    for flags in (["--torch", "--torch-only"], ["--torch-only", "--plans", "yes"]):
+        res = subprocess.run([sys.executable, "-m", "export", "--out", str(tmp_path / "x"), *flags], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "error:" in res.stderr
+        assert not (tmp_path / "x").exists()
+
+
+def test_a_program_record_without_its_graph_must_state_the_contract(torch_only_engines, tmp_path):
+    from runtime.engines.manifest import open_engines
+    folder = tmp_path / "engines"
+    shutil.copytree(torch_only_engines, folder)
+    manifest = _manifest(folder)
+    record = manifest["programs"]["unet.fp32"]
+    record["outputs"][0]["shape"][1] = 8  # eps of 8 channels: exported for another model
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EnginesError, match=r"unet\.fp32 PyTorch programs outputs .*differ"):
+        open_engines(folder)
+    del record["outputs"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EnginesError, match=r"unet\.fp32 PyTorch programs outputs None differ"):
+        open_engines(folder)
 
 
 def test_a_program_record_leading_outside_the_folder_is_refused(folder, tmp_path):

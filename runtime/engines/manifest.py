@@ -27,7 +27,8 @@ class EngineSet:
     folder: Path
     manifest: dict
     model_size: int
-    precisions: tuple[str, ...]
+    precisions: tuple[str, ...]  # those with every ONNX graph (ONNX Runtime, TensorRT)
+    program_precisions: tuple[str, ...] = ()  # those with every component's PyTorch programs (--backend torch)
 
     def onnx_path(self, component: str, precision: str) -> Path:
         return self.path(self.manifest["components"][f"{component}.{precision}"]["file"])
@@ -88,7 +89,9 @@ def check_links(folder: Path) -> None:
 
 
 def open_engines(folder, precision: str | None = None) -> EngineSet:
-    """Check ``folder`` against the engine contracts; ``precision`` (if given) must be complete there."""
+    """Check ``folder`` against the engine contracts; ``precision`` (if given) must have every ONNX graph there.
+    Without it, a complete set of graphs or of PyTorch programs (``python -m export --torch-only`` writes no
+    graphs) is enough for the folder to open; the PyTorch backend checks its programs' set itself."""
     folder = Path(folder)
     path = folder / contract.MANIFEST
     if not folder.is_dir():
@@ -106,38 +109,58 @@ def open_engines(folder, precision: str | None = None) -> EngineSet:
         size = int(manifest["model"]["size"])
         components = manifest["components"]
         plans = manifest.get("plans", {})
+        records = manifest.get(PROGRAMS) or {}
         named = [e["file"] for e in components.values()] + [e["external_data"]["file"] for e in components.values()
                                                              if e.get("external_data")]
         named += [e["file"] for e in plans.values() if isinstance(e, dict) and "file" in e]
-        for e in (manifest.get(PROGRAMS) or {}).values():
+        for e in records.values():
             named += [e["weights"]["file"], *(g["file"] for g in e["graphs"])]
     except (KeyError, TypeError, ValueError, AttributeError):
         _fail(folder, "manifest lacks model.size or components, or an entry has no file")
     check_links(folder)
     for name in named:
         inside(folder, name)
-    complete = []
-    for prec in contract.PRECISIONS:
-        if all(f"{c}.{prec}" in components for c in contract.COMPONENTS):
-            complete.append(prec)
+    complete = tuple(p for p in contract.PRECISIONS if all(f"{c}.{p}" in components for c in contract.COMPONENTS))
+    with_programs = tuple(p for p in contract.PRECISIONS if all(f"{c}.{p}" in records for c in contract.COMPONENTS))
     if precision is not None and precision not in complete:
-        _fail(folder, f"it has no complete {precision} engine set (has: {', '.join(complete) or 'none'})")
+        _fail(folder, _incomplete(precision, complete, with_programs))
     for prec in ([precision] if precision else complete):
         for comp in contract.COMPONENTS:
             _check_component(folder, comp, prec, size, components[f"{comp}.{prec}"])
-    if not complete:
+    for prec in with_programs:
+        for comp in contract.COMPONENTS:
+            if f"{comp}.{prec}" not in components:  # a program beside its graph is held to the graph's record
+                _check_io(folder, comp, prec, size, records[f"{comp}.{prec}"], "PyTorch programs")
+    if not complete and not with_programs:
         _fail(folder, "no complete engine set in the manifest")
-    return EngineSet(folder, manifest, size, tuple(complete))
+    return EngineSet(folder, manifest, size, complete, with_programs)
+
+
+def _incomplete(precision: str, complete: tuple, with_programs: tuple) -> str:
+    why = f"it has no complete {precision} engine set (has: {', '.join(complete) or 'none'})"
+    if precision in with_programs:
+        why += (f"; it has the {precision} PyTorch programs: run it with --backend torch, or export the graphs too "
+                f"(python -m export ... without --torch-only)")
+    return why
+
+
+def io_record(comp: str, prec: str, size: int) -> dict:
+    """The inputs and outputs the contract gives ``comp`` at ``prec`` and model size ``size``, as recorded."""
+    inputs, outputs = contract.component_io(comp, size)
+    return {"inputs": [t.resolved(prec) for t in inputs], "outputs": [t.resolved(prec) for t in outputs]}
+
+
+def _check_io(folder: Path, comp: str, prec: str, size: int, entry: dict, what: str = "") -> None:
+    want = io_record(comp, prec, size)
+    for side in ("inputs", "outputs"):
+        got = entry.get(side) if isinstance(entry, dict) else None
+        if got != want[side]:
+            _fail(folder, f"{comp}.{prec} {what + ' ' if what else ''}{side} {_brief(got)} differ from what this "
+                          f"runtime expects {_brief(want[side])} (exported for another model or version)")
 
 
 def _check_component(folder: Path, comp: str, prec: str, size: int, entry: dict) -> None:
-    inputs, outputs = contract.component_io(comp, size)
-    want = {"inputs": [t.resolved(prec) for t in inputs], "outputs": [t.resolved(prec) for t in outputs]}
-    for side in ("inputs", "outputs"):
-        got = entry.get(side)
-        if got != want[side]:
-            _fail(folder, f"{comp}.{prec} {side} {_brief(got)} differ from what this runtime expects "
-                          f"{_brief(want[side])} (exported for another model or version)")
+    _check_io(folder, comp, prec, size, entry)
     onnx = inside(folder, entry.get("file", ""))
     if not onnx.is_file():
         _fail(folder, f"{onnx.name} is missing")

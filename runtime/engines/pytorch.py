@@ -50,7 +50,7 @@ class TorchBackend(Backend):
         if self.precision not in DTYPES:
             raise EnginesError(f"unknown precision {self.precision!r}")
         self.dtype = DTYPES[self.precision]
-        self.engines = open_engines(engines_dir, self.precision)
+        self.engines = open_engines(engines_dir)  # its programs, not its graphs: a --torch-only folder has none
         self.records = {c: tp.record(self.engines, c, self.precision) for c in contract.ENGINES}
         note = tp.version_note(self.records[contract.UNET], torch.__version__)
         self.notes: list[str] = [note] if note else []

@@ -16,7 +16,8 @@ def make_backend(engines_dir, backend: str = "auto", threads=None, max_batch=Non
     a CUDA GPU, ORT CPU.
 
     "auto" passes over a path that cannot run here (no TensorRT, plans for another GPU, stale plans or programs,
-    no CUDA) and says why in the returned backend's ``notes``; naming that backend makes it an error.
+    no CUDA) and says why in the returned backend's ``notes``; naming that backend makes it an error. A folder of
+    PyTorch programs alone (``python -m export --torch-only``) runs on them, on the CPU too.
     ``device_loop`` False keeps TensorRT's sampling loop on the host (the caller reads M3DDM_DEVICE_LOOP).
     """
     from runtime.engines.manifest import PROGRAMS, open_engines
@@ -36,6 +37,10 @@ def make_backend(engines_dir, backend: str = "auto", threads=None, max_batch=Non
             notes.append(f"TensorRT plans not used: {exc}")
     if backend == "torch":
         return _torch_backend(engines_dir, max_batch, gpu_memory_gb, threads, device_loop)
+    if backend == "auto" and not engines.precisions:  # --torch-only: nothing else can run this folder
+        chosen = _torch_backend(engines_dir, max_batch, gpu_memory_gb, threads, device_loop)
+        chosen.notes = [*notes, "the engines folder holds PyTorch programs only (no ONNX graphs)", *chosen.notes]
+        return chosen
     cuda = "CUDAExecutionProvider" in available_providers()
     if backend == "auto" and not (cuda and "fp16" in engines.precisions) and engines.manifest.get(PROGRAMS):
         why = torch_on_gpu_problem()

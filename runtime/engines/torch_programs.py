@@ -9,12 +9,15 @@ batch sizes. Weight-free programs are small, so the window counts cost no copy o
 
 A record in the manifest's ``programs``::
 
-    "unet.fp16": {"fingerprint": <the ONNX graph's fingerprint it was exported beside>, "torch": "2.13.0",
+    "unet.fp16": {"fingerprint": <the ONNX graph's fingerprint, whether or not the graph was exported>,
+                  "torch": "2.13.0", "inputs": [...], "outputs": [...] (as a graph's record),
                   "weights": {"file": "unet.fp16.weights.pt", "bytes": ..., "sha256": ...},
                   "graphs": [{"rows": [3, 3], "file": "unet.fp16.rows3.pt2", "bytes": ..., "sha256": ...}, ...]}
 
 The fingerprint ties it to the same checkpoints, options and exporter code as the graphs: a re-export of the
-graphs makes it stale, and the runtime refuses it until ``python -m export --torch`` runs again.
+graphs makes it stale, and the runtime refuses it until ``python -m export --torch`` runs again. A folder of
+``--torch-only`` has programs and no graphs: each record then states its own inputs and outputs (checked against the
+contract like a graph's), and the exporter alone knows when it is stale (as it knows for the graphs).
 """
 from __future__ import annotations
 
@@ -63,8 +66,8 @@ def record(engines: EngineSet, component: contract.Component, precision: str) ->
         have = ", ".join(sorted(programs)) if isinstance(programs, dict) and programs else "none"
         raise EnginesError(f"engines folder {engines.folder} has no PyTorch program for {key} (has: {have}); "
                            f"export them: python -m export ... --torch (or make engines EXPORT_ARGS=--torch)")
-    graph = engines.manifest["components"].get(key, {})
-    if entry.get("fingerprint") != graph.get("fingerprint"):
+    graph = engines.manifest["components"].get(key)
+    if graph is not None and entry.get("fingerprint") != graph.get("fingerprint"):
         raise EnginesError(f"engines folder {engines.folder}: the PyTorch programs of {key} are stale (the graphs "
                            f"were exported again since, from other checkpoints, options or code); {REEXPORT}")
     graphs = entry.get("graphs")
