@@ -77,11 +77,15 @@ serve: setup
 # own python unless this checkout has its venv (README: "On a GPU machine"). DRY=1: the same on the CPU, tiny.
 GPU_CHECK_OUT ?= benchmarks/results_gpu_check$(if $(DRY),_dry_run).json
 gpu-check:
-	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m benchmarks.gpu_check --out $(GPU_CHECK_OUT) $(if $(DRY),--dry-run)
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m benchmarks.gpu_check --out $(GPU_CHECK_OUT) $(if $(DRY),--dry-run) \
+		$(if $(OFFICIAL),--official $(OFFICIAL))
 
-# The wheels the GPU machines' image lacks (pure Python, pinned as the export extra pins them), into wheels/ to bring.
+# The wheels the GPU machines' image lacks (pure Python, pinned as the export extra pins them), into wheels/ to bring;
+# and in wheels/official the official code's own libraries (gpu_check --official installs them aside, not over the
+# machine's newer ones).
 gpu-wheels:
 	$(PYTHON) -m pip download --no-deps -d wheels $$($(PYTHON) -m benchmarks.gpu_check --carry)
+	$(PYTHON) -m pip download --no-deps -d wheels/official $(OFFICIAL_LIBS)
 
 # Speed and memory against the official-equivalent baseline (tiny fixtures, CPU; GPU backends when present).
 bench: setup
@@ -119,12 +123,13 @@ bench-encode: setup
 # in a venv of its own with the libraries it was written for.
 OFFICIAL ?=
 OFFICIAL_VENV := build/official-venv
+# The libraries the official code was written for (its requirements pin diffusers; the rest as of its release).
+OFFICIAL_LIBS := diffusers==0.18.2 transformers==4.30.2 huggingface_hub==0.25.2
 official-env: $(OFFICIAL_VENV)/.installed
 
 $(OFFICIAL_VENV)/.installed:
 	test -x $(OFFICIAL_VENV)/bin/python || $(PYTHON) -m venv $(OFFICIAL_VENV)
-	$(OFFICIAL_VENV)/bin/pip install -q torch==2.13.0 diffusers==0.18.2 transformers==4.30.2 huggingface_hub==0.25.2 \
-		einops==0.8.2 opencv-python-headless==4.11.0.86 'numpy<2' safetensors==0.8.0
+	$(OFFICIAL_VENV)/bin/pip install -q torch==2.13.0 $(OFFICIAL_LIBS) einops==0.8.2 opencv-python-headless==4.11.0.86 'numpy<2' safetensors==0.8.0
 	touch $@
 
 bench-official: setup official-env

@@ -8,7 +8,9 @@ call at 1 and 4 windows (ms, TFLOP/s against the card's FP16 dense peak); the GP
 16 GB cap and the most windows that fit 16, 24, 40 and 80 GB; a 64-frame coarse-to-fine video at S = 256 end to
 end, ours (`--backend torch`) against the official-cost baseline (export/reference.py: four branches, the context
 every step, one window at a time), alternately in this process, its second repeat left out if it would not end
-within ``--budget`` seconds of the start.
+within ``--budget`` seconds of the start; then, given ``--official CHECKOUT`` and time left, the official code
+itself on the same clip, in FP16 on the GPU as its inference.py runs it (benchmarks/official_loop.py, its libraries
+from wheels/official: ``make gpu-wheels``).
 
 ``--dry-run``: the same sequence on the CPU at the fixtures' size (S = 64, 2 steps, 20 frames), FP32, so the
 script is known to work before a GPU is at hand (the tests run it); memory figures are null there. A step that
@@ -83,6 +85,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=BUDGET_S, metavar="S",
                     help=f"seconds the run should end within; the video's second repeat is left out if it would "
                          f"not (default {BUDGET_S})")
+    ap.add_argument("--official", type=Path, metavar="CHECKOUT",
+                    help="a clone of alimama-creative/M3DDM-Video-Outpainting: the official code is run too, last, "
+                         "if the budget leaves time for it (its libraries: wheels/official, from make gpu-wheels)")
     ap.add_argument("--carry", action="store_true", help="print the wheels to bring to a GPU machine, and exit")
     ap.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)  # the weights and export process
     args = ap.parse_args(argv)
@@ -105,7 +110,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="m3ddm-gpu-check-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        run_all(plan, work, report, args.skip_pytest, args.out, time.monotonic() + args.budget)
+        run_all(plan, work, report, args.skip_pytest, args.out, time.monotonic() + args.budget, args.official)
     print(table(report))
     return 0 if not any("error" in v for v in report["steps"].values()) else 1
 
@@ -147,7 +152,8 @@ def run_steps(sequence, steps: dict, write) -> None:
         write()
 
 
-def run_all(plan: Plan, work: Path, report: dict, skip_pytest: bool, out: Path, deadline: float) -> None:
+def run_all(plan: Plan, work: Path, report: dict, skip_pytest: bool, out: Path, deadline: float,
+            checkout: Path | None = None) -> None:
     steps = report["steps"]
 
     def write():
@@ -161,7 +167,9 @@ def run_all(plan: Plan, work: Path, report: dict, skip_pytest: bool, out: Path, 
     # The memory figures before the video's: the video is the longest step, and the one that can be cut short.
     run_steps([("unet_call", lambda: unet_call(plan, work, steps)), ("memory", lambda: memory(plan, work)),
                ("video", lambda: video(plan, work, deadline))], steps, write)
-    _release()
+    _release()  # the official code loads its own copy of the model
+    run_steps([("official", lambda: official_code(plan, work, checkout, deadline, steps.get("video", {})))],
+              steps, write)
 
 
 def prepare(plan: Plan, work: Path) -> None:
@@ -364,6 +372,32 @@ def video(plan: Plan, work: Path, deadline: float = float("inf")) -> dict:
             "repeats_left_out": plan.repeats - len(times["ours"])}
 
 
+def official_code(plan: Plan, work: Path, checkout: Path | None, deadline: float, video_step: dict) -> dict:
+    """The official code itself over the video step's clip (its pipeline and UNet from ``checkout``, FP16 on the
+    GPU as its inference.py runs them; FP32 on the CPU in a dry run), against ours' time there. Left out, saying why,
+    without a checkout or when it would not end within the budget (it costs about what the baseline did)."""
+    from benchmarks import official_run
+    if checkout is None:
+        return {"skipped": "no --official CHECKOUT (a clone of alimama-creative/M3DDM-Video-Outpainting)"}
+    official_run.check_checkout(checkout)
+    estimate, left = video_step.get("baseline_s") or 0.0, deadline - time.monotonic()
+    if left < max(30.0, 1.3 * estimate):
+        return {"skipped": f"it would not end within --budget ({left:.0f} s left, the baseline took {estimate} s)"}
+    import numpy as np
+
+    from runtime.video.synthetic import synthetic_clip
+    clip = work / f"clip{plan.frames}.npy"
+    np.save(clip, synthetic_clip(plan.frames, 160, 90))
+    ck = work / "checkpoints"
+    device, dtype = ("cpu", "fp32") if plan.dry_run else ("cuda", "fp16")
+    result = official_run.run_official(sys.executable, checkout, ck / "unet", ck / "vae", clip, plan.size, "--steps",
+                                       str(plan.steps), "--fps", "30", "--device", device, "--dtype", dtype,
+                                       libs=official_run.libraries(), timeout=max(60.0, left))
+    ours = video_step.get("ours_s")
+    return {**result, "official_s": round(result["seconds"], 2), "ours_s": ours,
+            "speedup": round(result["seconds"] / ours, 2) if ours else None}
+
+
 def memory(plan: Plan, work: Path) -> dict:
     """Peak GPU memory of one window's sampling under a 16 GB cap (--gpu-memory 16, --batch-windows 1); then,
     the cap lifted, of one UNet call per window count, fitted as weights + W x activations. A count that does
@@ -434,6 +468,10 @@ def table(report: dict) -> str:
     if "speedup" in v:
         rows.append((f"video {v['frames']} frames S={v['size']}", f"ours {v['ours_s']} s, baseline {v['baseline_s']} s,"
                                                                   f" {v['speedup']}x"))
+    o = s.get("official", {})
+    if "official_s" in o or "skipped" in o:
+        rows.append(("official code itself", f"{o['official_s']} s, ours {o['ours_s']} s, {o['speedup']}x"
+                     if "official_s" in o else f"left out: {o['skipped']}"))
     m = s.get("memory", {})
     rows.append(("one window, 16 GB cap", m.get("one_window_16gb_peak_gb")))
     rows.append(("windows that fit 16/24/40/80 GB", m.get("max_windows")))

@@ -24,21 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.official_run import OfficialError, check_checkout, run_official
 from benchmarks.speed import ROOT, SHARED, bench_engines, clip, measure, median_run
 
 OFFICIAL_PYTHON = ROOT / "build" / "official-venv" / "bin" / "python"
-OFFICIAL_MODEL = Path("src") / "model" / "unet_3d_condition_video.py"
 
 
 def official(python: Path, repo: Path, unet: str, vae: str, video: Path, size: int) -> dict:
-    cmd = [str(python), str(ROOT / "benchmarks" / "official_loop.py"), "--repo", str(repo), "--unet", unet,
-           "--vae", vae, "--clip", str(video), "--size", str(size)]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    if out.returncode or not lines:
-        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        raise SystemExit(f"error: the official run failed: {tail}")
-    return json.loads(lines[-1][7:])
+    try:
+        return run_official(python, repo, unet, vae, video, size)
+    except OfficialError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def main(argv=None) -> int:
@@ -54,8 +50,10 @@ def main(argv=None) -> int:
     ap.add_argument("--engines", help="engines folder for --unet/--vae (default: exported into build/bench)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    if not (args.repo / OFFICIAL_MODEL).is_file():
-        raise SystemExit(f"error: {args.repo} is not a checkout of the official repository (no {OFFICIAL_MODEL})")
+    try:
+        check_checkout(args.repo)
+    except OfficialError as exc:
+        raise SystemExit(f"error: {exc}") from None
     if not args.python.is_file():
         raise SystemExit(f"error: no interpreter at {args.python}: run `make official-env` or pass --python")
     lengths = [int(n) for n in args.frames.split(",") if n]

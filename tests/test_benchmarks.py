@@ -52,6 +52,7 @@ def test_gpu_check_dry_run_writes_every_field(tmp_path, checkpoints, torch_only_
     so the export step checks them and finds them up to date instead of exporting again (tests/test_torch_backend.py
     tests the export)."""
     import json
+    import re
     import shutil
     import subprocess
     import sys
@@ -69,7 +70,8 @@ def test_gpu_check_dry_run_writes_every_field(tmp_path, checkpoints, torch_only_
                           str(tmp_path / "work")], cwd=root, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     steps = json.loads(out.read_text())["steps"]
-    assert set(steps) == {"machine", "doctor", "pytest_gpu", "weights", "export", "unet_call", "video", "memory"}
+    assert set(steps) == {"machine", "doctor", "pytest_gpu", "weights", "export", "unet_call", "video", "memory",
+                          "official"}
     assert not [k for k, v in steps.items() if "error" in v]
     assert set(steps["export"]["programs"]) == {f"{c}.fp32" for c in ("global_encoder", "unet", "vae_encoder",
                                                                        "vae_decoder")}
@@ -81,6 +83,27 @@ def test_gpu_check_dry_run_writes_every_field(tmp_path, checkpoints, torch_only_
     assert abs(video["speedup"] - video["baseline_s"] / video["ours_s"]) < 0.05
     assert set(steps["memory"]["max_windows"]) == {"16", "24", "40", "80"}
     assert "video 20 frames S=64" in res.stdout and "UNet call 6 rows" in res.stdout
+    assert "--official" in steps["official"]["skipped"]
+    assert re.search(r"official code itself +left out: no --official", res.stdout), res.stdout
+
+
+def test_the_official_step_says_why_it_is_left_out_or_cannot_run(tmp_path):
+    """gpu_check's last step, the official code itself: without a checkout, or without the time, it is left out
+    saying why; a folder that is not the official checkout, or no libraries to run it with, is one line."""
+    import time
+
+    from benchmarks import gpu_check, official_run
+    plan = gpu_check.Plan.make(dry_run=True)
+    assert "no --official CHECKOUT" in gpu_check.official_code(plan, tmp_path, None, float("inf"), {})["skipped"]
+    checkout = tmp_path / "official"
+    (checkout / official_run.OFFICIAL_MODEL).parent.mkdir(parents=True)
+    (checkout / official_run.OFFICIAL_MODEL).write_text("")
+    late = gpu_check.official_code(plan, tmp_path, checkout, time.monotonic() + 10, {"baseline_s": 60.0})
+    assert "would not end within --budget" in late["skipped"]
+    with pytest.raises(official_run.OfficialError, match="is not a checkout of the official repository"):
+        gpu_check.official_code(plan, tmp_path, tmp_path / "elsewhere", float("inf"), {"baseline_s": 1.0})
+    with pytest.raises(official_run.OfficialError, match=r"no wheels in .*make gpu-wheels"):
+        official_run.libraries(tmp_path / "libs", tmp_path / "wheels")
 
 
 def _imports_reachable(entries: list[str], root) -> dict[str, set[str]]:
