@@ -124,12 +124,12 @@ bench-encode: setup
 OFFICIAL ?=
 OFFICIAL_VENV := build/official-venv
 # The libraries the official code was written for (its requirements pin diffusers; the rest as of its release).
-OFFICIAL_LIBS := diffusers==0.18.2 transformers==4.30.2 huggingface_hub==0.25.2
+OFFICIAL_LIBS := diffusers==0.18.2 transformers==4.30.2 huggingface_hub==0.25.2 einops==0.8.2
 official-env: $(OFFICIAL_VENV)/.installed
 
 $(OFFICIAL_VENV)/.installed:
 	test -x $(OFFICIAL_VENV)/bin/python || $(PYTHON) -m venv $(OFFICIAL_VENV)
-	$(OFFICIAL_VENV)/bin/pip install -q torch==2.13.0 $(OFFICIAL_LIBS) einops==0.8.2 opencv-python-headless==4.11.0.86 'numpy<2' safetensors==0.8.0
+	$(OFFICIAL_VENV)/bin/pip install -q torch==2.13.0 $(OFFICIAL_LIBS) opencv-python-headless==4.11.0.86 'numpy<2' safetensors==0.8.0
 	touch $@
 
 bench-official: setup official-env
