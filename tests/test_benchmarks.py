@@ -198,3 +198,5 @@ def test_the_video_repeats_only_while_another_ends_within_the_budget():
     assert another_repeat(1, 2, 30.0, deadline=100.0, now=60.0)  # 60 + 36 <= 100
     assert not another_repeat(1, 2, 40.0, deadline=100.0, now=60.0)  # 60 + 48 > 100
     assert not another_repeat(2, 2, 1.0, deadline=1e9, now=0.0)  # as many as planned
+    assert not another_repeat(1, 2, 30.0, deadline=100.0, now=60.0, keep_s=10.0)  # 60 + 36 + 10 > 100: the
+    #                                                                               official code's time kept
