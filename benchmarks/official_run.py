@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,10 +38,15 @@ def libraries(libs: Path = LIBS, wheels: Path = WHEELS) -> Path:
     if not found:
         raise OfficialError(f"no official libraries in {libs} and no wheels in {wheels}: run `make gpu-wheels` where "
                             f"PyPI is reachable and bring wheels/")
-    res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(libs),
+    part = libs.with_name(libs.name + ".partial")  # renamed when whole: a failed install is never taken for one
+    shutil.rmtree(part, ignore_errors=True)
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(part),
                           *map(str, found)], capture_output=True, text=True)
     if res.returncode:
+        shutil.rmtree(part, ignore_errors=True)
         raise OfficialError(f"installing {wheels} into {libs} failed: {(res.stderr.strip().splitlines() or ['?'])[-1]}")
+    shutil.rmtree(libs, ignore_errors=True)
+    part.rename(libs)
     return libs
 
 

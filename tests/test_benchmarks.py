@@ -104,6 +104,11 @@ def test_the_official_step_says_why_it_is_left_out_or_cannot_run(tmp_path):
         gpu_check.official_code(plan, tmp_path, tmp_path / "elsewhere", float("inf"), {"baseline_s": 1.0})
     with pytest.raises(official_run.OfficialError, match=r"no wheels in .*make gpu-wheels"):
         official_run.libraries(tmp_path / "libs", tmp_path / "wheels")
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / "broken-1.0-py3-none-any.whl").write_text("not a zip")
+    with pytest.raises(official_run.OfficialError, match=r"installing .* failed"):
+        official_run.libraries(tmp_path / "libs", tmp_path / "wheels")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["official", "wheels"]  # no half-made libraries folder
 
 
 def _imports_reachable(entries: list[str], root) -> dict[str, set[str]]:
