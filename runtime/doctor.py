@@ -86,7 +86,7 @@ def check_engines(report: dict, engines_dir, trt_version, found) -> None:
                          "precisions": list(engines.precisions), "plans": sorted(plans),
                          "program_precisions": list(engines.program_precisions)}
     if not engines.precisions:
-        report["engines"]["note"] = "PyTorch programs only (python -m export --torch-only): --backend torch runs them"
+        report["engines"]["note"] = "no ONNX graphs (python -m export --torch-only): --backend torch runs its programs"
         return
     if not plans:
         report["engines"]["note"] = "no TensorRT plans (make plans on this GPU to add them)"
@@ -129,7 +129,7 @@ def diagnose(engines_dir=None) -> dict:
     if why:
         report["problems"].append(why)
         report["fixes"].append("the fast path needs an NVIDIA GPU with its driver; on this machine use --backend ort "
-                               "(ONNX Runtime on the CPU)")
+                               "(ONNX Runtime on the CPU; --backend torch for a folder of PyTorch programs only)")
     if trt is None:
         report["problems"].append("TensorRT is not installed")
         report["fixes"].append(policy.INSTALL_HINT)
@@ -191,13 +191,18 @@ def main(argv=None) -> int:
             print(f"TensorRT test engine: built in {st['build_seconds']} s, vs ONNX Runtime CPU "
                   f"{st['max_rel_error']:.1e} of scale, "
                   f"CUDA graph {'replayed exactly' if st['replay_equals_eager'] else 'NOT equal'}")
-        if report.get("engines"):
-            e = report["engines"]
-            print(f"engines:      {e['folder']} (S={e['model_size']}, {', '.join(e['precisions'])}; "
-                  f"plans: {', '.join(e['plans']) or 'none'})")
+        e = report.get("engines")
+        if e:
+            sets = [f"{kind} {', '.join(precs)}" for kind, precs in (("graphs", e["precisions"]),
+                                                                     ("PyTorch programs", e["program_precisions"]))
+                    if precs]
+            print(f"engines:      {e['folder']} (S={e['model_size']}; {'; '.join(sets)}; "
+                  f"plans: {', '.join(e['plans']) or 'none'})" + (f"; {e['note']}" if e.get("note") else ""))
         for problem, fix in zip(report["problems"], report["fixes"]):
             print(f"missing: {problem}. Fix: {fix}")
-        print("fast path: usable" if report["fast_path"] else "fast path: NOT usable (the ONNX Runtime CPU path works)")
+        other = ("--backend torch runs this folder's programs" if e and not e["precisions"]
+                 else "the ONNX Runtime CPU path works")
+        print("fast path: usable" if report["fast_path"] else f"fast path: NOT usable ({other})")
     return 0 if report["fast_path"] else 1
 
 

@@ -170,13 +170,14 @@ def test_programs_are_stale_once_the_graphs_are_exported_again(folder, checkpoin
 
 
 def test_a_torch_only_folder_runs_on_its_programs_alone(torch_only_engines, torch_engines, programs_cpu, scene_clip,
-                                                        tmp_path):
+                                                        tmp_path, capsys):
     """`python -m export --torch-only`: programs and no graph. Their records state the inputs and outputs the
     graphs of the same checkpoints have, and the graphs' fingerprints; `auto` runs them (on the CPU too: nothing
     else can) to the latents of the same programs beside graphs; a backend that needs graphs is refused in one line
     naming --backend torch, and so is `--torch-only` with what it cannot do."""
     from runtime.api import Outpainter
     from runtime.doctor import diagnose
+    from runtime.doctor import main as doctor_main
     from runtime.engines.select import make_backend
     manifest, graphs = _manifest(torch_only_engines), _manifest(torch_engines)["components"]
     assert manifest["components"] == {} and not list(torch_only_engines.glob("*.onnx*"))
@@ -187,6 +188,10 @@ def test_a_torch_only_folder_runs_on_its_programs_alone(torch_only_engines, torc
     report = diagnose(torch_only_engines)["engines"]
     assert report["precisions"] == [] and report["program_precisions"] == ["fp32"], report
     assert "--backend torch" in report["note"]
+    doctor_main(["--engines", str(torch_only_engines)])
+    text = capsys.readouterr().out
+    assert "(S=64; PyTorch programs fp32; plans: none)" in text
+    assert "fast path: NOT usable (--backend torch runs this folder's programs)" in text
     chosen = make_backend(torch_only_engines, "auto")
     assert chosen.name == "torch" and any("PyTorch programs only" in note for note in chosen.notes), chosen.notes
     frames = media.scene(20, 96, 54)
