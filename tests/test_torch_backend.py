@@ -205,6 +205,12 @@ def test_a_torch_only_folder_runs_on_its_programs_alone(torch_only_engines, torc
                          timeout=300)
     assert res.returncode != 0 and not out.exists()
     assert len(res.stderr.strip().splitlines()) == 1 and "--backend torch" in res.stderr, res.stderr
+    res = subprocess.run([sys.executable, "-m", "export.tensorrt_build", "--engines", str(torch_only_engines)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)  # `make plans`: from graphs only
+    assert res.returncode != 0 and res.stderr.strip().splitlines() == [
+        f"error: engines folder {torch_only_engines} cannot be used: it has no complete fp16 engine set (has: none); "
+        f"its PyTorch programs (fp32) run with --backend torch, or export the graphs (python -m export ... without "
+        f"--torch-only)"]
     for flags in (["--torch", "--torch-only"], ["--torch-only", "--plans", "yes"]):
         res = subprocess.run([sys.executable, "-m", "export", "--out", str(tmp_path / "x"), *flags], cwd=ROOT,
                              capture_output=True, text=True, timeout=120)

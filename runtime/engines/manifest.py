@@ -138,8 +138,8 @@ def open_engines(folder, precision: str | None = None) -> EngineSet:
 
 def _incomplete(precision: str, complete: tuple, with_programs: tuple) -> str:
     why = f"it has no complete {precision} engine set (has: {', '.join(complete) or 'none'})"
-    if precision in with_programs:
-        why += (f"; it has the {precision} PyTorch programs: run it with --backend torch, or export the graphs too "
+    if with_programs and not complete:  # a folder of --torch-only
+        why += (f"; its PyTorch programs ({', '.join(with_programs)}) run with --backend torch, or export the graphs "
                 f"(python -m export ... without --torch-only)")
     return why
 
