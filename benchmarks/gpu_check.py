@@ -44,6 +44,7 @@ BUDGET_S = 500  # the README runs it under `timeout 540`: a video repeat that wo
 # What the official code's step takes, from the baseline's run: its loop costs what the baseline does and a third more
 # (dry run: 2.2 s against 1.64 s), and its process starts, imports and loads the model first.
 OFFICIAL_MARGIN, OFFICIAL_START_S = 1.4, 30.0
+CLIP_FPS, CLIP_RATIO = 30.0, "9:16"  # the video step's clip, ours, the baseline and the official code alike
 RESERVE_GB = 0.75  # CUDA context, cuBLAS/cuDNN workspaces: what the allocator does not see
 # What the sequence imports beyond the standard library (module: distribution). The GPU machines' image has the
 # first; the second are pure-Python wheels brought along, at the versions pyproject's export extra pins.
@@ -332,6 +333,13 @@ def unet_call(plan: Plan, work: Path, steps: dict) -> dict:
     return out
 
 
+def video_clip(plan: Plan):
+    """The video step's clip (``plan.frames`` synthetic frames, 160 x 90, to ``CLIP_RATIO`` at ``CLIP_FPS``), which
+    the official code's step runs too."""
+    from runtime.video.synthetic import synthetic_clip
+    return synthetic_clip(plan.frames, 160, 90)
+
+
 def another_repeat(done: int, planned: int, last_s: float, deadline: float, now: float, keep_s: float = 0.0) -> bool:
     """Whether the video runs another alternating repeat: planned, and one more ends by the deadline with ``keep_s``
     still left (the official code's run: a figure of its own is worth more than a second repeat)."""
@@ -347,8 +355,7 @@ def video(plan: Plan, work: Path, deadline: float = float("inf"), official: bool
     from export.model import load_unet, load_vae
     from export.reference import ReferencePipeline
     from runtime.api import Outpainter
-    from runtime.video.synthetic import synthetic_clip
-    frames = synthetic_clip(plan.frames, 160, 90)
+    frames = video_clip(plan)
     backend = _backend(work)
     ours = Outpainter(engine=backend)
     device, dtype = backend.device, backend.dtype
@@ -362,13 +369,13 @@ def video(plan: Plan, work: Path, deadline: float = float("inf"), official: bool
                          official_needs_s(times["baseline"][-1]) if official and times["baseline"] else 0.0):
         _sync()
         t0 = time.perf_counter()
-        result = ours.outpaint(frames, 30.0, ratio="9:16", steps=plan.steps)
+        result = ours.outpaint(frames, CLIP_FPS, ratio=CLIP_RATIO, steps=plan.steps)
         _sync()
         times["ours"].append(time.perf_counter() - t0)
         stats = {k: v for k, v in result.stats.items() if isinstance(v, (int, float))}
         t0 = time.perf_counter()
         with torch.inference_mode():
-            baseline.video(frames, 30.0, ("9:16",), plan.size)
+            baseline.video(frames, CLIP_FPS, (CLIP_RATIO,), plan.size)
         _sync()
         times["baseline"].append(time.perf_counter() - t0)
         last_s = times["ours"][-1] + times["baseline"][-1]
@@ -395,14 +402,13 @@ def official_code(plan: Plan, work: Path, checkout: Path | None, deadline: float
     if left < official_needs_s(estimate):
         return {"skipped": f"it would not end within --budget ({left:.0f} s left, the baseline took {estimate} s)"}
     import numpy as np
-
-    from runtime.video.synthetic import synthetic_clip
     clip = work / f"clip{plan.frames}.npy"
-    np.save(clip, synthetic_clip(plan.frames, 160, 90))
+    np.save(clip, video_clip(plan))
     ck = work / "checkpoints"
     device, dtype = ("cpu", "fp32") if plan.dry_run else ("cuda", "fp16")
     result = official_run.run_official(sys.executable, checkout, ck / "unet", ck / "vae", clip, plan.size, "--steps",
-                                       str(plan.steps), "--fps", "30", "--device", device, "--dtype", dtype,
+                                       str(plan.steps), "--fps", str(CLIP_FPS), "--ratio", CLIP_RATIO,
+                                       "--device", device, "--dtype", dtype,
                                        libs=official_run.libraries(), timeout=max(60.0, left))
     ours = video_step.get("ours_s")
     return {**result, "official_s": round(result["seconds"], 2), "ours_s": ours,

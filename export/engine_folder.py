@@ -130,17 +130,13 @@ def export_engines(unet_source, vae_source, out, precisions=("fp32", "fp16"), si
     options = _base_options(size, opset)
     code = code_hash()
 
-    def opts(comp, prec):
-        return _options(attention_softmax, options, comp, prec)
-
     wanted = fingerprints(sources, options, code, precisions, attention_softmax)
+    current = fingerprints(sources, options, code, contract.PRECISIONS, attention_softmax)
 
     components = {}
     for key, entry in old.get("components", {}).items():
-        comp, prec = key.split(".")
-        current = (fingerprint(comp, prec, sources, opts(comp, prec), code)
-                   if comp in contract.COMPONENTS and prec in contract.PRECISIONS else None)
-        if entry.get("fingerprint") == current and (out / entry["file"]).is_file() and not (force and key in wanted):
+        kept = entry.get("fingerprint") == current.get(key) and (out / entry["file"]).is_file()
+        if kept and not (force and key in wanted):
             components[key] = entry
         else:
             for name in (entry.get("file"), (entry.get("external_data") or {}).get("file")):

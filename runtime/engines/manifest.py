@@ -153,7 +153,7 @@ def io_record(comp: str, prec: str, size: int) -> dict:
 def _check_io(folder: Path, comp: str, prec: str, size: int, entry: dict, what: str = "") -> None:
     want = io_record(comp, prec, size)
     for side in ("inputs", "outputs"):
-        got = entry.get(side) if isinstance(entry, dict) else None
+        got = entry.get(side)
         if got != want[side]:
             _fail(folder, f"{comp}.{prec} {what + ' ' if what else ''}{side} {_brief(got)} differ from what this "
                           f"runtime expects {_brief(want[side])} (exported for another model or version)")
